@@ -9,20 +9,40 @@ import orjson
 import torch
 
 
+def _nucleus_sample(logits: torch.Tensor, top_p: float, temperature: float, top_k: int,
+                    generator: torch.Generator) -> torch.Tensor:
+    """Top-k prefilter, then nucleus (top-p) sampling within it; avoids sorting the whole vocabulary."""
+    values, indices = torch.topk(logits.float() / temperature, top_k, dim=-1)
+    probs = values.softmax(-1)
+    mass_before = probs.cumsum(-1) - probs
+    probs = probs.masked_fill(mass_before >= top_p, 0.0)
+    choice = torch.multinomial(probs, 1, generator=generator)
+    return indices.gather(-1, choice)
+
+
 def sample_from_bos(hf_model, bos_id: int, eos_id: int, batch: int, new_tokens: int,
-                    top_p: float, temperature: float, seed: int) -> list[list[int]]:
-    """Nucleus-sample `batch` continuations of the BOS token; returns token ids without BOS."""
-    torch.manual_seed(seed)
-    ids = torch.full((batch, 1), bos_id, dtype=torch.long, device=hf_model.device)
-    with torch.no_grad():
-        out = hf_model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                                top_p=top_p, top_k=0, temperature=temperature,
-                                max_new_tokens=new_tokens, pad_token_id=eos_id, eos_token_id=eos_id)
+                    top_p: float, temperature: float, seed: int, top_k: int = 200) -> list[list[int]]:
+    """Sample `batch` continuations of the BOS token with a KV cache; returns ids without BOS, cut at EOS."""
+    from transformers import DynamicCache
+
+    generator = torch.Generator().manual_seed(seed)
+    tokens = torch.full((batch, 1), bos_id, dtype=torch.long, device=hf_model.device)
+    cache = DynamicCache()
+    finished = torch.zeros(batch, dtype=torch.bool)
+    generated = []
+    with torch.inference_mode():
+        step_input = tokens
+        for _ in range(new_tokens):
+            out = hf_model(input_ids=step_input, past_key_values=cache, use_cache=True)
+            next_ids = _nucleus_sample(out.logits[:, -1].cpu(), top_p, temperature, top_k, generator)
+            generated.append(next_ids)
+            finished |= next_ids[:, 0] == eos_id
+            if finished.all():
+                break
+            step_input = next_ids.to(hf_model.device)
     samples = []
-    for row in out[:, 1:].tolist():
-        if eos_id in row:
-            row = row[: row.index(eos_id)]
-        samples.append(row)
+    for row in torch.cat(generated, dim=1).tolist():
+        samples.append(row[: row.index(eos_id)] if eos_id in row else row)
     return samples
 
 

@@ -1,0 +1,333 @@
+"""Pydantic models of every stage's artifact; atomic orjson read/write; input fingerprints."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from faithcase import __version__
+from faithcase.errors import FaithcaseError
+
+PairKind = Literal["best", "worst", "random"]
+Criterion = Literal["mean", "density", "max"]
+CRITERIA: tuple[Criterion, ...] = ("mean", "density", "max")
+SAE_KEYS = ("sae1", "sae2")
+
+
+class Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Meta(Model):
+    stage: str
+    fingerprint: str
+    version: str = __version__
+    created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    seconds: float | None = None
+    upstream: dict[str, str] = {}  # upstream artifact file name -> its fingerprint when this one was made
+
+
+class Artifact(Model):
+    meta: Meta
+
+
+# ---------------------------------------------------------------- match
+
+
+class SAEInfo(Model):
+    path: str
+    format: str
+    d_in: int
+    d_sae: int
+    hook_name: str | None
+    sha256: str
+
+
+class Histogram(Model):
+    edges: list[float]
+    counts: list[int]
+
+
+class MatchStats(Model):
+    threshold: float
+    n_alive1: int
+    n_alive2: int
+    n_dead1: int
+    n_dead2: int
+    n_matched: int
+    shared_ratio: float  # share of matched pairs with similarity > threshold
+    top1_ratio: float  # share of alive SAE1 features whose best SAE2 cosine > threshold
+    mean_similarity: float
+    histogram: Histogram
+
+
+class SolverInfo(Model):
+    name: str
+    exact: bool
+    certified: bool
+    total: float
+    upper_bound: float | None = None
+    relative_gap: float | None = None
+    iterations: int = 1
+    candidate_edges: int | None = None
+    seconds: float
+
+
+class Pair(Model):
+    kind: PairKind
+    rank: int
+    index1: int
+    index2: int
+    similarity: float
+
+
+class Assignment(Model):
+    index1: list[int]
+    index2: list[int]
+    similarity: list[float]
+
+
+class MatchArtifact(Artifact):
+    sae1: SAEInfo
+    sae2: SAEInfo
+    stats: MatchStats
+    solver: SolverInfo
+    pairs: dict[PairKind, list[Pair]]
+    assignment: Assignment
+
+    def all_pairs(self) -> list[Pair]:
+        return [p for kind in ("best", "worst", "random") for p in self.pairs.get(kind, [])]
+
+    def selected_features(self) -> dict[str, list[int]]:
+        """Sorted distinct feature indices of each SAE over all selected pairs."""
+        pairs = self.all_pairs()
+        return {"sae1": sorted({p.index1 for p in pairs}), "sae2": sorted({p.index2 for p in pairs})}
+
+
+# ---------------------------------------------------------------- explain
+
+
+class SweepPoint(Model):
+    scale: float
+    selfsim: float  # cosine(read residual, direction) minus its value at scale 0
+    entropy: float  # next-token entropy minus its value at scale 0
+    score: float | None = None
+
+
+class FeatureExplanation(Model):
+    feature: int
+    fingerprint: str  # per-feature cache key (settings + SAE hash + direction)
+    explanations: list[str]  # greedy first, then samples
+    scale: float | None  # the chosen scale (None when no scale could be chosen)
+    scales: list[float] = []  # every scale explanations were generated at (best first)
+    sweep: list[SweepPoint]
+    failed: bool
+    best_selfsim: float
+
+
+class ExplainBaseline(Model):
+    """What the model says with the placeholder zeroed (replace mode) and unsteered (add mode)."""
+
+    replace_zero: str
+    add_zero: str
+    selfsim_zero: float
+    entropy_zero: float
+
+
+class ExplainSettings(Model):
+    prompt_text: str
+    placeholder_token_id: int
+    placeholder_positions: list[int]
+    insert_layer: int
+    read_layer: int
+    mode: str
+    residual_norm: float  # median residual norm at the insert layer, the unit of the scales
+    scales: list[float]
+
+
+class ExplainArtifact(Artifact):
+    settings: ExplainSettings
+    baseline: ExplainBaseline
+    features: dict[str, dict[str, FeatureExplanation]]  # sae key -> str(feature) -> explanation
+
+
+# ---------------------------------------------------------------- windows
+
+
+class ActExample(Model):
+    tokens: list[int]
+    texts: list[str]
+    acts: list[float]
+
+
+class Window(ActExample):
+    seq_id: int
+    start: int
+    value: float  # the criterion's value for this window
+
+
+class Context(ActExample):
+    seq_id: int
+    start: int
+    max_act: float
+    quantile: int | None = None  # 0 = weakest decile of activating contexts; None for non-activating
+
+
+class FeatureStats(Model):
+    n_tokens: int
+    n_active: int
+    frequency: float
+    max: float
+    mean_nonzero: float
+    histogram: Histogram
+
+
+class FeatureWindows(Model):
+    feature: int
+    windows: dict[Criterion, list[Window]]
+    stats: FeatureStats
+    activating: list[Context]
+    non_activating: list[Context]
+
+
+class WindowsArtifact(Artifact):
+    sae: str  # "sae1" or "sae2"
+    n_sequences: int
+    n_tokens: int
+    seq_len: int
+    window: int
+    excluded_positions: int  # BOS and massive-activation positions, never counted as activations
+    quantile_method: str
+    features: dict[str, FeatureWindows]
+
+
+# ---------------------------------------------------------------- embed
+
+
+class ScoredContext(Model):
+    text: str
+    label: int  # 1 activating, 0 non-activating: from activations only
+    similarity: float
+    quantile: int | None = None
+
+
+class FeatureScore(Model):
+    feature: int
+    explanation: str | None
+    auroc: float | None
+    reason: str | None = None  # why auroc is None
+    n_activating: int
+    n_non_activating: int
+    auroc_per_quantile: list[float | None] = []
+    contexts: list[ScoredContext] = []
+
+
+class CrossScore(Model):
+    kind: PairKind
+    rank: int
+    index1: int
+    index2: int
+    sae1_on_sae2: FeatureScore  # SAE1's explanation scored on SAE2's feature's contexts
+    sae2_on_sae1: FeatureScore
+
+
+class EmbedArtifact(Artifact):
+    embedder: str
+    query_template: str
+    scores: dict[str, dict[str, FeatureScore]]  # sae key -> str(feature) -> own score
+    cross: list[CrossScore]
+    baseline: dict[str, dict[str, FeatureScore]] | None = None
+
+
+# ---------------------------------------------------------------- assemble
+
+
+class PairCase(Model):
+    kind: PairKind
+    rank: int
+    similarity: float
+    indices: list[int]
+    self_explanations: list[str | None]
+    eleuthers: list[float | None]
+    cross_eleuthers: list[float | None]
+    windows: list[dict[Criterion, list[ActExample]]]
+    scales: list[float | None]
+    failed: list[bool]
+    stats: list[FeatureStats]
+
+
+class CaseStudySummary(Artifact):
+    model: str
+    hook: str
+    sae1: SAEInfo
+    sae2: SAEInfo
+    match: MatchStats
+    groups: dict[str, dict[str, float | None]]
+    config: dict[str, Any]
+
+
+# ---------------------------------------------------------------- read / write
+
+A = TypeVar("A", bound=BaseModel)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Serialize with orjson to a temp file in the same folder, then rename: never a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_artifact(path: Path, artifact: BaseModel) -> None:
+    write_json(path, artifact.model_dump(mode="json"))
+
+
+def read_artifact(path: Path, model: type[A], stage_hint: str | None = None) -> A:
+    hint = f": run `faithcase {stage_hint}` first" if stage_hint else ""
+    if not path.is_file():
+        raise FaithcaseError(f"missing artifact {path}{hint}")
+    try:
+        return model.model_validate(orjson.loads(path.read_bytes()))
+    except (orjson.JSONDecodeError, ValidationError) as err:
+        raise FaithcaseError(f"invalid artifact {path} ({type(err).__name__}){hint} with --force") from None
+
+
+def fingerprint(*parts: Any) -> str:
+    """A stable hash of JSON-able inputs (config sections, file hashes, upstream fingerprints, version)."""
+    blob = orjson.dumps([__version__, *parts], option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def file_sha256(paths: list[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(paths):
+        digest.update(path.name.encode())
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def is_up_to_date(path: Path, expected_fingerprint: str) -> bool:
+    """True when the artifact exists, parses, and was made from the same inputs."""
+    if not path.is_file():
+        return False
+    try:
+        meta = orjson.loads(path.read_bytes()).get("meta", {})
+    except orjson.JSONDecodeError:
+        return False
+    return meta.get("fingerprint") == expected_fingerprint

@@ -1,0 +1,373 @@
+"""The language model: loading (HF id, local folder, GGUF file), hook names, activations, steering.
+
+Every model is wrapped by TransformerLens' TransformerBridge, which swaps the HF model's
+submodules for hooked components in place. So `hf_model(...)` and `hf_model.generate(...)`
+run through the same hook points as `bridge(...)`: hooks added with `bridge.hooks(...)`
+also act during HF generation (used for steered, KV-cached, left-padded generation).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Literal
+
+import torch
+
+from faithcase.errors import FaithcaseError
+from faithcase.paths import resolve_path
+
+SteerMode = Literal["replace", "add"]
+
+DTYPES = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+}
+
+_BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
+
+
+# ---------------------------------------------------------------- loading
+
+def resolve_device(device: str) -> str:
+    """`auto` → cuda when available, else cpu; anything else is passed through."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in DTYPES:
+        raise FaithcaseError(f"Unknown dtype '{dtype}'; use one of {', '.join(sorted(DTYPES))}.")
+    return DTYPES[dtype]
+
+
+def load_hf(name: str, path: str | None = None, gguf: str | None = None,
+            device: str = "auto", dtype: str = "float32"):
+    """Load (hf_model, tokenizer) from a GGUF file, a local HF folder, or a Hugging Face id.
+
+    Local sources (gguf, path) are read with local_files_only=True: they never touch the network.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch_dtype = resolve_dtype(dtype)
+    if gguf and path:
+        raise FaithcaseError("Give the model either as a GGUF file or as a local folder, not both.")
+    if gguf:
+        file = resolve_path(gguf)
+        if not file.is_file():
+            raise FaithcaseError(f"GGUF model file not found: {file}")
+        source, kwargs = str(file.parent), {"gguf_file": file.name, "local_files_only": True}
+    elif path:
+        folder = resolve_path(path)
+        if not (folder / "config.json").is_file():
+            raise FaithcaseError(f"No Hugging Face model folder (with config.json) at {folder}")
+        source, kwargs = str(folder), {"local_files_only": True}
+    else:
+        source, kwargs = name, {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
+    except OSError as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FaithcaseError(f"Could not load model '{source}': {first_line}") from err
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token  # needed to pad prompt batches
+    hf_model.to(resolve_device(device))
+    hf_model.eval()
+    hf_model.requires_grad_(False)
+    return hf_model, tokenizer
+
+
+def wrap_model(name: str, hf_model, tokenizer) -> "LanguageModel":
+    """Wrap a loaded HF model with TransformerBridge. `name` is the architecture's HF id
+    (or any label): with hf_model given, the bridge takes the config from the model and
+    fetches nothing; the name is only recorded."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    device = str(next(hf_model.parameters()).device)
+    bridge = TransformerBridge.boot_transformers(
+        name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=hf_model.dtype)
+    bridge.eval()
+    return LanguageModel(bridge=bridge, hf_model=hf_model, tokenizer=tokenizer, name=name)
+
+
+def load_model(name: str, path: str | None = None, gguf: str | None = None,
+               device: str = "auto", dtype: str = "float32") -> "LanguageModel":
+    """Load a model from a GGUF file (`gguf`), a local HF folder (`path`) or an HF id (`name`)."""
+    hf_model, tokenizer = load_hf(name, path=path, gguf=gguf, device=device, dtype=dtype)
+    return wrap_model(name, hf_model, tokenizer)
+
+
+# ---------------------------------------------------------------- hooks
+
+class _Captured(Exception):
+    """Raised by a hook to end a forward pass early, carrying the activation."""
+
+    def __init__(self, tensor: torch.Tensor):
+        super().__init__("activation captured")
+        self.tensor = tensor
+
+
+def steering_hook(positions_mask: torch.Tensor, vectors: torch.Tensor,
+                  mode: SteerMode = "replace") -> Callable:
+    """Hook fn for `blocks.{L}.hook_resid_pre`: at positions where positions_mask [B, T] is True,
+    set the residual to vectors [B, d_model] (replace) or add them (add).
+
+    It acts only on a pass whose sequence length is the mask's T, so during KV-cached
+    generation (one new token per step) it leaves the residual alone.
+    """
+    if mode not in ("replace", "add"):
+        raise FaithcaseError(f"Unknown steering mode '{mode}'; use 'replace' or 'add'.")
+    if positions_mask.ndim != 2 or vectors.ndim != 2 or vectors.shape[0] != positions_mask.shape[0]:
+        raise ValueError("positions_mask must be [B, T] and vectors [B, d_model] with the same B")
+    prompt_len = positions_mask.shape[1]
+
+    def hook_fn(resid: torch.Tensor, hook=None) -> torch.Tensor:
+        if resid.shape[1] != prompt_len:
+            return resid
+        mask = positions_mask.to(resid.device)[:, :, None]
+        vec = vectors.to(device=resid.device, dtype=resid.dtype)[:, None, :]
+        if mode == "replace":
+            return torch.where(mask, vec, resid)
+        return resid + mask.to(resid.dtype) * vec
+
+    return hook_fn
+
+
+def pad_token_lists(token_lists: list[list[int]], pad_id: int,
+                    side: Literal["left", "right"] = "left") -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad lists of token ids into (tokens [B, T], attention_mask [B, T])."""
+    if not token_lists or any(len(row) == 0 for row in token_lists):
+        raise ValueError("pad_token_lists needs at least one non-empty sequence")
+    width = max(len(row) for row in token_lists)
+    tokens = torch.full((len(token_lists), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(token_lists), width), dtype=torch.long)
+    for i, row in enumerate(token_lists):
+        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
+        tokens[i, span] = torch.tensor(row, dtype=torch.long)
+        mask[i, span] = 1
+    return tokens, mask
+
+
+def _cut_at_stop(row: list[int], stop_ids: set[int]) -> list[int]:
+    for i, token in enumerate(row):
+        if token in stop_ids:
+            return row[:i]
+    return row
+
+
+# ---------------------------------------------------------------- the model
+
+@dataclass(eq=False)
+class LanguageModel:
+    bridge: object
+    hf_model: object
+    tokenizer: object
+    name: str
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.bridge.cfg.n_layers)
+
+    @property
+    def d_model(self) -> int:
+        return int(self.bridge.cfg.d_model)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+    @property
+    def bos_token_id(self) -> int:
+        bos = self.tokenizer.bos_token_id
+        return bos if bos is not None else self.tokenizer.eos_token_id
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.tokenizer.eos_token_id
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return pad if pad is not None else self.tokenizer.eos_token_id
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    # -- hook names
+
+    def hook_layer(self, hook_name: str) -> int:
+        """Layer index L of a hook name `blocks.{L}.…`."""
+        match = _BLOCK_HOOK.match(hook_name)
+        if not match:
+            raise FaithcaseError(f"Hook '{hook_name}' is not a block hook; use e.g. blocks.12.hook_resid_pre.")
+        layer = int(match.group(1))
+        if layer >= self.n_layers:
+            raise FaithcaseError(f"Hook '{hook_name}': layer {layer} out of range, "
+                                 f"{self.name} has layers 0..{self.n_layers - 1}.")
+        return layer
+
+    def check_hook(self, hook_name: str) -> None:
+        """The bridge silently ignores unknown hook names, so check them here."""
+        if hook_name not in self.bridge.hook_dict:
+            self.hook_layer(hook_name)  # clearer message for a bad layer
+            raise FaithcaseError(f"Unknown hook '{hook_name}' for {self.name}; "
+                                 f"use e.g. blocks.{{L}}.hook_resid_pre or blocks.{{L}}.hook_resid_post.")
+
+    # -- tokens
+
+    def to_tokens(self, texts: str | list[str], prepend_bos: bool = True) -> torch.Tensor:
+        """Tokenize (no special tokens besides an optional BOS) into right-padded [B, T]."""
+        if isinstance(texts, str):
+            texts = [texts]
+        rows = [self.tokenizer.encode(text, add_special_tokens=False) for text in texts]
+        if prepend_bos:
+            rows = [[self.bos_token_id] + row for row in rows]
+        tokens, _ = pad_token_lists(rows, self.pad_token_id, side="right")
+        return tokens.to(self.device)
+
+    def batch_prompts(self, token_lists: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-pad prompts for batched generation: (tokens, attention_mask) on the model device."""
+        tokens, mask = pad_token_lists(token_lists, self.pad_token_id, side="left")
+        return tokens.to(self.device), mask.to(self.device)
+
+    def _forward_kwargs(self, attention_mask: torch.Tensor | None) -> dict:
+        kwargs = {"use_cache": False}
+        if attention_mask is not None:
+            kwargs["attention_mask"] = attention_mask.to(self.device)
+        return kwargs
+
+    # -- forward passes
+
+    @torch.no_grad()
+    def activations(self, tokens: torch.Tensor, hook_name: str,
+                    attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Activation [B, T, d] at hook_name; the pass stops as soon as the hook fires,
+        so no later layer (nor the unembedding) runs."""
+        self.check_hook(hook_name)
+
+        def capture_and_stop(tensor, hook):
+            raise _Captured(tensor)
+
+        with self.bridge.hooks(fwd_hooks=[(hook_name, capture_and_stop)]):
+            try:
+                self.bridge(tokens.to(self.device), **self._forward_kwargs(attention_mask))
+            except _Captured as captured:
+                return captured.tensor.detach()
+        raise RuntimeError(f"Hook {hook_name} did not fire during the forward pass")
+
+    @torch.no_grad()
+    def full_logits(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Plain full forward through the bridge: logits [B, T, vocab]."""
+        return self.bridge(tokens.to(self.device), **self._forward_kwargs(attention_mask))
+
+    @torch.no_grad()
+    def run_with_steering(self, tokens: torch.Tensor, layer: int, positions_mask: torch.Tensor,
+                          vectors: torch.Tensor, mode: SteerMode = "replace",
+                          read_hooks: list[str] | tuple[str, ...] = (),
+                          attention_mask: torch.Tensor | None = None,
+                          last_position_only: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One forward with the residual steered at `blocks.{layer}.hook_resid_pre`.
+
+        Returns (logits, {hook: activation}) for read_hooks. Logits are [B, T, V], or [B, V]
+        for the last position only when last_position_only (the unembedding then runs on
+        one position, which is much cheaper). With left-padded batches pass attention_mask.
+        """
+        cache: dict[str, torch.Tensor] = {}
+        for name in read_hooks:
+            self.check_hook(name)
+
+        def reader(name):
+            def read(tensor, hook):
+                cache[name] = tensor.detach()
+                return tensor
+            return read
+
+        hooks = [(self._resid_pre(layer), steering_hook(positions_mask, vectors, mode))]
+        hooks += [(name, reader(name)) for name in read_hooks]
+        kwargs = self._forward_kwargs(attention_mask)
+        if last_position_only:
+            kwargs["logits_to_keep"] = 1
+        with self.bridge.hooks(fwd_hooks=hooks):
+            logits = self.bridge(tokens.to(self.device), **kwargs)
+        return (logits[:, -1] if last_position_only else logits), cache
+
+    @torch.no_grad()
+    def generate_greedy(self, tokens: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
+                        stop_ids: list[int] | None = None,
+                        stop_strings: list[str] | None = None) -> list[list[int]]:
+        """Batched greedy generation with a KV cache (HF generate on the bridged model).
+
+        Prompts are left-padded (see batch_prompts). Returns the new tokens of each row,
+        cut before the first stop id (default: EOS). Stop strings end a row too; their
+        tokens stay in the output.
+        """
+        from transformers import GenerationConfig
+
+        stop_ids = list(stop_ids) if stop_ids else [self.eos_token_id]
+        config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens,
+                                  eos_token_id=stop_ids, pad_token_id=stop_ids[0],
+                                  stop_strings=stop_strings or None)
+        tokens = tokens.to(self.device)
+        out = self.hf_model.generate(
+            input_ids=tokens, attention_mask=attention_mask.to(self.device), generation_config=config,
+            tokenizer=self.tokenizer if stop_strings else None)
+        new_tokens = out[:, tokens.shape[1]:].tolist()
+        return [_cut_at_stop(row, set(stop_ids)) for row in new_tokens]
+
+    def generate_steered(self, tokens: torch.Tensor, attention_mask: torch.Tensor, layer: int,
+                         positions_mask: torch.Tensor, vectors: torch.Tensor, mode: SteerMode,
+                         max_new_tokens: int, stop_ids: list[int] | None = None,
+                         stop_strings: list[str] | None = None) -> list[list[int]]:
+        """generate_greedy with the steering hook at `blocks.{layer}.hook_resid_pre`; it acts on
+        the prompt pass only (the cached steps see one token at a time)."""
+        hook = steering_hook(positions_mask, vectors, mode)
+        with self.bridge.hooks(fwd_hooks=[(self._resid_pre(layer), hook)]):
+            return self.generate_greedy(tokens, attention_mask, max_new_tokens, stop_ids, stop_strings)
+
+    def _resid_pre(self, layer: int) -> str:
+        if not 0 <= layer < self.n_layers:
+            raise FaithcaseError(f"Layer {layer} out of range; {self.name} has layers 0..{self.n_layers - 1}.")
+        return f"blocks.{layer}.hook_resid_pre"
+
+
+# ---------------------------------------------------------------- benchmark
+
+def bench_model(lm: LanguageModel, hook_name: str, n_tokens: int = 4096, batch: int = 8,
+                seq_len: int = 64, seed: int = 0) -> dict:
+    """Tokens/s of the truncated pass (up to hook_name) and of a full forward, measured in
+    one run on the same random token batches, alternating the two to share any load."""
+    generator = torch.Generator().manual_seed(seed)
+    vocab = lm.hf_model.get_input_embeddings().num_embeddings
+    n_batches = max(1, -(-n_tokens // (batch * seq_len)))
+    batches = [torch.randint(0, vocab, (batch, seq_len), generator=generator) for _ in range(n_batches)]
+    for tokens in batches:
+        tokens[:, 0] = lm.bos_token_id
+    lm.activations(batches[0], hook_name)  # warm-up both paths
+    lm.full_logits(batches[0])
+    seconds = {"truncated": 0.0, "full": 0.0}
+    for tokens in batches:
+        seconds["truncated"] += _timed(lambda: lm.activations(tokens, hook_name), lm.device)
+        seconds["full"] += _timed(lambda: lm.full_logits(tokens), lm.device)
+    total = n_batches * batch * seq_len
+    truncated, full = total / seconds["truncated"], total / seconds["full"]
+    return {"hook": hook_name, "layer": lm.hook_layer(hook_name), "n_layers": lm.n_layers,
+            "device": str(lm.device), "tokens": total, "batch": batch, "seq_len": seq_len,
+            "truncated_tokens_per_s": truncated, "full_tokens_per_s": full, "speedup": truncated / full}
+
+
+def _timed(fn: Callable, device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start

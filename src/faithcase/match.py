@@ -1,0 +1,723 @@
+"""Match the features of two SAEs by the cosine similarity of their decoder rows.
+
+The matching is the optimal one-to-one assignment that maximizes the total cosine similarity.
+Two exact solvers:
+
+- ``dense``: scipy's ``linear_sum_assignment`` on the full similarity matrix (the reference).
+- ``sparse``: one blocked pass over the similarity keeps the top-k neighbours of every row and
+  every column (the candidate graph) plus, per row and per column, an upper bound on every pair
+  left out. The graph is solved exactly (``min_weight_full_bipartite_matching``); LP dual
+  potentials of that solution are then checked against the whole matrix (bounds first, exact
+  similarities only where the bounds cannot decide). Pairs that break the check join the graph
+  and it is solved again, until no pair does: the assignment is then provably optimal.
+
+Everything here is pure computation over tensors; reading SAEs and writing artifacts live elsewhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from scipy.sparse import csr_array
+from scipy.sparse.csgraph import maximum_bipartite_matching, min_weight_full_bipartite_matching
+
+from faithcase.errors import FaithcaseError
+
+SOLVERS = ("auto", "dense", "sparse")
+DENSE_AUTO_MAX_PAIRS = 4096 * 4096  # "auto" solves densely up to this many similarity entries
+BLOCK_ROWS = 2048  # rows of the similarity matrix computed at once
+HISTOGRAM_BINS = 50
+DEFAULT_TOLERANCE = 1e-7  # a left-out pair may exceed u_i + v_j by this much (float32 similarity)
+PAIR_KINDS = ("best", "worst", "random")
+
+
+# ----------------------------------------------------------------------------------------------
+# Results
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Counts of matched similarities in equal bins on [-1, 1]."""
+
+    edges: list[float]
+    counts: list[int]
+
+
+@dataclass(frozen=True)
+class SolverInfo:
+    """How the assignment was found, and how close to optimal it is proven to be."""
+
+    name: str  # "dense" or "sparse"
+    exact: bool  # optimal for the full similarity matrix (dense: always; sparse: when certified)
+    certified: bool  # sparse only: optimality proven by LP dual potentials checked on every pair
+    total: float  # sum of matched similarities
+    upper_bound: float  # sum of row maxima over the smaller side: no assignment can exceed it
+    dual_bound: float | None  # sparse: LP dual objective (+ n * tolerance); None for dense
+    relative_gap: float  # (best proven bound - total) / |total|; 0 for dense
+    iterations: int  # solve-and-check rounds (1 for dense)
+    candidate_edges: int  # pairs in the final candidate graph (n1 * n2 for dense)
+    seconds: float
+    tolerance: float
+    message: str
+
+
+@dataclass(frozen=True, eq=False)
+class MatchResult:
+    """The optimal one-to-one matching of alive features, with the paper's statistics.
+
+    ``index1[i]`` (an SAE 1 feature) is matched to ``index2[i]`` (an SAE 2 feature) with cosine
+    ``similarity[i]``; indices are the original feature indices, sorted by ``index1``.
+    """
+
+    index1: np.ndarray  # int64 [n_matched]
+    index2: np.ndarray  # int64 [n_matched]
+    similarity: np.ndarray  # float32 [n_matched]
+    threshold: float
+    n_features1: int
+    n_features2: int
+    n_alive1: int
+    n_alive2: int
+    n_dead1: int
+    n_dead2: int
+    dead1: np.ndarray  # original indices of dead SAE 1 features
+    dead2: np.ndarray
+    n_matched: int
+    shared_ratio: float  # share of matched pairs with similarity > threshold
+    top1_ratio: float  # share of alive SAE 1 features whose best SAE 2 cosine > threshold
+    mean_similarity: float
+    histogram: Histogram
+    solver: SolverInfo
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One selected matched pair; rank starts at 1 within its kind."""
+
+    rank: int
+    index1: int
+    index2: int
+    similarity: float
+
+
+@dataclass
+class _Assignment:
+    """A solver's answer over alive features, rows being the smaller side."""
+
+    cols: np.ndarray  # column matched to each row
+    sims: np.ndarray  # their similarities (float32 values)
+    info: SolverInfo
+
+
+# ----------------------------------------------------------------------------------------------
+# Similarity
+
+
+def dead_rows(W: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of rows that are all zero or hold a non-finite value."""
+    _check_matrix(W, "decoder")
+    return ~torch.isfinite(W).all(dim=1) | (W == 0).all(dim=1)
+
+
+def unit_rows(W: torch.Tensor) -> torch.Tensor:
+    """Rows scaled to unit norm in float32 (scaled by their max first, so no over/underflow)."""
+    W = W.to(torch.float32)
+    W = W / W.abs().amax(dim=1, keepdim=True)
+    return W / torch.linalg.vector_norm(W, dim=1, keepdim=True)
+
+
+def similarity_blocks(A: torch.Tensor, B: torch.Tensor, block_rows: int = BLOCK_ROWS):
+    """Yield (first row, A[rows] @ B.T) for consecutive row blocks of unit-row matrices."""
+    Bt = B.T
+    for start in range(0, A.shape[0], block_rows):
+        yield start, A[start : start + block_rows] @ Bt
+
+
+def cosine_similarity(W1: torch.Tensor, W2: torch.Tensor, block_rows: int = BLOCK_ROWS) -> torch.Tensor:
+    """Full float32 cosine similarity [n1, n2] of the rows of two matrices, computed in row blocks."""
+    A, B = unit_rows(W1), unit_rows(W2)
+    out = torch.empty(A.shape[0], B.shape[0], dtype=torch.float32)
+    for start, block in similarity_blocks(A, B, block_rows):
+        out[start : start + block.shape[0]] = block
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Public entry point
+
+
+def match_features(
+    W_dec1: torch.Tensor,
+    W_dec2: torch.Tensor,
+    threshold: float = 0.7,
+    solver: str = "auto",
+    k: int = 16,
+    tolerance: float = DEFAULT_TOLERANCE,
+    max_iterations: int = 50,
+    time_limit: float | None = None,
+    block_rows: int = BLOCK_ROWS,
+) -> MatchResult:
+    """Optimal one-to-one matching of the alive features of two SAEs by decoder cosine similarity.
+
+    ``solver``: "dense" (scipy on the full matrix), "sparse" (certified candidate graph, see the
+    module docstring) or "auto" (dense up to 4096 x 4096 pairs). ``k``: neighbours kept per row
+    and per column by the sparse solver. ``max_iterations`` / ``time_limit`` (seconds) cap its
+    certification; when hit, the best assignment is returned with ``certified=False``.
+    """
+    _check_matrix(W_dec1, "SAE 1 decoder")
+    _check_matrix(W_dec2, "SAE 2 decoder")
+    if W_dec1.shape[1] != W_dec2.shape[1]:
+        raise FaithcaseError(
+            f"the SAEs have different decoder widths ({W_dec1.shape[1]} vs {W_dec2.shape[1]}): "
+            "match SAEs trained on the same model and hook site"
+        )
+    if solver not in SOLVERS:
+        raise FaithcaseError(f"unknown matching solver {solver!r}: use one of {', '.join(SOLVERS)}")
+    if k < 1:
+        raise FaithcaseError(f"k must be at least 1 (got {k})")
+
+    dead1, dead2 = dead_rows(W_dec1), dead_rows(W_dec2)
+    alive1 = torch.nonzero(~dead1).flatten().numpy()
+    alive2 = torch.nonzero(~dead2).flatten().numpy()
+    for name, alive in (("SAE 1", alive1), ("SAE 2", alive2)):
+        if len(alive) == 0:
+            raise FaithcaseError(f"{name} has no alive features: every decoder row is zero or non-finite")
+
+    A, B = unit_rows(W_dec1[alive1]), unit_rows(W_dec2[alive2])
+    transposed = len(alive1) > len(alive2)  # the solvers want rows to be the smaller side
+    if transposed:
+        A, B = B, A
+    if solver == "auto":
+        solver = "dense" if A.shape[0] * B.shape[0] <= DENSE_AUTO_MAX_PAIRS else "sparse"
+
+    start = time.perf_counter()
+    if solver == "dense":
+        assignment, row_best, col_best = _solve_dense(A, B, block_rows)
+    else:
+        settings = _SparseSettings(k, tolerance, max_iterations, time_limit, block_rows)
+        assignment, row_best, col_best = _solve_sparse(A, B, settings)
+    info = _with_seconds(assignment.info, time.perf_counter() - start)
+
+    rows = np.arange(A.shape[0])
+    if transposed:
+        local1, local2, best1 = assignment.cols, rows, col_best
+    else:
+        local1, local2, best1 = rows, assignment.cols, row_best
+    order = np.argsort(local1)
+    return _result(
+        index1=alive1[local1[order]],
+        index2=alive2[local2[order]],
+        similarity=assignment.sims[order].astype(np.float32),
+        best1=best1,
+        threshold=threshold,
+        dead=(torch.nonzero(dead1).flatten().numpy(), torch.nonzero(dead2).flatten().numpy()),
+        n_features=(W_dec1.shape[0], W_dec2.shape[0]),
+        info=info,
+    )
+
+
+def _check_matrix(W: torch.Tensor, name: str) -> None:
+    if not isinstance(W, torch.Tensor) or W.ndim != 2:
+        raise FaithcaseError(f"the {name} must be a 2-D tensor [features, d_in]")
+    if not W.is_floating_point():
+        raise FaithcaseError(f"the {name} must hold floating-point values (got {W.dtype})")
+
+
+def _with_seconds(info: SolverInfo, seconds: float) -> SolverInfo:
+    return dataclasses.replace(info, seconds=seconds)
+
+
+def _result(index1, index2, similarity, best1, threshold, dead, n_features, info) -> MatchResult:
+    """Assemble a MatchResult and its statistics from the matched pairs."""
+    n_matched = len(similarity)
+    sims = similarity.astype(np.float64)
+    counts, edges = np.histogram(np.clip(sims, -1.0, 1.0), bins=HISTOGRAM_BINS, range=(-1.0, 1.0))
+    return MatchResult(
+        index1=index1.astype(np.int64),
+        index2=index2.astype(np.int64),
+        similarity=similarity,
+        threshold=threshold,
+        n_features1=n_features[0],
+        n_features2=n_features[1],
+        n_alive1=n_features[0] - len(dead[0]),
+        n_alive2=n_features[1] - len(dead[1]),
+        n_dead1=len(dead[0]),
+        n_dead2=len(dead[1]),
+        dead1=dead[0].astype(np.int64),
+        dead2=dead[1].astype(np.int64),
+        n_matched=n_matched,
+        shared_ratio=float((sims > threshold).mean()),
+        top1_ratio=float((np.asarray(best1, dtype=np.float64) > threshold).mean()),
+        mean_similarity=float(sims.mean()),
+        histogram=Histogram(edges=edges.tolist(), counts=counts.tolist()),
+        solver=info,
+    )
+
+
+# ----------------------------------------------------------------------------------------------
+# Dense solver
+
+
+def _solve_dense(A: torch.Tensor, B: torch.Tensor, block_rows: int):
+    """scipy's exact assignment on the full float32 similarity matrix."""
+    sim = torch.empty(A.shape[0], B.shape[0], dtype=torch.float32)
+    for start, block in similarity_blocks(A, B, block_rows):
+        sim[start : start + block.shape[0]] = block
+    sim_np = sim.numpy()
+    rows, cols = linear_sum_assignment(sim_np, maximize=True)
+    sims = sim_np[rows, cols]
+    row_best, col_best = sim_np.max(axis=1), sim_np.max(axis=0)
+    total = float(sims.astype(np.float64).sum())
+    info = SolverInfo(
+        name="dense",
+        exact=True,
+        certified=False,
+        total=total,
+        upper_bound=float(row_best.astype(np.float64).sum()),
+        dual_bound=None,
+        relative_gap=0.0,
+        iterations=1,
+        candidate_edges=int(sim_np.size),
+        seconds=0.0,
+        tolerance=0.0,
+        message="exact: scipy linear_sum_assignment on the full similarity matrix",
+    )
+    return _Assignment(cols=cols, sims=sims, info=info), row_best, col_best
+
+
+# ----------------------------------------------------------------------------------------------
+# Sparse solver: candidate graph
+
+
+class _ColumnTopK:
+    """Running top-m entries of every column of a matrix that arrives one row block at a time."""
+
+    def __init__(self, n_cols: int, m: int):
+        self.m = m
+        self.values = np.full((n_cols, m), -np.inf, dtype=np.float32)
+        self.rows = np.full((n_cols, m), -1, dtype=np.int64)
+        self.empty = True
+
+    def update(self, block: torch.Tensor, first_row: int) -> None:
+        if self.empty:
+            self._take_first(block, first_row)
+            return
+        cutoff = torch.from_numpy(self.values.min(axis=1))  # m-th best so far: only larger entries matter
+        hit_rows, hit_cols = (x.numpy() for x in torch.nonzero(block > cutoff, as_tuple=True))
+        if len(hit_rows):
+            self._merge(hit_cols, hit_rows + first_row, block.numpy()[hit_rows, hit_cols])
+
+    def _take_first(self, block: torch.Tensor, first_row: int) -> None:
+        m = min(self.m, block.shape[0])
+        values, rows = torch.topk(block.T.contiguous(), m, dim=1)
+        self.values[:, :m] = values.numpy()
+        self.rows[:, :m] = rows.numpy() + first_row
+        self.empty = False
+
+    def _merge(self, cols: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
+        """Keep the top m of (current entries + new entries) for every column that got new ones."""
+        touched, position = np.unique(cols, return_inverse=True)
+        m = self.m
+        group = np.concatenate([np.repeat(np.arange(len(touched)), m), position])
+        all_values = np.concatenate([self.values[touched].ravel(), values])
+        all_rows = np.concatenate([self.rows[touched].ravel(), rows])
+        # one sort: by column group, then by value descending (-inf placeholders sort last)
+        order = np.argsort(group * 4.0 - np.maximum(all_values, -1.5))
+        counts = np.bincount(group, minlength=len(touched))
+        rank = np.arange(len(order)) - np.repeat(np.cumsum(counts) - counts, counts)
+        keep = order[rank < m]  # exactly m per group, groups in order
+        self.values[touched] = all_values[keep].reshape(-1, m)
+        self.rows[touched] = all_rows[keep].reshape(-1, m)
+
+
+@dataclass
+class _Scan:
+    """What one blocked pass over the similarity matrix keeps."""
+
+    rows: np.ndarray  # candidate pairs (top-k of every row and every column)
+    cols: np.ndarray
+    sims: np.ndarray  # float64 copies of the float32 similarities
+    row_bound: np.ndarray  # every pair of row i outside its top-k has similarity <= row_bound[i]
+    col_bound: np.ndarray  # same for columns
+    row_best: np.ndarray  # maximum of every row
+    col_best: np.ndarray  # maximum of every column
+
+
+def _scan_similarity(A: torch.Tensor, B: torch.Tensor, k: int, block_rows: int) -> _Scan:
+    """One pass over A @ B.T in row blocks: top-k neighbours and left-out bounds of rows and columns."""
+    n_rows, n_cols = A.shape[0], B.shape[0]
+    k_row, k_col = min(k, n_cols), min(k, n_rows)
+    row_vals, row_idx, row_bound = [], [], []
+    columns = _ColumnTopK(n_cols, k_col + 1)
+    for start, block in similarity_blocks(A, B, block_rows):
+        values, idx = torch.topk(block, min(k_row + 1, n_cols), dim=1)
+        row_vals.append(values[:, :k_row])
+        row_idx.append(idx[:, :k_row])
+        row_bound.append(values[:, k_row] if k_row < n_cols else torch.full((len(block),), -torch.inf))
+        columns.update(block, start)
+    row_vals, row_idx = torch.cat(row_vals), torch.cat(row_idx)
+    col_vals, col_order = torch.sort(torch.from_numpy(columns.values), dim=1, descending=True)
+    col_rows = torch.gather(torch.from_numpy(columns.rows), 1, col_order)
+
+    top_col_vals, top_col_rows = col_vals[:, :k_col], col_rows[:, :k_col]
+    rows = torch.cat([torch.arange(n_rows).repeat_interleave(k_row), top_col_rows.flatten()])
+    cols = torch.cat([row_idx.flatten(), torch.arange(n_cols).repeat_interleave(k_col)])
+    sims = torch.cat([row_vals.flatten(), top_col_vals.flatten()])
+    return _Scan(
+        rows=rows.numpy(),
+        cols=cols.numpy(),
+        sims=sims.numpy().astype(np.float64),
+        row_bound=torch.cat(row_bound).numpy().astype(np.float64),
+        col_bound=col_vals[:, k_col].numpy().astype(np.float64),
+        row_best=row_vals[:, 0].numpy(),
+        col_best=col_vals[:, 0].numpy(),
+    )
+
+
+class _KnownPairs:
+    """Pairs whose similarity is known exactly; those flagged ``in_graph`` form the candidate graph.
+
+    The others are a reserve (pairs found while deepening rows): they are checked against the
+    potentials every round and join the graph only when they break the certificate.
+    """
+
+    def __init__(self, n_rows: int, n_cols: int):
+        self.n_rows, self.n_cols = n_rows, n_cols
+        self.keys = np.empty(0, dtype=np.int64)
+        self.sims = np.empty(0, dtype=np.float64)
+        self.in_graph = np.empty(0, dtype=bool)
+
+    @property
+    def rows(self) -> np.ndarray:
+        return self.keys // self.n_cols
+
+    @property
+    def cols(self) -> np.ndarray:
+        return self.keys % self.n_cols
+
+    @property
+    def n_graph(self) -> int:
+        return int(self.in_graph.sum())
+
+    def add(self, rows, cols, sims, in_graph: bool) -> None:
+        """Add pairs (duplicates keep one copy, in the graph if any copy is)."""
+        new_keys = np.asarray(rows, np.int64) * self.n_cols + np.asarray(cols, np.int64)
+        keys = np.concatenate([self.keys, new_keys])
+        sims = np.concatenate([self.sims, np.asarray(sims, np.float64)])
+        flags = np.concatenate([self.in_graph, np.full(len(new_keys), in_graph)])
+        self.keys, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        self.sims = sims[first]
+        self.in_graph = np.bincount(inverse, weights=flags, minlength=len(self.keys)) > 0
+
+    def graph(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        keys = self.keys[self.in_graph]
+        return keys // self.n_cols, keys % self.n_cols, self.sims[self.in_graph]
+
+    def similarity_of(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Similarities of pairs that must be known."""
+        return self.sims[np.searchsorted(self.keys, rows.astype(np.int64) * self.n_cols + cols)]
+
+
+def _complete_to_full_matching(known: _KnownPairs, A: torch.Tensor, B: torch.Tensor) -> int:
+    """Add graph pairs until every row can be matched; return how many were added.
+
+    Rows left out of a maximum matching of the graph are paired with unused columns, with their
+    true similarities. The certificate later brings in better pairs if these are poor.
+    """
+    rows, cols, _ = known.graph()
+    pattern = csr_array((np.ones(len(rows)), (rows, cols)), shape=(known.n_rows, known.n_cols))
+    matched_col = maximum_bipartite_matching(pattern, perm_type="column")
+    lonely_rows = np.flatnonzero(matched_col < 0)
+    if len(lonely_rows) == 0:
+        return 0
+    used = np.zeros(known.n_cols, dtype=bool)
+    used[matched_col[matched_col >= 0]] = True
+    free_cols = np.flatnonzero(~used)[: len(lonely_rows)]
+    sims = (A[torch.from_numpy(lonely_rows)] * B[torch.from_numpy(free_cols)]).sum(dim=1).numpy()
+    known.add(lonely_rows, free_cols, sims, in_graph=True)
+    return len(lonely_rows)
+
+
+def _solve_on_graph(known: _KnownPairs) -> np.ndarray:
+    """Column matched to each row by the exact assignment restricted to the candidate graph."""
+    rows, cols, sims = known.graph()
+    costs = csr_array((2.0 - sims, (rows, cols)), shape=(known.n_rows, known.n_cols))  # > 0, as required
+    matched_rows, matched_cols = min_weight_full_bipartite_matching(costs)
+    matched = np.empty(known.n_rows, dtype=np.int64)
+    matched[matched_rows] = matched_cols
+    return matched
+
+
+# ----------------------------------------------------------------------------------------------
+# Sparse solver: certificate
+
+
+def _dual_potentials(known: _KnownPairs, matched: np.ndarray, max_rounds: int | None = None):
+    """LP dual potentials (u, v) of an optimal matching on the candidate graph, or None.
+
+    The LP: maximize sum s_ij x_ij, every row matched once, every column at most once.
+    Its dual: minimize sum u + sum v with u_i + v_j >= s_ij and v_j >= 0; at the optimum
+    u_i + v_j = s_ij on matched pairs and v_j = 0 on unmatched columns.
+
+    Put u_i = s(i, m(i)) - v(m(i)) (equality on matched pairs) and v = -d. A graph pair (i, j)
+    is then feasible iff d_j <= d_m(i) + [s(i, m(i)) - s_ij]: d are shortest-path distances over
+    columns with arcs m(i) -> j of that weight, from a virtual source joined to every column by a
+    zero arc (so d <= 0, v >= 0). Unmatched columns have no outgoing arcs and, if the matching is
+    optimal, no negative path into them, so their d stays 0. Weights can be negative, so the
+    distances come from Bellman-Ford rounds over all arcs at once; None if they do not settle
+    (a negative cycle: the matching was not optimal on the graph).
+    """
+    rows, cols, sims = known.graph()
+    on_match = cols == matched[rows]
+    matched_sim = np.empty(known.n_rows)
+    matched_sim[rows[on_match]] = sims[on_match]
+    arc = ~on_match
+    by_target = np.argsort(cols[arc], kind="stable")  # arcs grouped by target column, for reduceat
+    src = matched[rows[arc]][by_target]
+    dst = cols[arc][by_target]
+    weight = (matched_sim[rows[arc]] - sims[arc])[by_target]
+    targets, first_arc = np.unique(dst, return_index=True)
+
+    dist = np.zeros(known.n_cols)
+    for _ in range(max_rounds or known.n_cols + 1):
+        if len(dst) == 0:
+            break
+        best_in = np.minimum.reduceat(dist[src] + weight, first_arc)
+        improved = best_in < dist[targets] - 1e-12
+        if not improved.any():
+            break
+        dist[targets[improved]] = best_in[improved]
+    else:
+        return None
+    v = -dist
+    u = matched_sim - v[matched]
+    return u, v
+
+
+def _suspects(bound_row, bound_col, u, v, tol):
+    """Rows and columns that may hold an unknown pair with s_ij > u_i + v_j + tol.
+
+    An unknown pair has s_ij <= min(bound_row_i, bound_col_j); it can break the certificate only if
+    bound_row_i - u_i - tol > v_j and bound_col_j - v_j > u_i + tol. Sorting v (resp. the row
+    slack) turns "is there such a partner" into a prefix maximum (resp. suffix minimum) lookup.
+    """
+    row_slack = bound_row - u - tol  # a pair (i, j) is suspect only if v_j < row_slack_i ...
+    col_room = bound_col - v  # ... and u_i + tol < col_room_j
+    by_v = np.argsort(v)
+    room_prefix_max = np.maximum.accumulate(col_room[by_v])
+    n_below = np.searchsorted(v[by_v], row_slack, side="left")
+    suspect_rows = (n_below > 0) & (room_prefix_max[np.maximum(n_below - 1, 0)] > u + tol)
+
+    by_slack = np.argsort(row_slack)
+    u_suffix_min = np.minimum.accumulate((u + tol)[by_slack][::-1])[::-1]
+    first_above = np.searchsorted(row_slack[by_slack], v, side="right")
+    has_partner = first_above < len(u)
+    suspect_cols = has_partner & (u_suffix_min[np.minimum(first_above, len(u) - 1)] < col_room)
+    return np.flatnonzero(suspect_rows), np.flatnonzero(suspect_cols)
+
+
+def _deepen_rows(A, B, known, row_bound, rows, floor, max_per_row, block_rows) -> None:
+    """Compute whole rows exactly; keep every pair >= floor_i (at most max_per_row) as known.
+
+    Afterwards every unknown pair of such a row is below its new bound (floor_i, or the
+    (max_per_row + 1)-th value of the row when the cap binds).
+    """
+    Bt = B.T
+    for start in range(0, len(rows), block_rows):
+        chunk = rows[start : start + block_rows]
+        block = A[torch.from_numpy(chunk)] @ Bt
+        limit = torch.from_numpy(floor[chunk]).to(torch.float32)
+        over_cap = (block >= limit[:, None]).sum(dim=1) > max_per_row
+        if bool(over_cap.any()):  # crowded rows: keep their top entries, bound by the next one
+            top = torch.topk(block[over_cap], max_per_row + 1, dim=1).values
+            limit[over_cap] = top[:, -1]
+            block[over_cap] = torch.where(block[over_cap] > limit[over_cap, None], block[over_cap], -torch.inf)
+        r, c = torch.nonzero(block >= limit[:, None], as_tuple=True)
+        known.add(chunk[r.numpy()], c.numpy(), block[r, c].numpy(), in_graph=False)
+        new_bound = limit.to(torch.float64).numpy()
+        row_bound[chunk] = np.minimum(row_bound[chunk], new_bound)
+
+
+def _exact_violations(A, B, known, rows, cols, u, v, tol, block_rows):
+    """Pairs of rows x cols with s_ij > u_i + v_j + tol, computed exactly (for crowded rows)."""
+    found = ([], [], [])
+    B_sub = B[torch.from_numpy(cols)].contiguous()
+    v_sub32 = torch.from_numpy(v[cols]).to(torch.float32)
+    for start in range(0, len(rows), block_rows):
+        chunk = rows[start : start + block_rows]
+        block = A[torch.from_numpy(chunk)] @ B_sub.T
+        # float32 screen with a wide margin, then the float64 test on the few survivors
+        limit32 = torch.from_numpy(u[chunk] + tol).to(torch.float32)[:, None] + v_sub32[None, :] - 1e-5
+        r, c = torch.nonzero(block > limit32, as_tuple=True)
+        sims = block[r, c].numpy().astype(np.float64)
+        r, c = chunk[r.numpy()], cols[c.numpy()]
+        broken = sims > u[r] + v[c] + tol
+        for part, values in zip(found, (r, c, sims)):
+            part.append(values[broken])
+    return tuple(np.concatenate(part) if part else np.empty(0) for part in found)
+
+
+def _most_violated(rows, cols, excess, per_line):
+    """Mask of violations that are among the per_line largest excesses of their row or column."""
+    keep = np.zeros(len(rows), dtype=bool)
+    for line in (rows, cols):
+        order = np.lexsort((-excess, line))
+        sorted_line = line[order]
+        starts = np.searchsorted(sorted_line, sorted_line, side="left")
+        keep[order[np.arange(len(order)) - starts < per_line]] = True
+    return keep
+
+
+def _violations(A, B, known, row_bound, col_bound, u, v, tol, settings):
+    """All pairs that break the certificate under potentials (u, v): (rows, cols, sims)."""
+    suspect_rows, _ = _suspects(row_bound, col_bound, u, v, tol)
+    if len(suspect_rows):
+        floor = u + v.min() + tol - settings.margin
+        _deepen_rows(A, B, known, row_bound, suspect_rows, floor, settings.max_per_row, settings.block_rows)
+    rows, cols, sims = known.rows, known.cols, known.sims
+    broken = ~known.in_graph & (sims > u[rows] + v[cols] + tol)
+    found = rows[broken], cols[broken], sims[broken]
+
+    crowded_rows, crowded_cols = _suspects(row_bound, col_bound, u, v, tol)  # only capped rows remain
+    if len(crowded_rows) and len(crowded_cols):
+        extra = _exact_violations(A, B, known, crowded_rows, crowded_cols, u, v, tol, settings.block_rows)
+        unknown = np.ones(len(extra[0]), dtype=bool)
+        if len(known.keys):
+            keys = extra[0].astype(np.int64) * known.n_cols + extra[1]
+            at = np.minimum(np.searchsorted(known.keys, keys), len(known.keys) - 1)
+            unknown = known.keys[at] != keys
+        found = tuple(np.concatenate([a, b[unknown]]) for a, b in zip(found, extra))
+    return found
+
+
+def _repaired_dual_bound(known, row_bound, u, v) -> float:
+    """A valid upper bound from potentials that may be infeasible: raise each u_i until row i fits."""
+    need = np.full(known.n_rows, -np.inf)
+    np.maximum.at(need, known.rows, known.sims - v[known.cols])
+    need = np.maximum(need, row_bound - v.min())
+    return float(np.maximum(u, need).sum() + v.sum())
+
+
+@dataclass(frozen=True)
+class _SparseSettings:
+    k: int
+    tol: float
+    max_iterations: int
+    time_limit: float | None
+    block_rows: int
+    margin: float = 0.02  # deepened rows keep pairs down to this far below what could break
+    max_per_row: int = 1024  # at most this many pairs kept per deepened row
+
+
+def _solve_sparse(A, B, settings: _SparseSettings):
+    """Candidate graph + exact solve + dual certificate, repeated until certified or capped."""
+    start = time.perf_counter()
+    n_rows, n_cols, tol = A.shape[0], B.shape[0], settings.tol
+    scan = _scan_similarity(A, B, settings.k, settings.block_rows)
+    known = _KnownPairs(n_rows, n_cols)
+    known.add(scan.rows, scan.cols, scan.sims, in_graph=True)
+    completed = _complete_to_full_matching(known, A, B)
+    row_bound, col_bound = scan.row_bound.copy(), scan.col_bound
+
+    certified, dual_bound, iterations = False, None, 0
+    while True:
+        iterations += 1
+        matched = _solve_on_graph(known)
+        potentials = _dual_potentials(known, matched)
+        if potentials is None:
+            message = "dual potentials did not settle (numerical trouble); assignment not certified"
+            break
+        u, v = potentials
+        rows, cols, sims = _violations(A, B, known, row_bound, col_bound, u, v, tol, settings)
+        if len(rows) == 0:
+            certified = True
+            dual_bound = float(u.sum() + v.sum() + n_rows * tol)
+            message = f"certified optimal: no pair exceeds its dual potentials by more than {tol:g}"
+            break
+        excess = sims - u[rows] - v[cols]
+        pick = _most_violated(rows, cols, excess, settings.k)
+        known.add(rows[pick], cols[pick], sims[pick], in_graph=True)
+        elapsed = time.perf_counter() - start
+        out_of_time = settings.time_limit is not None and elapsed > settings.time_limit
+        if iterations >= settings.max_iterations or out_of_time:
+            dual_bound = _repaired_dual_bound(known, row_bound, u, v)
+            message = (
+                f"not certified: stopped after {iterations} iterations ({elapsed:.0f} s) with "
+                f"{len(rows)} pairs still breaking the certificate; best assignment returned"
+            )
+            matched = _solve_on_graph(known)
+            break
+    if completed:
+        message += f"; {completed} rows needed extra candidate pairs to be matchable"
+
+    sims = known.similarity_of(np.arange(n_rows), matched)
+    total = float(sims.sum())
+    upper_bound = float(scan.row_best.astype(np.float64).sum())
+    best_bound = upper_bound if dual_bound is None else min(upper_bound, dual_bound)
+    info = SolverInfo(
+        name="sparse",
+        exact=certified,
+        certified=certified,
+        total=total,
+        upper_bound=upper_bound,
+        dual_bound=dual_bound,
+        relative_gap=max(best_bound - total, 0.0) / max(abs(total), 1e-12),
+        iterations=iterations,
+        candidate_edges=known.n_graph,
+        seconds=0.0,
+        tolerance=tol,
+        message=message,
+    )
+    assignment = _Assignment(cols=matched, sims=sims.astype(np.float32), info=info)
+    return assignment, scan.row_best, scan.col_best
+
+
+# ----------------------------------------------------------------------------------------------
+# Pair selection
+
+
+def select_pairs(result: MatchResult, n_pairs: int, seed: int) -> dict[str, list[Pair]]:
+    """The n best, n worst and n random matched pairs (random: a control drawn from the rest).
+
+    "best" is sorted by similarity descending, "worst" ascending; "worst" skips pairs already in
+    "best" and "random" draws uniformly without replacement from pairs in neither, sorted by
+    similarity descending, so the three kinds are disjoint (and may be shorter than n).
+    """
+    if n_pairs < 1:
+        raise FaithcaseError(f"--n-pairs must be at least 1 (got {n_pairs})")
+    if n_pairs > result.n_matched:
+        raise FaithcaseError(
+            f"--n-pairs {n_pairs} is larger than the {result.n_matched} matched features: "
+            f"choose at most {result.n_matched}"
+        )
+    sims = result.similarity.astype(np.float64)
+    by_similarity = np.lexsort((result.index1, -sims))  # descending, ties by SAE 1 index
+    best = by_similarity[:n_pairs].tolist()
+    in_best = set(best)
+    worst = [i for i in by_similarity[::-1].tolist() if i not in in_best][:n_pairs]
+    taken = in_best | set(worst)
+    rest = np.array([i for i in range(result.n_matched) if i not in taken], dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    drawn = rng.choice(rest, size=min(n_pairs, len(rest)), replace=False) if len(rest) else rest
+    drawn = sorted(drawn.tolist(), key=lambda i: (-sims[i], result.index1[i]))
+    return {
+        "best": _pairs(result, best),
+        "worst": _pairs(result, worst),
+        "random": _pairs(result, drawn),
+    }
+
+
+def _pairs(result: MatchResult, positions) -> list[Pair]:
+    return [
+        Pair(
+            rank=rank,
+            index1=int(result.index1[i]),
+            index2=int(result.index2[i]),
+            similarity=float(result.similarity[i]),
+        )
+        for rank, i in enumerate(positions, start=1)
+    ]

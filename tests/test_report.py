@@ -1,0 +1,262 @@
+"""report: self-contained, well-formed HTML with every pair's explanations and highlighted windows; a headless-browser check."""
+
+from __future__ import annotations
+
+import base64
+import os
+from html import escape
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from fixtures_case import make_case_artifacts
+
+from faithcase.artifacts import CRITERIA, SAE_KEYS
+from faithcase.assemble import assemble
+from faithcase.plots import decoder_vs_explanation, make_plots
+from faithcase.report import render_report, write_report
+
+VOID_TAGS = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+class Node:
+    def __init__(self, tag: str, attrs: dict[str, str | None], parent: Node | None):
+        self.tag, self.attrs, self.parent = tag, attrs, parent
+        self.children: list[Node | str] = []
+
+    @property
+    def classes(self) -> set[str]:
+        return set((self.attrs.get("class") or "").split())
+
+    def text(self) -> str:
+        return "".join(c if isinstance(c, str) else c.text() for c in self.children)
+
+    def find_all(self, tag: str | None = None, cls: str | None = None) -> list[Node]:
+        found = []
+        for child in self.children:
+            if isinstance(child, Node):
+                if (tag is None or child.tag == tag) and (cls is None or cls in child.classes):
+                    found.append(child)
+                found += child.find_all(tag, cls)
+        return found
+
+
+class TreeParser(HTMLParser):
+    """A strict tree builder: every non-void element must be closed in order."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.root = Node("#root", {}, None)
+        self.current = self.root
+        self.urls: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.urls += [v for k, v in attrs.items() if k in ("src", "href") and v is not None]
+        node = Node(tag, attrs, self.current)
+        self.current.children.append(node)
+        if tag not in VOID_TAGS:
+            self.current = node
+
+    def handle_endtag(self, tag):
+        assert tag == self.current.tag, f"</{tag}> closes <{self.current.tag}>"
+        self.current = self.current.parent
+
+    def handle_data(self, data):
+        self.current.children.append(data)
+
+
+def parse(html: str) -> TreeParser:
+    parser = TreeParser()
+    parser.feed(html)
+    parser.close()
+    assert parser.current is parser.root, f"unclosed <{parser.current.tag}>"
+    return parser
+
+
+@pytest.fixture(scope="module")
+def rendered():
+    arts = make_case_artifacts()
+    cases, summary = assemble(arts.match, arts.explain, arts.windows, arts.embed, arts.config)
+    points = [(c.similarity, 0.9 - 0.1 * i, c.kind) for i, c in enumerate(cases)]
+    plots = make_plots(cases, summary, arts.explain, points)
+    html = render_report(cases, summary, plots, arts.explain)
+    return cases, summary, plots, html
+
+
+def pair_node(tree: TreeParser, kind: str, rank: int) -> Node:
+    found = [n for n in tree.root.find_all("div", "pair") if n.attrs.get("data-kind") == kind
+             and n.attrs.get("data-rank") == str(rank)]
+    assert len(found) == 1, (kind, rank)
+    return found[0]
+
+
+def displayed_token(text: str) -> str:
+    return text.replace("\n", "↵").replace("\r", "␍").replace("\t", "⇥")
+
+
+def test_html_is_well_formed_and_self_contained(rendered):
+    _, _, plots, html = rendered
+    assert html.startswith("<!DOCTYPE html>")
+    tree = parse(html)
+    assert tree.urls, "expected data: URIs for the figures"
+    for url in tree.urls:
+        assert url.startswith(("data:", "#")), url
+    assert "http://" not in html and "https://" not in html
+    images = tree.root.find_all("img")
+    assert len(images) == len(plots)
+    for png in plots.values():
+        assert f"data:image/png;base64,{base64.b64encode(png).decode()}" in html
+
+
+def test_every_pair_has_its_escaped_explanations(rendered):
+    cases, _, _, html = rendered
+    tree = parse(html)
+    assert "<b>bold</b>" not in html  # the explanation's markup is text, not tags
+    assert len(tree.root.find_all("div", "pair")) == len(cases)
+    for case in cases:
+        node = pair_node(tree, case.kind, case.rank)
+        explanations = node.find_all(cls="explanation")
+        assert [e.text() for e in explanations] == case.self_explanations
+        for explanation in case.self_explanations:
+            assert escape(explanation) in html
+
+
+def test_every_window_token_is_highlighted_by_activation(rendered):
+    cases, _, _, html = rendered
+    tree = parse(html)
+    for case in cases:
+        features = pair_node(tree, case.kind, case.rank).find_all("div", "feature")
+        assert [f.attrs["data-sae"] for f in features] == list(SAE_KEYS)
+        for slot, feature in enumerate(features):
+            assert feature.attrs["data-feature"] == str(case.indices[slot])
+            for criterion in CRITERIA:
+                panel = [p for p in feature.find_all("div", "windows") if p.attrs["data-criterion"] == criterion]
+                assert len(panel) == 1
+                expected = case.windows[slot][criterion]
+                windows = panel[0].find_all("div", "win")
+                assert len(windows) == len(expected)
+                for window, example in zip(windows, expected):
+                    tokens = window.find_all("span", "tok")
+                    assert [t.text() for t in tokens] == [displayed_token(t) for t in example.texts]
+                    assert [float(t.attrs["data-act"]) for t in tokens] == pytest.approx(example.acts, rel=1e-5)
+                    for token, act in zip(tokens, example.acts):
+                        assert token.attrs["title"] == f"{act:.3f}"
+                        assert ("on" in token.classes) == (act > 0)
+                        assert ("--a:" in (token.attrs.get("style") or "")) == (act > 0)  # background alpha
+    assert "↵" in html and "日本" in html and "&lt;/script&gt;" in html
+    assert "</script>" in html and html.count("</script>") == 1  # only the page's own script
+
+
+def test_summary_table_and_sweeps(rendered):
+    _, summary, _, html = rendered
+    tree = parse(html)
+    table = tree.root.find_all("table", "summary")[0]
+    rows = table.find_all("tr")[1:]
+    assert [r.find_all("td")[0].text() for r in rows] == ["best", "worst", "random"]
+    best = rows[0].find_all("td")
+    assert best[2].text() == f"{summary.groups['best']['mean_similarity']:.3f}"
+    assert best[3].text() == f"{summary.groups['best']['mean_own_auroc']:.3f}"
+    assert len(tree.root.find_all("table", "sweep")) == 2 * len(rendered[0])
+    assert escape(summary.model) in html
+
+
+def test_report_without_explain_or_plots_still_renders(rendered):
+    cases, summary, _, _ = rendered
+    html = render_report(cases, summary, {})
+    tree = parse(html)
+    assert not tree.root.find_all("table", "sweep")
+    assert len(tree.root.find_all("div", "pair")) == len(cases)
+
+
+def test_write_report_writes_index_and_pngs(rendered, tmp_path):
+    _, _, plots, html = rendered
+    index = write_report(tmp_path, html, plots)
+    assert index == tmp_path / "report" / "index.html"
+    assert index.read_text(encoding="utf-8") == html
+    for name, png in plots.items():
+        assert (tmp_path / "report" / name).read_bytes() == png
+    assert not [p for p in (tmp_path / "report").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_plot_functions_return_and_save_png(tmp_path):
+    path = tmp_path / "scatter.png"
+    png = decoder_vs_explanation([(0.9, 0.8, "best"), (0.1, 0.2, "worst"), (0.5, 0.4, "random")], path)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and path.read_bytes() == png
+
+
+# ---------------------------------------------------------------- headless browser
+
+
+def browser_or_skip():
+    if Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file():
+        return
+    reason = "chromium/chromedriver not installed (apt-get install -y chromium chromium-driver)"
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; required under CI")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def driver(tmp_path):
+    browser_or_skip()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1400,2000",
+                 "--hide-scrollbars"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    chrome = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield chrome
+    finally:
+        chrome.quit()
+
+
+@pytest.mark.timeout(180)
+def test_report_in_headless_chromium(rendered, driver, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    cases, _, plots, html = rendered
+    index = write_report(tmp_path, html, plots)
+    driver.set_window_size(1400, 2000)
+    driver.get(index.as_uri())
+    assert driver.execute_script("return document.readyState") == "complete"
+
+    for case in cases:
+        pair = driver.find_element(By.CSS_SELECTOR, f'div.pair[data-kind="{case.kind}"][data-rank="{case.rank}"]')
+        explanations = pair.find_elements(By.CSS_SELECTOR, ".explanation")
+        assert [e.text.strip() for e in explanations] == [e.strip() for e in case.self_explanations]
+        for slot, sae in enumerate(SAE_KEYS):
+            visible = pair.find_elements(By.CSS_SELECTOR, f'.feature[data-sae="{sae}"] .windows.shown span.tok[data-act]')
+            expected_tokens = sum(len(ex.texts) for ex in case.windows[slot]["mean"])
+            assert len(visible) == expected_tokens
+            hot = [t for t in visible if float(t.get_attribute("data-act")) > 0]
+            assert hot and all(t.is_displayed() for t in hot[:5])
+            assert "rgba" in hot[0].value_of_css_property("background-color")
+
+    # the criterion tabs switch the windows shown (JS ran)
+    first = driver.find_element(By.CSS_SELECTOR, "div.pair")
+    first.find_element(By.CSS_SELECTOR, '.tab[data-criterion="density"]').click()
+    assert first.find_element(By.CSS_SELECTOR, '.windows[data-criterion="density"]').is_displayed()
+    assert not first.find_element(By.CSS_SELECTOR, '.windows[data-criterion="mean"]').is_displayed()
+
+    for image in driver.find_elements(By.TAG_NAME, "img"):
+        assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth > 0", image)
+
+    severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+    assert not severe, severe
+
+    screenshot = os.environ.get("FAITHCASE_SCREENSHOT")
+    if screenshot:
+        first.find_element(By.CSS_SELECTOR, '.tab[data-criterion="mean"]').click()
+        driver.execute_script("window.scrollTo(0, 0)")
+        Path(screenshot).parent.mkdir(parents=True, exist_ok=True)
+        assert driver.save_screenshot(screenshot)
