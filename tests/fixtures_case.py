@@ -176,6 +176,7 @@ def make_embed(features: dict[str, list[int]], match: MatchArtifact, upstream: d
             kind=pair.kind, rank=pair.rank, index1=pair.index1, index2=pair.index2,
             sae1_on_sae2=score("sae2", pair.index2, cross_auroc_12, explanation_of("sae1", pair.index1)),
             sae2_on_sae1=score("sae1", pair.index1, cross_auroc_21, explanation_of("sae2", pair.index2)),
+            explanation_similarity=None if pair.kind == "worst" and pair.rank == 1 else round(0.2 + pair.similarity / 2, 3),
         ))
     return EmbedArtifact(meta=Meta(stage="embed", fingerprint="fp-embed", upstream=upstream), embedder="mini",
                          query_template="Query: {explanation}", scores=scores, cross=cross)

@@ -19,7 +19,7 @@ from faithcase.assemble import (
 from faithcase.errors import FaithcaseError
 
 # the documented fields of one case-study entry, of a window, of the summary and of a summary group
-PAIR_CASE_FIELDS = {"kind", "rank", "similarity", "indices", "self_explanations", "eleuthers", "cross_eleuthers",
+PAIR_CASE_FIELDS = {"kind", "rank", "similarity", "indices", "self_explanations", "eleuthers", "cross_eleuthers", "explanation_similarity",
                     "windows", "scales", "failed", "stats"}
 ACT_EXAMPLE_FIELDS = {"tokens", "texts", "acts"}
 STATS_FIELDS = {"n_tokens", "n_active", "frequency", "max", "mean_nonzero", "histogram"}
@@ -75,6 +75,7 @@ def test_entries_correspond_to_the_artifacts(arts, written):
         assert entry["similarity"] == pytest.approx(sim)
         cross = next(c for c in arts.embed.cross if (c.kind, c.rank) == (kind, rank))
         assert entry["cross_eleuthers"] == [cross.sae1_on_sae2.auroc, cross.sae2_on_sae1.auroc]
+        assert entry["explanation_similarity"] == cross.explanation_similarity
         for slot, (sae, feature) in enumerate((("sae1", i1), ("sae2", i2))):
             explained = arts.explain.features[sae][str(feature)]
             assert entry["self_explanations"][slot] == explained.explanations[0]

@@ -236,6 +236,7 @@ class CrossScore(Model):
     index2: int
     sae1_on_sae2: FeatureScore  # SAE1's explanation scored on SAE2's feature's contexts
     sae2_on_sae1: FeatureScore
+    explanation_similarity: float | None = None  # cosine of the two explanations' embeddings
 
 
 class EmbedArtifact(Artifact):
@@ -257,6 +258,7 @@ class PairCase(Model):
     self_explanations: list[str | None]
     eleuthers: list[float | None]
     cross_eleuthers: list[float | None]
+    explanation_similarity: float | None
     windows: list[dict[Criterion, list[ActExample]]]
     scales: list[float | None]
     failed: list[bool]

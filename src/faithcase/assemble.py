@@ -167,6 +167,7 @@ def build_case(pair: Pair, explain: ExplainArtifact, windows: dict[str, WindowsA
         self_explanations=[e.explanations[0] if e.explanations else None for e in explained],
         eleuthers=[embed.scores[sae][str(indices[sae])].auroc for sae in SAE_KEYS],
         cross_eleuthers=[cross.sae1_on_sae2.auroc, cross.sae2_on_sae1.auroc],
+        explanation_similarity=cross.explanation_similarity,
         windows=[
             {
                 criterion: [ActExample(tokens=w.tokens, texts=w.texts, acts=w.acts) for w in f.windows.get(criterion, [])]
@@ -221,18 +222,19 @@ def assemble(
 # ---------------------------------------------------------------- files
 
 
-def write_case_study(out_dir: Path, cases: list[PairCase], summary: CaseStudySummary) -> tuple[Path, Path]:
+def write_case_study(out_dir: Path, cases: list[PairCase], summary: CaseStudySummary,
+                     cases_name: str = CASE_STUDY_FILE) -> tuple[Path, Path]:
     """Validate, then atomically write case_study.json (the list) and summary.json beside it."""
     cases = CASES_ADAPTER.validate_python([c.model_dump() for c in cases])
-    cases_path, summary_path = out_dir / CASE_STUDY_FILE, out_dir / SUMMARY_FILE
+    cases_path, summary_path = out_dir / cases_name, out_dir / SUMMARY_FILE
     write_json(cases_path, CASES_ADAPTER.dump_python(cases, mode="json"))
     write_json(summary_path, summary.model_dump(mode="json"))
     return cases_path, summary_path
 
 
-def read_case_study(out_dir: Path) -> tuple[list[PairCase], CaseStudySummary]:
+def read_case_study(out_dir: Path, cases_name: str | None = None) -> tuple[list[PairCase], CaseStudySummary]:
     """Read case_study.json and summary.json back; FaithcaseError if missing or invalid."""
-    cases_path, summary_path = out_dir / CASE_STUDY_FILE, out_dir / SUMMARY_FILE
+    cases_path, summary_path = out_dir / (cases_name or CASE_STUDY_FILE), out_dir / SUMMARY_FILE
     for path in (cases_path, summary_path):
         if not path.is_file():
             raise FaithcaseError(f"missing artifact {path}: run `faithcase assemble` first")

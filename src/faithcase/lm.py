@@ -94,6 +94,7 @@ def wrap_model(name: str, hf_model, tokenizer) -> "LanguageModel":
     bridge = TransformerBridge.boot_transformers(
         name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=hf_model.dtype)
     bridge.eval()
+    _pass_kv_cache_to_attention(bridge)
     return LanguageModel(bridge=bridge, hf_model=hf_model, tokenizer=tokenizer, name=name)
 
 
@@ -102,6 +103,25 @@ def load_model(name: str, path: str | None = None, gguf: str | None = None,
     """Load a model from a GGUF file (`gguf`), a local HF folder (`path`) or an HF id (`name`)."""
     hf_model, tokenizer = load_hf(name, path=path, gguf=gguf, device=device, dtype=dtype)
     return wrap_model(name, hf_model, tokenizer)
+
+
+def _pass_kv_cache_to_attention(bridge) -> None:
+    """Work around a bridge/transformers mismatch that breaks KV-cached generation.
+
+    transformers 5.x decoder layers hand the KV cache to attention as `cache=`, while the
+    bridge's reimplemented attention (transformer-lens 3.9) only reads `past_key_values=`:
+    the cache stays empty, each cached step attends to itself alone and greedy output turns
+    into noise after the first token. A pre-hook copies the cache under the old name.
+    """
+    def alias_cache(module, args, kwargs):
+        if kwargs.get("cache") is not None and kwargs.get("past_key_values") is None:
+            return args, {**kwargs, "past_key_values": kwargs["cache"]}
+        return None
+
+    for block in getattr(bridge, "blocks", []):
+        attention = getattr(block, "attn", None)
+        if attention is not None:
+            attention.register_forward_pre_hook(alias_cache, with_kwargs=True)
 
 
 # ---------------------------------------------------------------- hooks

@@ -156,6 +156,7 @@ def match_features(
     threshold: float = 0.7,
     solver: str = "auto",
     k: int = 16,
+    depth: int = 64,
     tolerance: float = DEFAULT_TOLERANCE,
     max_iterations: int = 50,
     time_limit: float | None = None,
@@ -198,7 +199,7 @@ def match_features(
     if solver == "dense":
         assignment, row_best, col_best = _solve_dense(A, B, block_rows)
     else:
-        settings = _SparseSettings(k, tolerance, max_iterations, time_limit, block_rows)
+        settings = _SparseSettings(k, depth, tolerance, max_iterations, time_limit, block_rows)
         assignment, row_best, col_best = _solve_sparse(A, B, settings)
     info = _with_seconds(assignment.info, time.perf_counter() - start)
 
@@ -293,89 +294,71 @@ def _solve_dense(A: torch.Tensor, B: torch.Tensor, block_rows: int):
 # Sparse solver: candidate graph
 
 
-class _ColumnTopK:
-    """Running top-m entries of every column of a matrix that arrives one row block at a time."""
-
-    def __init__(self, n_cols: int, m: int):
-        self.m = m
-        self.values = np.full((n_cols, m), -np.inf, dtype=np.float32)
-        self.rows = np.full((n_cols, m), -1, dtype=np.int64)
-        self.empty = True
-
-    def update(self, block: torch.Tensor, first_row: int) -> None:
-        if self.empty:
-            self._take_first(block, first_row)
-            return
-        cutoff = torch.from_numpy(self.values.min(axis=1))  # m-th best so far: only larger entries matter
-        hit_rows, hit_cols = (x.numpy() for x in torch.nonzero(block > cutoff, as_tuple=True))
-        if len(hit_rows):
-            self._merge(hit_cols, hit_rows + first_row, block.numpy()[hit_rows, hit_cols])
-
-    def _take_first(self, block: torch.Tensor, first_row: int) -> None:
-        m = min(self.m, block.shape[0])
-        values, rows = torch.topk(block.T.contiguous(), m, dim=1)
-        self.values[:, :m] = values.numpy()
-        self.rows[:, :m] = rows.numpy() + first_row
-        self.empty = False
-
-    def _merge(self, cols: np.ndarray, rows: np.ndarray, values: np.ndarray) -> None:
-        """Keep the top m of (current entries + new entries) for every column that got new ones."""
-        touched, position = np.unique(cols, return_inverse=True)
-        m = self.m
-        group = np.concatenate([np.repeat(np.arange(len(touched)), m), position])
-        all_values = np.concatenate([self.values[touched].ravel(), values])
-        all_rows = np.concatenate([self.rows[touched].ravel(), rows])
-        # one sort: by column group, then by value descending (-inf placeholders sort last)
-        order = np.argsort(group * 4.0 - np.maximum(all_values, -1.5))
-        counts = np.bincount(group, minlength=len(touched))
-        rank = np.arange(len(order)) - np.repeat(np.cumsum(counts) - counts, counts)
-        keep = order[rank < m]  # exactly m per group, groups in order
-        self.values[touched] = all_values[keep].reshape(-1, m)
-        self.rows[touched] = all_rows[keep].reshape(-1, m)
-
-
 @dataclass
 class _Scan:
     """What one blocked pass over the similarity matrix keeps."""
 
-    rows: np.ndarray  # candidate pairs (top-k of every row and every column)
+    rows: np.ndarray  # pairs known exactly: the top pairs of every row, a few best others per column
     cols: np.ndarray
     sims: np.ndarray  # float64 copies of the float32 similarities
-    row_bound: np.ndarray  # every pair of row i outside its top-k has similarity <= row_bound[i]
-    col_bound: np.ndarray  # same for columns
+    row_bound: np.ndarray  # every pair of row i not kept has similarity <= row_bound[i]
+    col_bound: np.ndarray  # every pair of column j not kept has similarity <= col_bound[j]
     row_best: np.ndarray  # maximum of every row
     col_best: np.ndarray  # maximum of every column
 
 
-def _scan_similarity(A: torch.Tensor, B: torch.Tensor, k: int, block_rows: int) -> _Scan:
-    """One pass over A @ B.T in row blocks: top-k neighbours and left-out bounds of rows and columns."""
-    n_rows, n_cols = A.shape[0], B.shape[0]
-    k_row, k_col = min(k, n_cols), min(k, n_rows)
-    row_vals, row_idx, row_bound = [], [], []
-    columns = _ColumnTopK(n_cols, k_col + 1)
-    for start, block in similarity_blocks(A, B, block_rows):
-        values, idx = torch.topk(block, min(k_row + 1, n_cols), dim=1)
-        row_vals.append(values[:, :k_row])
-        row_idx.append(idx[:, :k_row])
-        row_bound.append(values[:, k_row] if k_row < n_cols else torch.full((len(block),), -torch.inf))
-        columns.update(block, start)
-    row_vals, row_idx = torch.cat(row_vals), torch.cat(row_idx)
-    col_vals, col_order = torch.sort(torch.from_numpy(columns.values), dim=1, descending=True)
-    col_rows = torch.gather(torch.from_numpy(columns.rows), 1, col_order)
+def _scan_similarity(
+    A: torch.Tensor, B: torch.Tensor, depth: int, per_block_col: int, block_rows: int
+) -> _Scan:
+    """One pass over A @ B.T in row blocks, keeping what the sparse solver needs.
 
-    top_col_vals, top_col_rows = col_vals[:, :k_col], col_rows[:, :k_col]
-    rows = torch.cat([torch.arange(n_rows).repeat_interleave(k_row), top_col_rows.flatten()])
-    cols = torch.cat([row_idx.flatten(), torch.arange(n_cols).repeat_interleave(k_col)])
-    sims = torch.cat([row_vals.flatten(), top_col_vals.flatten()])
+    Per row: its top-`depth` pairs, and the next value as the bound of the rest. Per column and
+    block: the best `per_block_col` pairs not kept by their rows, and the maximum of what is
+    left as the column's bound (column-wise reductions are cheap; column-wise top-k is not).
+    """
+    n_rows, n_cols = A.shape[0], B.shape[0]
+    depth = min(depth, n_cols)
+    kept_rows, kept_cols, kept_sims, row_bound, row_best = [], [], [], [], []
+    col_bound = torch.full((n_cols,), -torch.inf)
+    col_best = torch.full((n_cols,), -torch.inf)
+    all_cols = torch.arange(n_cols)
+    for start, block in similarity_blocks(A, B, block_rows):
+        block_ids = torch.arange(start, start + len(block))
+        values, idx = torch.topk(block, min(depth + 1, n_cols), dim=1)
+        kept_rows.append(block_ids.repeat_interleave(depth))
+        kept_cols.append(idx[:, :depth].flatten())
+        kept_sims.append(values[:, :depth].flatten())
+        row_bound.append(values[:, depth] if depth < n_cols else torch.full((len(block),), -torch.inf))
+        row_best.append(values[:, 0])
+
+        torch.maximum(col_best, block.amax(dim=0), out=col_best)
+        block.scatter_(1, idx[:, :depth], -torch.inf)  # what is left is unknown to the rows
+        for _ in range(min(per_block_col, len(block))):
+            best, at = block.max(dim=0)
+            found = best > -torch.inf
+            kept_rows.append(at[found] + start)
+            kept_cols.append(all_cols[found])
+            kept_sims.append(best[found])
+            block[at, all_cols] = -torch.inf
+        torch.maximum(col_bound, block.amax(dim=0), out=col_bound)
     return _Scan(
-        rows=rows.numpy(),
-        cols=cols.numpy(),
-        sims=sims.numpy().astype(np.float64),
+        rows=torch.cat(kept_rows).numpy(),
+        cols=torch.cat(kept_cols).numpy(),
+        sims=torch.cat(kept_sims).numpy().astype(np.float64),
         row_bound=torch.cat(row_bound).numpy().astype(np.float64),
-        col_bound=col_vals[:, k_col].numpy().astype(np.float64),
-        row_best=row_vals[:, 0].numpy(),
-        col_best=col_vals[:, 0].numpy(),
+        col_bound=col_bound.numpy().astype(np.float64),
+        row_best=torch.cat(row_best).numpy(),
+        col_best=col_best.numpy(),
     )
+
+
+def _rank_within(line: np.ndarray, score: np.ndarray) -> np.ndarray:
+    """Rank (0 = best) of every entry among the entries of the same line, by descending score."""
+    order = np.lexsort((-score, line))
+    sorted_line = line[order]
+    rank = np.empty(len(line), dtype=np.int64)
+    rank[order] = np.arange(len(order)) - np.searchsorted(sorted_line, sorted_line, side="left")
+    return rank
 
 
 class _KnownPairs:
@@ -403,12 +386,15 @@ class _KnownPairs:
     def n_graph(self) -> int:
         return int(self.in_graph.sum())
 
-    def add(self, rows, cols, sims, in_graph: bool) -> None:
-        """Add pairs (duplicates keep one copy, in the graph if any copy is)."""
+    def add(self, rows, cols, sims, in_graph) -> None:
+        """Add pairs; in_graph: a bool or one bool per pair. Duplicates keep one copy, in the
+        graph if any copy is."""
         new_keys = np.asarray(rows, np.int64) * self.n_cols + np.asarray(cols, np.int64)
+        if len(new_keys) == 0:
+            return
         keys = np.concatenate([self.keys, new_keys])
         sims = np.concatenate([self.sims, np.asarray(sims, np.float64)])
-        flags = np.concatenate([self.in_graph, np.full(len(new_keys), in_graph)])
+        flags = np.concatenate([self.in_graph, np.broadcast_to(in_graph, new_keys.shape)])
         self.keys, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
         self.sims = sims[first]
         self.in_graph = np.bincount(inverse, weights=flags, minlength=len(self.keys)) > 0
@@ -542,7 +528,7 @@ def _deepen_rows(A, B, known, row_bound, rows, floor, max_per_row, block_rows) -
         row_bound[chunk] = np.minimum(row_bound[chunk], new_bound)
 
 
-def _exact_violations(A, B, known, rows, cols, u, v, tol, block_rows):
+def _exact_violations(A, B, rows, cols, u, v, tol, block_rows):
     """Pairs of rows x cols with s_ij > u_i + v_j + tol, computed exactly (for crowded rows)."""
     found = ([], [], [])
     B_sub = B[torch.from_numpy(cols)].contiguous()
@@ -561,37 +547,44 @@ def _exact_violations(A, B, known, rows, cols, u, v, tol, block_rows):
     return tuple(np.concatenate(part) if part else np.empty(0) for part in found)
 
 
-def _most_violated(rows, cols, excess, per_line):
-    """Mask of violations that are among the per_line largest excesses of their row or column."""
-    keep = np.zeros(len(rows), dtype=bool)
-    for line in (rows, cols):
-        order = np.lexsort((-excess, line))
-        sorted_line = line[order]
-        starts = np.searchsorted(sorted_line, sorted_line, side="left")
-        keep[order[np.arange(len(order)) - starts < per_line]] = True
-    return keep
+def _add_most_violated(known: _KnownPairs, broken: np.ndarray, u, v, per_line: int) -> None:
+    """Move into the graph the broken known pairs among the per_line worst of their row or column."""
+    rows, cols = known.rows[broken], known.cols[broken]
+    excess = known.sims[broken] - u[rows] - v[cols]
+    worst = (_rank_within(rows, excess) < per_line) | (_rank_within(cols, excess) < per_line)
+    known.in_graph[broken[worst]] = True
 
 
-def _violations(A, B, known, row_bound, col_bound, u, v, tol, settings):
-    """All pairs that break the certificate under potentials (u, v): (rows, cols, sims)."""
+def _broken_known(known: _KnownPairs, u, v, tol) -> np.ndarray:
+    """Positions of known pairs outside the graph with s_ij > u_i + v_j + tol."""
+    rows, cols = known.rows, known.cols
+    return np.flatnonzero(~known.in_graph & (known.sims > u[rows] + v[cols] + tol))
+
+
+def _find_violations(A, B, known, row_bound, col_bound, u, v, tol, settings):
+    """Pairs that break the certificate under potentials (u, v), cheapest evidence first.
+
+    Returns (positions of known pairs, (rows, cols, sims) of newly computed pairs); both empty
+    means the potentials are feasible for every pair of the full matrix.
+    """
+    none = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
+    broken = _broken_known(known, u, v, tol)
+    if len(broken):
+        return broken, none
     suspect_rows, _ = _suspects(row_bound, col_bound, u, v, tol)
-    if len(suspect_rows):
-        floor = u + v.min() + tol - settings.margin
-        _deepen_rows(A, B, known, row_bound, suspect_rows, floor, settings.max_per_row, settings.block_rows)
-    rows, cols, sims = known.rows, known.cols, known.sims
-    broken = ~known.in_graph & (sims > u[rows] + v[cols] + tol)
-    found = rows[broken], cols[broken], sims[broken]
-
+    if len(suspect_rows) == 0:
+        return broken, none
+    floor = u + v.min() + tol - settings.margin
+    _deepen_rows(A, B, known, row_bound, suspect_rows, floor, settings.max_per_row, settings.block_rows)
+    broken = _broken_known(known, u, v, tol)
     crowded_rows, crowded_cols = _suspects(row_bound, col_bound, u, v, tol)  # only capped rows remain
-    if len(crowded_rows) and len(crowded_cols):
-        extra = _exact_violations(A, B, known, crowded_rows, crowded_cols, u, v, tol, settings.block_rows)
-        unknown = np.ones(len(extra[0]), dtype=bool)
-        if len(known.keys):
-            keys = extra[0].astype(np.int64) * known.n_cols + extra[1]
-            at = np.minimum(np.searchsorted(known.keys, keys), len(known.keys) - 1)
-            unknown = known.keys[at] != keys
-        found = tuple(np.concatenate([a, b[unknown]]) for a, b in zip(found, extra))
-    return found
+    if len(broken) or len(crowded_rows) == 0 or len(crowded_cols) == 0:
+        return broken, none
+    rows, cols, sims = _exact_violations(A, B, crowded_rows, crowded_cols, u, v, tol, settings.block_rows)
+    keys = rows.astype(np.int64) * known.n_cols + cols
+    at = np.minimum(np.searchsorted(known.keys, keys), len(known.keys) - 1)
+    unknown = known.keys[at] != keys
+    return broken, (rows[unknown], cols[unknown], sims[unknown])
 
 
 def _repaired_dual_bound(known, row_bound, u, v) -> float:
@@ -604,22 +597,26 @@ def _repaired_dual_bound(known, row_bound, u, v) -> float:
 
 @dataclass(frozen=True)
 class _SparseSettings:
-    k: int
+    k: int  # neighbours per row and per column that start in the candidate graph
+    depth: int  # neighbours per row and per column kept (known exactly) by the first pass
     tol: float
     max_iterations: int
     time_limit: float | None
     block_rows: int
     margin: float = 0.02  # deepened rows keep pairs down to this far below what could break
     max_per_row: int = 1024  # at most this many pairs kept per deepened row
+    per_block_col: int = 2  # best pairs per column and row block kept beyond the rows' own top pairs
 
 
 def _solve_sparse(A, B, settings: _SparseSettings):
     """Candidate graph + exact solve + dual certificate, repeated until certified or capped."""
     start = time.perf_counter()
     n_rows, n_cols, tol = A.shape[0], B.shape[0], settings.tol
-    scan = _scan_similarity(A, B, settings.k, settings.block_rows)
+    scan = _scan_similarity(A, B, max(settings.depth, settings.k), settings.per_block_col, settings.block_rows)
     known = _KnownPairs(n_rows, n_cols)
-    known.add(scan.rows, scan.cols, scan.sims, in_graph=True)
+    known.add(scan.rows, scan.cols, scan.sims, in_graph=False)
+    rows, cols, sims = known.rows, known.cols, known.sims
+    known.in_graph = (_rank_within(rows, sims) < settings.k) | (_rank_within(cols, sims) < settings.k)
     completed = _complete_to_full_matching(known, A, B)
     row_bound, col_bound = scan.row_bound.copy(), scan.col_bound
 
@@ -632,22 +629,24 @@ def _solve_sparse(A, B, settings: _SparseSettings):
             message = "dual potentials did not settle (numerical trouble); assignment not certified"
             break
         u, v = potentials
-        rows, cols, sims = _violations(A, B, known, row_bound, col_bound, u, v, tol, settings)
-        if len(rows) == 0:
+        broken, (new_rows, new_cols, new_sims) = _find_violations(
+            A, B, known, row_bound, col_bound, u, v, tol, settings
+        )
+        n_broken = len(broken) + len(new_rows)
+        if n_broken == 0:
             certified = True
             dual_bound = float(u.sum() + v.sum() + n_rows * tol)
             message = f"certified optimal: no pair exceeds its dual potentials by more than {tol:g}"
             break
-        excess = sims - u[rows] - v[cols]
-        pick = _most_violated(rows, cols, excess, settings.k)
-        known.add(rows[pick], cols[pick], sims[pick], in_graph=True)
+        _add_most_violated(known, broken, u, v, settings.k)
+        known.add(new_rows, new_cols, new_sims, in_graph=True)
         elapsed = time.perf_counter() - start
         out_of_time = settings.time_limit is not None and elapsed > settings.time_limit
         if iterations >= settings.max_iterations or out_of_time:
             dual_bound = _repaired_dual_bound(known, row_bound, u, v)
             message = (
                 f"not certified: stopped after {iterations} iterations ({elapsed:.0f} s) with "
-                f"{len(rows)} pairs still breaking the certificate; best assignment returned"
+                f"{n_broken} pairs still breaking the certificate; best assignment returned"
             )
             matched = _solve_on_graph(known)
             break

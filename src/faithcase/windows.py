@@ -148,7 +148,7 @@ def _greedy_per_sequence(primary, secondary, candidate_start, top, window):
             index = primary.argmax(-1, keepdim=True)
         else:
             best = primary.amax(-1, keepdim=True)
-            index = primary.argmax(-1, keepdim=True)
+            index = secondary.masked_fill(primary != best, -math.inf).argmax(-1, keepdim=True)
         first = primary.gather(-1, index)
         if not bool((first > 0).any()):
             break  # only silent windows remain

