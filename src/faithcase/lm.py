@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, Literal
 
 import torch
@@ -47,41 +47,62 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def load_hf(name: str, path: str | None = None, gguf: str | None = None,
-            device: str = "auto", dtype: str = "float32"):
-    """Load (hf_model, tokenizer) from a GGUF file, a local HF folder, or a Hugging Face id.
+def model_source(name: str, path: str | None = None, gguf: str | None = None) -> tuple[str, dict]:
+    """(from_pretrained source, extra kwargs) for a GGUF file, a local folder or an HF id.
 
-    Local sources (gguf, path) are read with local_files_only=True: they never touch the network.
+    Local sources are read with local_files_only=True: they never touch the network.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch_dtype = resolve_dtype(dtype)
     if gguf and path:
         raise FaithcaseError("Give the model either as a GGUF file or as a local folder, not both.")
     if gguf:
         file = resolve_path(gguf)
         if not file.is_file():
             raise FaithcaseError(f"GGUF model file not found: {file}")
-        source, kwargs = str(file.parent), {"gguf_file": file.name, "local_files_only": True}
-    elif path:
+        return str(file.parent), {"gguf_file": file.name, "local_files_only": True}
+    if path:
         folder = resolve_path(path)
         if not (folder / "config.json").is_file():
             raise FaithcaseError(f"No Hugging Face model folder (with config.json) at {folder}")
-        source, kwargs = str(folder), {"local_files_only": True}
-    else:
-        source, kwargs = name, {}
-    try:
+        return str(folder), {"local_files_only": True}
+    return name, {}
+
+
+def load_tokenizer(name: str, path: str | None = None, gguf: str | None = None):
+    """The tokenizer alone (much faster than the model for a GGUF file); it always has a pad token."""
+    from transformers import AutoTokenizer
+
+    source, kwargs = model_source(name, path, gguf)
+    with _as_faithcase_error(source):
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
-    except OSError as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise FaithcaseError(f"Could not load model '{source}': {first_line}") from err
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token  # needed to pad prompt batches
+    return tokenizer
+
+
+def load_hf_model(name: str, path: str | None = None, gguf: str | None = None,
+                  device: str = "auto", dtype: str = "float32"):
+    """The plain HF causal LM, on `device`, in eval mode, with gradients off."""
+    from transformers import AutoModelForCausalLM
+
+    torch_dtype = resolve_dtype(dtype)
+    source, kwargs = model_source(name, path, gguf)
+    with _as_faithcase_error(source):
+        hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
     hf_model.to(resolve_device(device))
     hf_model.eval()
     hf_model.requires_grad_(False)
-    return hf_model, tokenizer
+    return hf_model
+
+
+@contextmanager
+def _as_faithcase_error(source: str):
+    """Loading errors (unknown id, offline, missing files) become one-line FaithcaseErrors."""
+    try:
+        yield
+    except OSError as err:
+        text = str(err).strip()
+        raise FaithcaseError(f"Could not load model '{source}': "
+                             f"{text.splitlines()[0] if text else type(err).__name__}") from err
 
 
 def wrap_model(name: str, hf_model, tokenizer) -> "LanguageModel":
@@ -94,6 +115,7 @@ def wrap_model(name: str, hf_model, tokenizer) -> "LanguageModel":
     bridge = TransformerBridge.boot_transformers(
         name, hf_model=hf_model, tokenizer=tokenizer, device=device, dtype=hf_model.dtype)
     bridge.eval()
+    hf_model.requires_grad_(False)  # the bridge adds parameters (e.g. an unembed bias)
     _pass_kv_cache_to_attention(bridge)
     return LanguageModel(bridge=bridge, hf_model=hf_model, tokenizer=tokenizer, name=name)
 
@@ -101,7 +123,8 @@ def wrap_model(name: str, hf_model, tokenizer) -> "LanguageModel":
 def load_model(name: str, path: str | None = None, gguf: str | None = None,
                device: str = "auto", dtype: str = "float32") -> "LanguageModel":
     """Load a model from a GGUF file (`gguf`), a local HF folder (`path`) or an HF id (`name`)."""
-    hf_model, tokenizer = load_hf(name, path=path, gguf=gguf, device=device, dtype=dtype)
+    tokenizer = load_tokenizer(name, path=path, gguf=gguf)
+    hf_model = load_hf_model(name, path=path, gguf=gguf, device=device, dtype=dtype)
     return wrap_model(name, hf_model, tokenizer)
 
 
@@ -184,12 +207,17 @@ def _cut_at_stop(row: list[int], stop_ids: set[int]) -> list[int]:
 
 # ---------------------------------------------------------------- the model
 
-@dataclass(eq=False)
+@dataclass(eq=False, repr=False)
 class LanguageModel:
+    """A TransformerBridge-wrapped causal LM with its tokenizer; all passes run without grad."""
+
     bridge: object
     hf_model: object
     tokenizer: object
     name: str
+
+    def __repr__(self) -> str:
+        return f"LanguageModel({self.name!r}, {self.n_layers} layers, d_model {self.d_model}, {self.device})"
 
     @property
     def n_layers(self) -> int:

@@ -4,12 +4,13 @@ The matching is the optimal one-to-one assignment that maximizes the total cosin
 Two exact solvers:
 
 - ``dense``: scipy's ``linear_sum_assignment`` on the full similarity matrix (the reference).
-- ``sparse``: one blocked pass over the similarity keeps the top-k neighbours of every row and
-  every column (the candidate graph) plus, per row and per column, an upper bound on every pair
-  left out. The graph is solved exactly (``min_weight_full_bipartite_matching``); LP dual
-  potentials of that solution are then checked against the whole matrix (bounds first, exact
-  similarities only where the bounds cannot decide). Pairs that break the check join the graph
-  and it is solved again, until no pair does: the assignment is then provably optimal.
+- ``sparse``: one blocked pass over the similarity keeps the top pairs of every row exactly and,
+  per row and per column, an upper bound on every pair it did not keep. A candidate graph (the
+  top-k pairs of every row and column) is solved exactly (``min_weight_full_bipartite_matching``);
+  LP dual potentials of that solution are then checked against every pair of the full matrix:
+  kept pairs directly, the others through the bounds, and where the bounds cannot decide, the
+  row is recomputed exactly. Pairs that break the check join the graph and it is solved again,
+  until none does: the assignment is then provably optimal (up to a 1e-7 tolerance).
 
 Everything here is pure computation over tensors; reading SAEs and writing artifacts live elsewhere.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -33,6 +35,7 @@ DENSE_AUTO_MAX_PAIRS = 4096 * 4096  # "auto" solves densely up to this many simi
 BLOCK_ROWS = 2048  # rows of the similarity matrix computed at once
 HISTOGRAM_BINS = 50
 DEFAULT_TOLERANCE = 1e-7  # a left-out pair may exceed u_i + v_j by this much (float32 similarity)
+DEEPEN_MAX_PER_ROW = 1024  # pairs kept per row when the sparse solver computes a whole row
 PAIR_KINDS = ("best", "worst", "random")
 
 
@@ -139,7 +142,10 @@ def similarity_blocks(A: torch.Tensor, B: torch.Tensor, block_rows: int = BLOCK_
 
 def cosine_similarity(W1: torch.Tensor, W2: torch.Tensor, block_rows: int = BLOCK_ROWS) -> torch.Tensor:
     """Full float32 cosine similarity [n1, n2] of the rows of two matrices, computed in row blocks."""
-    A, B = unit_rows(W1), unit_rows(W2)
+    return _full_similarity(unit_rows(W1), unit_rows(W2), block_rows)
+
+
+def _full_similarity(A: torch.Tensor, B: torch.Tensor, block_rows: int) -> torch.Tensor:
     out = torch.empty(A.shape[0], B.shape[0], dtype=torch.float32)
     for start, block in similarity_blocks(A, B, block_rows):
         out[start : start + block.shape[0]] = block
@@ -161,13 +167,16 @@ def match_features(
     max_iterations: int = 50,
     time_limit: float | None = None,
     block_rows: int = BLOCK_ROWS,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> MatchResult:
     """Optimal one-to-one matching of the alive features of two SAEs by decoder cosine similarity.
 
     ``solver``: "dense" (scipy on the full matrix), "sparse" (certified candidate graph, see the
-    module docstring) or "auto" (dense up to 4096 x 4096 pairs). ``k``: neighbours kept per row
-    and per column by the sparse solver. ``max_iterations`` / ``time_limit`` (seconds) cap its
-    certification; when hit, the best assignment is returned with ``certified=False``.
+    module docstring) or "auto" (dense up to 4096 x 4096 pairs). Sparse solver only: ``k`` pairs
+    per row and per column start in the candidate graph; ``depth`` pairs per row are kept exactly
+    by the first pass; ``max_iterations`` and ``time_limit`` (seconds, checked between rounds)
+    cap the certification: when hit, the best assignment found is returned, ``certified=False``.
+    ``progress(stage, done, total)`` is called as the similarity pass and the rounds advance.
     """
     _check_matrix(W_dec1, "SAE 1 decoder")
     _check_matrix(W_dec2, "SAE 2 decoder")
@@ -178,8 +187,8 @@ def match_features(
         )
     if solver not in SOLVERS:
         raise FaithcaseError(f"unknown matching solver {solver!r}: use one of {', '.join(SOLVERS)}")
-    if k < 1:
-        raise FaithcaseError(f"k must be at least 1 (got {k})")
+    if k < 1 or depth < 1:
+        raise FaithcaseError(f"k and depth must be at least 1 (got k={k}, depth={depth})")
 
     dead1, dead2 = dead_rows(W_dec1), dead_rows(W_dec2)
     alive1 = torch.nonzero(~dead1).flatten().numpy()
@@ -188,7 +197,7 @@ def match_features(
         if len(alive) == 0:
             raise FaithcaseError(f"{name} has no alive features: every decoder row is zero or non-finite")
 
-    A, B = unit_rows(W_dec1[alive1]), unit_rows(W_dec2[alive2])
+    A, B = unit_rows(W_dec1[torch.from_numpy(alive1)]), unit_rows(W_dec2[torch.from_numpy(alive2)])
     transposed = len(alive1) > len(alive2)  # the solvers want rows to be the smaller side
     if transposed:
         A, B = B, A
@@ -199,7 +208,16 @@ def match_features(
     if solver == "dense":
         assignment, row_best, col_best = _solve_dense(A, B, block_rows)
     else:
-        settings = _SparseSettings(k, depth, tolerance, max_iterations, time_limit, block_rows)
+        settings = _SparseSettings(
+            k=k,
+            depth=depth,
+            tol=tolerance,
+            max_iterations=max_iterations,
+            time_limit=time_limit,
+            block_rows=block_rows,
+            max_per_row=DEEPEN_MAX_PER_ROW,
+            progress=progress or _quiet,
+        )
         assignment, row_best, col_best = _solve_sparse(A, B, settings)
     info = _with_seconds(assignment.info, time.perf_counter() - start)
 
@@ -265,10 +283,7 @@ def _result(index1, index2, similarity, best1, threshold, dead, n_features, info
 
 def _solve_dense(A: torch.Tensor, B: torch.Tensor, block_rows: int):
     """scipy's exact assignment on the full float32 similarity matrix."""
-    sim = torch.empty(A.shape[0], B.shape[0], dtype=torch.float32)
-    for start, block in similarity_blocks(A, B, block_rows):
-        sim[start : start + block.shape[0]] = block
-    sim_np = sim.numpy()
+    sim_np = _full_similarity(A, B, block_rows).numpy()
     rows, cols = linear_sum_assignment(sim_np, maximize=True)
     sims = sim_np[rows, cols]
     row_best, col_best = sim_np.max(axis=1), sim_np.max(axis=0)
@@ -298,63 +313,63 @@ def _solve_dense(A: torch.Tensor, B: torch.Tensor, block_rows: int):
 class _Scan:
     """What one blocked pass over the similarity matrix keeps."""
 
-    rows: np.ndarray  # pairs known exactly: the top pairs of every row, a few best others per column
+    rows: np.ndarray  # pairs known exactly: the top `depth` pairs of every row
     cols: np.ndarray
     sims: np.ndarray  # float64 copies of the float32 similarities
+    row_rank: np.ndarray  # rank of each pair in its row (0 = best)
     row_bound: np.ndarray  # every pair of row i not kept has similarity <= row_bound[i]
     col_bound: np.ndarray  # every pair of column j not kept has similarity <= col_bound[j]
     row_best: np.ndarray  # maximum of every row
     col_best: np.ndarray  # maximum of every column
 
 
-def _scan_similarity(
-    A: torch.Tensor, B: torch.Tensor, depth: int, per_block_col: int, block_rows: int
-) -> _Scan:
+def _scan_similarity(A: torch.Tensor, B: torch.Tensor, depth: int, block_rows: int, progress) -> _Scan:
     """One pass over A @ B.T in row blocks, keeping what the sparse solver needs.
 
-    Per row: its top-`depth` pairs, and the next value as the bound of the rest. Per column and
-    block: the best `per_block_col` pairs not kept by their rows, and the maximum of what is
-    left as the column's bound (column-wise reductions are cheap; column-wise top-k is not).
+    Per row: its top-`depth` pairs, and the next value as the bound of the rest. Per column: the
+    maximum over the pairs no row kept, as the bound of the rest (column-wise maxima are cheap,
+    column-wise top-k is not).
     """
     n_rows, n_cols = A.shape[0], B.shape[0]
     depth = min(depth, n_cols)
-    kept_rows, kept_cols, kept_sims, row_bound, row_best = [], [], [], [], []
+    kept_cols, kept_sims, row_bound = [], [], []
     col_bound = torch.full((n_cols,), -torch.inf)
-    col_best = torch.full((n_cols,), -torch.inf)
-    all_cols = torch.arange(n_cols)
-    for start, block in similarity_blocks(A, B, block_rows):
-        block_ids = torch.arange(start, start + len(block))
+    Bt = B.T
+    block = torch.empty(min(block_rows, n_rows), n_cols)
+    for start in range(0, n_rows, block_rows):
+        block = block[: min(block_rows, n_rows - start)]
+        torch.matmul(A[start : start + block_rows], Bt, out=block)
         values, idx = torch.topk(block, min(depth + 1, n_cols), dim=1)
-        kept_rows.append(block_ids.repeat_interleave(depth))
-        kept_cols.append(idx[:, :depth].flatten())
-        kept_sims.append(values[:, :depth].flatten())
+        kept_cols.append(idx[:, :depth])
+        kept_sims.append(values[:, :depth])
         row_bound.append(values[:, depth] if depth < n_cols else torch.full((len(block),), -torch.inf))
-        row_best.append(values[:, 0])
-
-        torch.maximum(col_best, block.amax(dim=0), out=col_best)
-        block.scatter_(1, idx[:, :depth], -torch.inf)  # what is left is unknown to the rows
-        for _ in range(min(per_block_col, len(block))):
-            best, at = block.max(dim=0)
-            found = best > -torch.inf
-            kept_rows.append(at[found] + start)
-            kept_cols.append(all_cols[found])
-            kept_sims.append(best[found])
-            block[at, all_cols] = -torch.inf
+        block.scatter_(1, idx[:, :depth], -torch.inf)  # leave only what the rows did not keep
         torch.maximum(col_bound, block.amax(dim=0), out=col_bound)
+        progress("similarity", start + len(block), n_rows)
+
+    rows = np.repeat(np.arange(n_rows), depth)
+    cols = torch.cat(kept_cols).numpy().ravel()
+    sims = torch.cat(kept_sims).numpy().ravel().astype(np.float64)
+    col_best = col_bound.numpy().astype(np.float64)
+    np.maximum.at(col_best, cols, sims)
     return _Scan(
-        rows=torch.cat(kept_rows).numpy(),
-        cols=torch.cat(kept_cols).numpy(),
-        sims=torch.cat(kept_sims).numpy().astype(np.float64),
+        rows=rows,
+        cols=cols,
+        sims=sims,
+        row_rank=np.tile(np.arange(depth), n_rows),
         row_bound=torch.cat(row_bound).numpy().astype(np.float64),
         col_bound=col_bound.numpy().astype(np.float64),
-        row_best=torch.cat(row_best).numpy(),
-        col_best=col_best.numpy(),
+        row_best=torch.cat(kept_sims)[:, 0].numpy(),
+        col_best=col_best,
     )
 
 
 def _rank_within(line: np.ndarray, score: np.ndarray) -> np.ndarray:
     """Rank (0 = best) of every entry among the entries of the same line, by descending score."""
-    order = np.lexsort((-score, line))
+    if len(line) == 0:
+        return np.empty(0, dtype=np.int64)
+    span = 2.0 * float(np.abs(score).max()) + 1.0
+    order = np.argsort(line * span - score)  # one float sort: by line, then score descending
     sorted_line = line[order]
     rank = np.empty(len(line), dtype=np.int64)
     rank[order] = np.arange(len(order)) - np.searchsorted(sorted_line, sorted_line, side="left")
@@ -370,17 +385,10 @@ class _KnownPairs:
 
     def __init__(self, n_rows: int, n_cols: int):
         self.n_rows, self.n_cols = n_rows, n_cols
-        self.keys = np.empty(0, dtype=np.int64)
+        self.keys = np.empty(0, dtype=np.int64)  # row * n_cols + col, sorted
+        self.rows = self.cols = np.empty(0, dtype=np.int64)
         self.sims = np.empty(0, dtype=np.float64)
         self.in_graph = np.empty(0, dtype=bool)
-
-    @property
-    def rows(self) -> np.ndarray:
-        return self.keys // self.n_cols
-
-    @property
-    def cols(self) -> np.ndarray:
-        return self.keys % self.n_cols
 
     @property
     def n_graph(self) -> int:
@@ -396,12 +404,18 @@ class _KnownPairs:
         sims = np.concatenate([self.sims, np.asarray(sims, np.float64)])
         flags = np.concatenate([self.in_graph, np.broadcast_to(in_graph, new_keys.shape)])
         self.keys, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+        self.rows, self.cols = np.divmod(self.keys, self.n_cols)
         self.sims = sims[first]
         self.in_graph = np.bincount(inverse, weights=flags, minlength=len(self.keys)) > 0
 
     def graph(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        keys = self.keys[self.in_graph]
-        return keys // self.n_cols, keys % self.n_cols, self.sims[self.in_graph]
+        """(rows, cols, sims) of the candidate graph."""
+        return self.rows[self.in_graph], self.cols[self.in_graph], self.sims[self.in_graph]
+
+    def contains(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        keys = rows.astype(np.int64) * self.n_cols + cols
+        at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        return self.keys[at] == keys
 
     def similarity_of(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
         """Similarities of pairs that must be known."""
@@ -431,7 +445,11 @@ def _complete_to_full_matching(known: _KnownPairs, A: torch.Tensor, B: torch.Ten
 def _solve_on_graph(known: _KnownPairs) -> np.ndarray:
     """Column matched to each row by the exact assignment restricted to the candidate graph."""
     rows, cols, sims = known.graph()
-    costs = csr_array((2.0 - sims, (rows, cols)), shape=(known.n_rows, known.n_cols))  # > 0, as required
+    # Costs relative to each row's best pair (the same optimum: every row is matched once) make
+    # LAPJVsp several times faster than 2 - s; +1 keeps them > 0, as it requires.
+    row_best = np.full(known.n_rows, -np.inf)
+    np.maximum.at(row_best, rows, sims)
+    costs = csr_array((row_best[rows] - sims + 1.0, (rows, cols)), shape=(known.n_rows, known.n_cols))
     matched_rows, matched_cols = min_weight_full_bipartite_matching(costs)
     matched = np.empty(known.n_rows, dtype=np.int64)
     matched[matched_rows] = matched_cols
@@ -462,26 +480,37 @@ def _dual_potentials(known: _KnownPairs, matched: np.ndarray, max_rounds: int | 
     matched_sim = np.empty(known.n_rows)
     matched_sim[rows[on_match]] = sims[on_match]
     arc = ~on_match
-    by_target = np.argsort(cols[arc], kind="stable")  # arcs grouped by target column, for reduceat
-    src = matched[rows[arc]][by_target]
-    dst = cols[arc][by_target]
-    weight = (matched_sim[rows[arc]] - sims[arc])[by_target]
-    targets, first_arc = np.unique(dst, return_index=True)
+    by_source = np.argsort(matched[rows[arc]], kind="stable")  # arcs grouped by source column
+    src = matched[rows[arc]][by_source]
+    dst = cols[arc][by_source]
+    weight = (matched_sim[rows[arc]] - sims[arc])[by_source]
+    arcs_until = np.searchsorted(src, np.arange(known.n_cols + 1))  # CSR offsets by source
 
     dist = np.zeros(known.n_cols)
+    changed = np.arange(known.n_cols)  # Bellman-Ford, relaxing only arcs out of changed columns
     for _ in range(max_rounds or known.n_cols + 1):
-        if len(dst) == 0:
+        arcs = _ranges(arcs_until[changed], arcs_until[changed + 1])
+        if len(arcs) == 0:
             break
-        best_in = np.minimum.reduceat(dist[src] + weight, first_arc)
-        improved = best_in < dist[targets] - 1e-12
-        if not improved.any():
-            break
-        dist[targets[improved]] = best_in[improved]
+        relaxed = dist.copy()
+        np.minimum.at(relaxed, dst[arcs], dist[src[arcs]] + weight[arcs])
+        changed = np.flatnonzero(relaxed < dist - 1e-12)
+        dist[changed] = relaxed[changed]
     else:
         return None
     v = -dist
     u = matched_sim - v[matched]
     return u, v
+
+
+def _ranges(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(start, stop) over the given ranges."""
+    lengths = stops - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return np.empty(0, dtype=np.int64)
+    offsets = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+    return offsets + np.arange(total)
 
 
 def _suspects(bound_row, bound_col, u, v, tol):
@@ -517,15 +546,14 @@ def _deepen_rows(A, B, known, row_bound, rows, floor, max_per_row, block_rows) -
         chunk = rows[start : start + block_rows]
         block = A[torch.from_numpy(chunk)] @ Bt
         limit = torch.from_numpy(floor[chunk]).to(torch.float32)
-        over_cap = (block >= limit[:, None]).sum(dim=1) > max_per_row
-        if bool(over_cap.any()):  # crowded rows: keep their top entries, bound by the next one
-            top = torch.topk(block[over_cap], max_per_row + 1, dim=1).values
-            limit[over_cap] = top[:, -1]
-            block[over_cap] = torch.where(block[over_cap] > limit[over_cap, None], block[over_cap], -torch.inf)
         r, c = torch.nonzero(block >= limit[:, None], as_tuple=True)
+        crowded = torch.bincount(r, minlength=len(chunk)) > max_per_row
+        if bool(crowded.any()):  # keep only their top entries; the next one becomes the bound
+            limit[crowded] = torch.topk(block[crowded], max_per_row + 1, dim=1).values[:, -1]
+            keep = block[r, c] > limit[r]
+            r, c = r[keep], c[keep]
         known.add(chunk[r.numpy()], c.numpy(), block[r, c].numpy(), in_graph=False)
-        new_bound = limit.to(torch.float64).numpy()
-        row_bound[chunk] = np.minimum(row_bound[chunk], new_bound)
+        row_bound[chunk] = np.minimum(row_bound[chunk], limit.numpy().astype(np.float64))
 
 
 def _exact_violations(A, B, rows, cols, u, v, tol, block_rows):
@@ -569,11 +597,9 @@ def _find_violations(A, B, known, row_bound, col_bound, u, v, tol, settings):
     """
     none = (np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
     broken = _broken_known(known, u, v, tol)
-    if len(broken):
-        return broken, none
     suspect_rows, _ = _suspects(row_bound, col_bound, u, v, tol)
-    if len(suspect_rows) == 0:
-        return broken, none
+    if len(suspect_rows) == 0 or (len(broken) and len(suspect_rows) > known.n_rows // 8):
+        return broken, none  # while potentials are rough, fix the known pairs first
     floor = u + v.min() + tol - settings.margin
     _deepen_rows(A, B, known, row_bound, suspect_rows, floor, settings.max_per_row, settings.block_rows)
     broken = _broken_known(known, u, v, tol)
@@ -581,9 +607,7 @@ def _find_violations(A, B, known, row_bound, col_bound, u, v, tol, settings):
     if len(broken) or len(crowded_rows) == 0 or len(crowded_cols) == 0:
         return broken, none
     rows, cols, sims = _exact_violations(A, B, crowded_rows, crowded_cols, u, v, tol, settings.block_rows)
-    keys = rows.astype(np.int64) * known.n_cols + cols
-    at = np.minimum(np.searchsorted(known.keys, keys), len(known.keys) - 1)
-    unknown = known.keys[at] != keys
+    unknown = ~known.contains(rows, cols)
     return broken, (rows[unknown], cols[unknown], sims[unknown])
 
 
@@ -595,6 +619,10 @@ def _repaired_dual_bound(known, row_bound, u, v) -> float:
     return float(np.maximum(u, need).sum() + v.sum())
 
 
+def _quiet(stage: str, done: int, total: int) -> None:
+    pass
+
+
 @dataclass(frozen=True)
 class _SparseSettings:
     k: int  # neighbours per row and per column that start in the candidate graph
@@ -603,26 +631,27 @@ class _SparseSettings:
     max_iterations: int
     time_limit: float | None
     block_rows: int
+    max_per_row: int  # at most this many pairs kept per deepened row
+    progress: Callable[[str, int, int], None]
     margin: float = 0.02  # deepened rows keep pairs down to this far below what could break
-    max_per_row: int = 1024  # at most this many pairs kept per deepened row
-    per_block_col: int = 2  # best pairs per column and row block kept beyond the rows' own top pairs
+    near: float = 0.03  # pairs this close to breaking the certificate join the graph with those that do
 
 
 def _solve_sparse(A, B, settings: _SparseSettings):
     """Candidate graph + exact solve + dual certificate, repeated until certified or capped."""
     start = time.perf_counter()
     n_rows, n_cols, tol = A.shape[0], B.shape[0], settings.tol
-    scan = _scan_similarity(A, B, max(settings.depth, settings.k), settings.per_block_col, settings.block_rows)
+    scan = _scan_similarity(A, B, max(settings.depth, settings.k), settings.block_rows, settings.progress)
     known = _KnownPairs(n_rows, n_cols)
-    known.add(scan.rows, scan.cols, scan.sims, in_graph=False)
-    rows, cols, sims = known.rows, known.cols, known.sims
-    known.in_graph = (_rank_within(rows, sims) < settings.k) | (_rank_within(cols, sims) < settings.k)
+    top_of_line = (scan.row_rank < settings.k) | (_rank_within(scan.cols, scan.sims) < settings.k)
+    known.add(scan.rows, scan.cols, scan.sims, in_graph=top_of_line)
     completed = _complete_to_full_matching(known, A, B)
     row_bound, col_bound = scan.row_bound.copy(), scan.col_bound
 
     certified, dual_bound, iterations = False, None, 0
     while True:
         iterations += 1
+        settings.progress("certify", iterations, settings.max_iterations)
         matched = _solve_on_graph(known)
         potentials = _dual_potentials(known, matched)
         if potentials is None:
@@ -638,7 +667,7 @@ def _solve_sparse(A, B, settings: _SparseSettings):
             dual_bound = float(u.sum() + v.sum() + n_rows * tol)
             message = f"certified optimal: no pair exceeds its dual potentials by more than {tol:g}"
             break
-        _add_most_violated(known, broken, u, v, settings.k)
+        _add_most_violated(known, _broken_known(known, u, v, tol - settings.near), u, v, settings.k)
         known.add(new_rows, new_cols, new_sims, in_graph=True)
         elapsed = time.perf_counter() - start
         out_of_time = settings.time_limit is not None and elapsed > settings.time_limit
@@ -703,11 +732,7 @@ def select_pairs(result: MatchResult, n_pairs: int, seed: int) -> dict[str, list
     rng = np.random.default_rng(seed)
     drawn = rng.choice(rest, size=min(n_pairs, len(rest)), replace=False) if len(rest) else rest
     drawn = sorted(drawn.tolist(), key=lambda i: (-sims[i], result.index1[i]))
-    return {
-        "best": _pairs(result, best),
-        "worst": _pairs(result, worst),
-        "random": _pairs(result, drawn),
-    }
+    return {kind: _pairs(result, chosen) for kind, chosen in zip(PAIR_KINDS, (best, worst, drawn))}
 
 
 def _pairs(result: MatchResult, positions) -> list[Pair]:

@@ -75,6 +75,7 @@ class Runtime:
 
             sae_cfg = getattr(self.cfg, key)
             sae = load_sae(self.sae_path(key), format=sae_cfg.format, hook=self.cfg.hook, device=self.device)
+            _check_finite_encoder(key, sae)
             self._saes[key] = sae
             if len(self._saes) == 2:
                 from faithcase.saes import check_compatible
@@ -175,6 +176,15 @@ class Runtime:
             self.console.print(f"[green]cached[/green] {name} is up to date ({self.path(name)})")
             return True
         return False
+
+
+def _check_finite_encoder(key: str, sae) -> None:
+    """Non-finite decoder rows are dead features (counted by match); a non-finite encoder cannot encode."""
+    tensors = [sae.W_enc, sae.b_enc, sae.b_dec] + ([sae.threshold] if sae.threshold is not None else [])
+    bad = sum(int((~torch.isfinite(t)).sum()) for t in tensors)
+    if bad:
+        raise FaithcaseError(f"{key} ({sae.path}) has {bad} non-finite values in its encoder weights or biases: "
+                             "check the checkpoint")
 
 
 def _resolved(spec: str | None, base_dir: Path) -> str | None:

@@ -79,11 +79,15 @@ def fold_input_scale(scaled: SAE, scale: float) -> SAE:
     )
 
 
-def _encode_topk(x: torch.Tensor, W_enc, b_enc, b_dec, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(pre-activations, top-k values after ReLU, their latent indices) — the SAE.encode rule."""
-    pre = torch.addmm(b_enc, x - b_dec, W_enc)
+def _encode_topk(x: torch.Tensor, W_enc, b_enc, b_dec, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(top-k values after ReLU, their latent indices) — the SAE.encode rule.
+
+    (x - b_dec) @ W_enc + b_enc is computed as x @ W_enc + (b_enc - b_dec @ W_enc): the same value,
+    but b_dec's gradient then costs a vector-matrix product instead of a [B, d_sae] × [d_sae, d_in] one.
+    """
+    pre = torch.addmm(b_enc - b_dec @ W_enc, x, W_enc)
     values, indices = pre.topk(k, dim=-1, sorted=False)
-    return pre, values.relu(), indices
+    return values.relu(), indices
 
 
 def _decode_sparse(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
@@ -156,7 +160,7 @@ def train_topk_sae(
             order = torch.randperm(n_tokens, generator=generator)
             for batch_index in range(steps_per_epoch):
                 x = x_all[order[batch_index * batch_size:(batch_index + 1) * batch_size]]
-                pre, values, indices = _encode_topk(x, W_enc, b_enc, b_dec, k)
+                values, indices = _encode_topk(x, W_enc, b_enc, b_dec, k)
                 recon = _decode_sparse(values, indices, W_dec) + b_dec
                 mse = _normalized_mse(recon, x, variance)
 
@@ -165,7 +169,7 @@ def train_topk_sae(
                 tokens_since_fired += x.shape[0]
                 tokens_since_fired[fired] = 0
                 dead = tokens_since_fired >= dead_after_tokens
-                aux = _aux_loss(x - recon.detach(), pre, dead, W_dec, aux_k)
+                aux = _aux_loss(x, x - recon.detach(), dead, W_enc, b_enc, W_dec, b_dec, aux_k)
                 loss = mse + aux_coef * aux
 
                 optimizer.zero_grad(set_to_none=True)
@@ -192,15 +196,17 @@ def train_topk_sae(
     return fold_input_scale(scaled, scale)
 
 
-def _aux_loss(error: torch.Tensor, pre: torch.Tensor, dead: torch.Tensor, W_dec: torch.Tensor,
+def _aux_loss(x: torch.Tensor, error: torch.Tensor, dead: torch.Tensor, W_enc, b_enc, W_dec, b_dec,
               aux_k: int) -> torch.Tensor:
-    """AuxK: normalized MSE of reconstructing the residual error with the top-aux_k dead latents."""
-    n_dead = int(dead.sum())
-    if n_dead == 0 or aux_k == 0:
-        return pre.new_zeros(())
-    dead_pre = pre.masked_fill(~dead, float("-inf"))
-    values, indices = dead_pre.topk(min(aux_k, n_dead), dim=-1, sorted=False)
-    aux_recon = _decode_sparse(values.relu(), indices, W_dec)
+    """AuxK: normalized MSE of reconstructing the residual error with the top-aux_k dead latents.
+    Only the dead latents' pre-activations are computed, so its cost follows their number."""
+    dead_ids = dead.nonzero().squeeze(1)
+    if len(dead_ids) == 0 or aux_k == 0:
+        return x.new_zeros(())
+    W_dead = W_enc[:, dead_ids]
+    pre_dead = torch.addmm(b_enc[dead_ids] - b_dec @ W_dead, x, W_dead)
+    values, local = pre_dead.topk(min(aux_k, len(dead_ids)), dim=-1, sorted=False)
+    aux_recon = _decode_sparse(values.relu(), dead_ids[local], W_dec)
     error_variance = (error - error.mean(0)).pow(2).sum(-1).mean().clamp_min(1e-12)
     return _normalized_mse(aux_recon, error, error_variance)
 

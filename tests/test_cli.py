@@ -1,0 +1,172 @@
+"""The command line: `faithcase match` on each SAE format, caching, config overrides and bad input."""
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")
+
+import orjson
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from faithcase.cli import app
+from faithcase.saes import SAE, save_saelens
+
+D_IN, D_SAE, K = 24, 64, 4
+runner = CliRunner()
+
+
+def planted_decoders(seed=0, noise=0.01):
+    """Decoder 2 = decoder 1 with rows permuted plus a little noise; returns (W1, W2, perm)."""
+    g = torch.Generator().manual_seed(seed)
+    W1 = torch.nn.functional.normalize(torch.randn(D_SAE, D_IN, generator=g), dim=-1)
+    perm = torch.randperm(D_SAE, generator=g)
+    W2 = W1[perm] + noise * torch.randn(D_SAE, D_IN, generator=g)
+    return W1, W2, perm
+
+
+def write_saelens(folder: Path, W_dec: torch.Tensor) -> Path:
+    sae = SAE(W_enc=W_dec.T.contiguous(), b_enc=torch.zeros(D_SAE), W_dec=W_dec.contiguous(),
+              b_dec=torch.zeros(D_IN), activation="topk", k=K, hook_name="blocks.3.hook_resid_pre", hook_layer=3)
+    save_saelens(sae, folder)
+    return folder
+
+
+def write_sparsify(folder: Path, W_dec: torch.Tensor) -> Path:
+    from sparsify import SparseCoder, SparseCoderConfig
+
+    coder = SparseCoder(D_IN, SparseCoderConfig(num_latents=D_SAE, k=K), dtype=torch.float32)
+    with torch.no_grad():
+        coder.W_dec.copy_(W_dec)
+        coder.encoder.weight.copy_(W_dec)
+    coder.save_to_disk(folder)
+    return folder
+
+
+def write_batchtopk(folder: Path, W_dec: torch.Tensor, W_enc: torch.Tensor | None = None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {"W_enc": (W_dec.T if W_enc is None else W_enc).contiguous(), "W_dec": W_dec.contiguous(),
+             "b_enc": torch.zeros(W_dec.shape[0]), "b_dec": torch.zeros(W_dec.shape[1])}
+    torch.save(state, folder / "sae.pt")
+    config = {"sae_type": "topk", "act_size": W_dec.shape[1], "dict_size": W_dec.shape[0], "top_k": K,
+              "input_unit_norm": False, "hook_point": "blocks.3.hook_resid_pre", "layer": 3}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+WRITERS = {"saelens": write_saelens, "sparsify": write_sparsify, "batchtopk": write_batchtopk}
+
+
+@pytest.fixture
+def config_file(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "run_name: t\nhook: blocks.3.hook_resid_pre\n"
+        "sae1: {path: none1}\nsae2: {path: none2}\n"
+        "corpus: {source: corpus.txt}\nmatch: {n_pairs: 5}\n"
+    )
+    return path
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("fmt", sorted(WRITERS))
+def test_match_each_format_recovers_a_planted_permutation_and_caches(tmp_path, config_file, fmt):
+    W1, W2, perm = planted_decoders()
+    a = WRITERS[fmt](tmp_path / "a", W1)
+    b = WRITERS[fmt](tmp_path / "b", W2)
+    out = tmp_path / "out"
+    result = invoke("match", "--config", config_file, "--sae1", a, "--sae2", b, "--out-dir", out)
+    assert result.exit_code == 0, result.output
+    data = orjson.loads((out / "match.json").read_bytes())
+    assert data["sae1"]["format"] == fmt and data["sae2"]["format"] == fmt
+    # W2[j] = W1[perm[j]]  →  feature perm[j] of SAE1 matches feature j of SAE2
+    expected = {int(perm[j]): j for j in range(D_SAE)}
+    got = dict(zip(data["assignment"]["index1"], data["assignment"]["index2"]))
+    assert got == expected
+    assert data["stats"]["shared_ratio"] == 1.0
+    assert [p["rank"] for p in data["pairs"]["best"]] == [1, 2, 3, 4, 5]
+    assert (out / "match_histogram.png").stat().st_size > 1000
+
+    again = invoke("match", "--config", config_file, "--sae1", a, "--sae2", b, "--out-dir", out)
+    assert again.exit_code == 0 and "cached" in again.output
+
+
+def test_force_reruns_and_n_pairs_override(tmp_path, config_file):
+    W1, W2, _ = planted_decoders(seed=1, noise=0.5)
+    a, b = write_batchtopk(tmp_path / "a", W1), write_batchtopk(tmp_path / "b", W2)
+    out = tmp_path / "out"
+    assert invoke("match", "-c", config_file, "--sae1", a, "--sae2", b, "--out-dir", out).exit_code == 0
+    result = invoke("match", "-c", config_file, "--sae1", a, "--sae2", b, "--out-dir", out, "--n-pairs", 3,
+                    "--force")
+    assert result.exit_code == 0 and "cached" not in result.output
+    data = orjson.loads((out / "match.json").read_bytes())
+    assert {kind: len(pairs) for kind, pairs in data["pairs"].items()} == {"best": 3, "worst": 3, "random": 3}
+
+
+def one_line_error(result, *needles):
+    assert result.exit_code == 2, result.output
+    text = result.output.strip()
+    assert "Traceback" not in text
+    assert len(text.splitlines()) == 1, text
+    for needle in needles:
+        assert needle in text, text
+
+
+def test_bad_inputs_give_one_line_errors_and_leave_artifacts_untouched(tmp_path, config_file):
+    W1, W2, _ = planted_decoders(seed=2)
+    a, b = write_batchtopk(tmp_path / "a", W1), write_batchtopk(tmp_path / "b", W2)
+    out = tmp_path / "out"
+    assert invoke("match", "-c", config_file, "--sae1", a, "--sae2", b, "--out-dir", out).exit_code == 0
+    before = (out / "match.json").read_bytes()
+
+    one_line_error(invoke("match", "-c", config_file, "--sae1", tmp_path / "missing", "--sae2", b,
+                          "--out-dir", out, "--force"), "not found")
+    unknown = tmp_path / "unknown"
+    unknown.mkdir()
+    (unknown / "weights.bin").write_bytes(b"x")
+    one_line_error(invoke("match", "-c", config_file, "--sae1", unknown, "--sae2", b, "--out-dir", out, "--force"),
+                   "cfg.json", "sae_weights.safetensors", "sae.safetensors", "sae.pt")
+    wide = write_batchtopk(tmp_path / "wide", torch.randn(D_SAE, D_IN + 8))
+    one_line_error(invoke("match", "-c", config_file, "--sae1", a, "--sae2", wide, "--out-dir", out, "--force"),
+                   "d_in")
+    nan = write_batchtopk(tmp_path / "nan", W1, W_enc=torch.full((D_IN, D_SAE), float("nan")))
+    one_line_error(invoke("match", "-c", config_file, "--sae1", nan, "--sae2", b, "--out-dir", out, "--force"),
+                   "non-finite")
+    one_line_error(invoke("match", "-c", config_file, "--sae1", a, "--sae2", b, "--out-dir", out, "--force",
+                          "--n-pairs", 500), "--n-pairs 500")
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("run_name: [unclosed\n")
+    one_line_error(invoke("match", "-c", bad_yaml, "--out-dir", out), "malformed YAML")
+    unknown_key = tmp_path / "unknown_key.yaml"
+    unknown_key.write_text(config_file.read_text() + "match_threshold: 0.5\n")
+    one_line_error(invoke("match", "-c", unknown_key, "--out-dir", out), "unknown config key", "match_threshold")
+    one_line_error(invoke("match", "-c", tmp_path / "nope.yaml"), "config file not found")
+    assert (out / "match.json").read_bytes() == before
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+
+
+def test_set_overrides_nested_keys_and_rejects_unknown_ones(tmp_path, config_file):
+    from faithcase.config import load_config
+    from faithcase.errors import FaithcaseError
+
+    cfg = load_config(str(config_file), sets=["windows.top=5", "explain.mode=add"])
+    assert cfg.windows.top == 5 and cfg.explain.mode == "add"
+    with pytest.raises(FaithcaseError, match="unknown config key 'windows.topp'"):
+        load_config(str(config_file), sets=["windows.topp=5"])
+    with pytest.raises(FaithcaseError, match="hook"):
+        load_config(str(config_file), sets=["hook=resid12"])
+
+
+def test_demo_config_is_the_shipped_default():
+    from faithcase.config import load_config
+
+    cfg = load_config()
+    assert cfg.run_name == "demo" and cfg.hook == "blocks.12.hook_resid_pre"
+    assert cfg.sae1.path.endswith("sae_seed42") and cfg.sae2.path.endswith("sae_seed49")
+    shipped = Path(__file__).parents[1] / "configs" / "demo.yaml"
+    assert shipped.read_text() == (Path(__file__).parents[1] / "src/faithcase/configs/demo.yaml").read_text()

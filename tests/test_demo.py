@@ -1,0 +1,254 @@
+"""The demo bundle: the TopK trainer, quality figures, corpus filters, and the shipped bundle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from faithcase.demo import BUNDLE_DIR, MANIFEST_FILE
+from faithcase.demo.build import (
+    FilterSettings,
+    degenerate_reason,
+    filter_samples,
+    info_rows,
+    read_texts,
+    split_heldout,
+    write_texts,
+)
+from faithcase.demo.train import (
+    _decode_sparse,
+    _encode_topk,
+    fold_input_scale,
+    input_scale,
+    lr_at,
+    sae_quality,
+    train_topk_sae,
+)
+from faithcase.errors import FaithcaseError
+from faithcase.saes import SAE
+
+
+def planted(n: int, d: int = 32, n_true: int = 64, active: int = 3, seed: int = 0) -> torch.Tensor:
+    """Activations built from `active` of `n_true` fixed unit directions, plus offset and noise."""
+    dictionary = torch.randn(n_true, d, generator=torch.Generator().manual_seed(0))
+    dictionary /= dictionary.norm(dim=-1, keepdim=True)
+    g = torch.Generator().manual_seed(seed)
+    chosen = torch.rand(n, n_true, generator=g).topk(active, dim=-1).indices
+    codes = torch.zeros(n, n_true).scatter_(1, chosen, torch.rand(n, active, generator=g) * 3 + 1)
+    return codes @ dictionary * 20 + 5 + 0.2 * torch.randn(n, d, generator=g)
+
+
+def tiny_sae(seed: int = 0, epochs: int = 1, **kwargs) -> SAE:
+    return train_topk_sae(planted(1024), d_sae=64, k=4, seed=seed, batch_size=128, epochs=epochs,
+                          dead_after_tokens=512, threads=1, **kwargs)
+
+
+def random_sae(d_in: int = 16, d_sae: int = 48, k: int = 5, seed: int = 0) -> SAE:
+    g = torch.Generator().manual_seed(seed)
+    W_dec = torch.randn(d_sae, d_in, generator=g)
+    return SAE(W_enc=torch.randn(d_in, d_sae, generator=g), b_enc=torch.randn(d_sae, generator=g),
+               W_dec=W_dec / W_dec.norm(dim=-1, keepdim=True), b_dec=torch.randn(d_in, generator=g),
+               activation="topk", k=k)
+
+
+# ----------------------------------------------------------------------------- trainer
+
+
+def test_trainer_learns_planted_structure():
+    metrics = []
+    sae = train_topk_sae(planted(4096), d_sae=128, k=4, seed=0, batch_size=256, epochs=5,
+                         dead_after_tokens=1024, threads=1, hook_name="blocks.12.hook_resid_pre",
+                         progress=lambda step, total, m: metrics.append(m))
+    assert len(metrics) == 5 * (4096 // 256)
+    first, last = np.mean([m["mse"] for m in metrics[:5]]), np.mean([m["mse"] for m in metrics[-5:]])
+    assert last < 0.4 * first
+    quality = sae_quality(sae, planted(2048, seed=1))  # held-out tokens of the same dictionary
+    assert quality["fvu"] < 0.2
+    assert quality["l0"] <= 4
+    assert quality["dead_fraction"] <= 0.1
+    assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(128), atol=1e-5)
+    assert (sae.activation, sae.k, sae.hook_name, sae.hook_layer) == ("topk", 4, "blocks.12.hook_resid_pre", 12)
+    assert metrics[-1]["lr"] < metrics[0]["lr"]  # decayed at the end
+
+
+def test_trainer_is_deterministic_by_seed():
+    a, b, c = tiny_sae(seed=3), tiny_sae(seed=3), tiny_sae(seed=4)
+    for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert not torch.equal(a.W_dec, c.W_dec)
+    assert not torch.equal(a.W_enc, c.W_enc)
+
+
+def test_initialization_before_any_step():
+    acts = planted(512)
+    sae = train_topk_sae(acts, d_sae=64, k=4, seed=0, batch_size=128, epochs=0, threads=1)
+    assert torch.allclose(sae.b_dec, acts.mean(0), rtol=1e-5, atol=1e-4)  # the raw data mean
+    assert torch.equal(sae.W_enc, sae.W_dec.T)
+    assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(64), atol=1e-6)
+
+
+def test_input_scale_gives_mean_squared_norm_d():
+    acts = planted(1000) * 7
+    scaled = acts * input_scale(acts)
+    assert scaled.pow(2).sum(-1).mean().item() == pytest.approx(acts.shape[1], rel=1e-5)
+
+
+def test_folded_scale_on_raw_activations_equals_training_computation():
+    """The saved SAE on raw x gives the training-time code and reconstruction of s·x, divided by s."""
+    scaled, scale = random_sae(), 0.037
+    raw = torch.randn(64, 16) * 40 + 3
+    x = raw * scale  # what the trainer sees
+    values, indices = _encode_topk(x, scaled.W_enc, scaled.b_enc, scaled.b_dec, scaled.k)
+    training_code = torch.zeros(64, scaled.d_sae).scatter_(1, indices, values)
+    training_recon = _decode_sparse(values, indices, scaled.W_dec) + scaled.b_dec
+
+    folded = fold_input_scale(scaled, scale)
+    assert torch.allclose(folded.encode(raw), training_code / scale, rtol=1e-4, atol=1e-4)
+    assert torch.allclose(folded.reconstruct(raw), training_recon / scale, rtol=1e-4, atol=1e-3)
+    assert torch.allclose(scaled.encode(x), training_code, rtol=1e-5, atol=1e-5)  # same rule as SAE.encode
+    assert torch.equal(folded.W_dec, scaled.W_dec)  # unit-norm decoder kept
+
+
+def test_lr_schedule_decays_linearly_at_the_end():
+    lrs = [lr_at(step, 100, 1.0, 0.2) for step in range(100)]
+    assert lrs[:80] == [1.0] * 80
+    assert lrs[80] == pytest.approx(1.0) and lrs[90] == pytest.approx(0.5) and lrs[99] == pytest.approx(0.05)
+
+
+def test_trainer_rejects_bad_input():
+    with pytest.raises(FaithcaseError):
+        train_topk_sae(torch.zeros(0, 8), d_sae=16, k=2)
+    with pytest.raises(FaithcaseError):
+        train_topk_sae(torch.zeros(32, 8), d_sae=16, k=2)  # all zero: no scale
+
+
+# ----------------------------------------------------------------------------- quality
+
+
+def test_sae_quality_matches_numpy_brute_force():
+    sae = random_sae(k=5)
+    acts = torch.randn(300, 16) * 3 + 1
+    got = sae_quality(sae, acts, batch_size=64)  # several batches
+
+    x = acts.double().numpy()
+    pre = (x - sae.b_dec.double().numpy()) @ sae.W_enc.double().numpy() + sae.b_enc.double().numpy()
+    code = np.zeros_like(pre)
+    for row in range(len(pre)):
+        top = np.argsort(pre[row])[-sae.k:]
+        code[row, top] = np.maximum(pre[row, top], 0)
+    recon = code @ sae.W_dec.double().numpy() + sae.b_dec.double().numpy()
+    fvu = ((x - recon) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+    assert got["fvu"] == pytest.approx(fvu, rel=1e-4)
+    assert got["l0"] == pytest.approx((code != 0).sum(1).mean())
+    assert got["dead_fraction"] == pytest.approx(1 - (code != 0).any(0).mean())
+    assert got["tokens"] == 300
+
+
+# ----------------------------------------------------------------------------- corpus filters
+
+SPECIAL = {0, 1, 2}
+
+
+def sample(tokens: list[int], text: str | None = None) -> dict:
+    return {"tokens": tokens, "text": text if text is not None else " ".join(map(str, tokens))}
+
+
+def good_tokens(seed: int, n: int = 60) -> list[int]:
+    return torch.randint(100, 5000, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def test_degenerate_samples_are_named():
+    assert degenerate_reason(good_tokens(0), SPECIAL) is None
+    assert degenerate_reason(good_tokens(0, n=10), SPECIAL) == "short"
+    assert degenerate_reason(good_tokens(0, 30) + [2, 2, 2, 2], SPECIAL) == "special_run"
+    assert degenerate_reason(good_tokens(0, 30) + [77] * 20, SPECIAL) == "one_token"
+    loop = [11, 12, 13, 14, 15, 16] * 12  # a sentence repeating itself
+    assert degenerate_reason(good_tokens(0, 20) + loop, SPECIAL) == "repetition"
+    # a single special token, or a list with varied items, is fine
+    assert degenerate_reason(good_tokens(0, 30) + [2] + good_tokens(1, 30), SPECIAL) is None
+    listing = [t for i in range(20) for t in (500 + i, 9, 600 + i, 700 + i)]  # "1: a b\n2: c d…"
+    assert degenerate_reason(listing, SPECIAL) is None
+
+
+def test_filter_samples_drops_degenerate_and_duplicates():
+    good = [sample(good_tokens(i)) for i in range(4)]
+    near = sample(good[1]["tokens"][:32] + good_tokens(9, 20))  # same first 32 tokens
+    samples = [good[0], sample([5] * 40), good[1], sample(good_tokens(5, 8)), dict(good[0]), near,
+               sample(good_tokens(6, 30) + [2, 2, 2]), good[2], sample(good_tokens(7), text="   "), good[3]]
+    kept, counts = filter_samples(samples, SPECIAL, FilterSettings())
+    assert kept == good
+    assert counts == {"input": 10, "kept": 4, "one_token": 1, "short": 1, "duplicate": 1,
+                      "near_duplicate": 1, "special_run": 1, "empty_text": 1}
+
+
+def test_heldout_split_is_deterministic_and_sized():
+    samples = [sample(good_tokens(i, 50 + i % 7)) for i in range(200)]
+    train, heldout = split_heldout(samples, heldout_fraction=0.15, min_heldout_tokens=100)
+    total = sum(len(s["tokens"]) for s in samples)
+    held_tokens = sum(len(s["tokens"]) for s in heldout)
+    assert 0.15 * total <= held_tokens < 0.15 * total + 60
+    assert len(train) + len(heldout) == 200
+    assert not {id(s) for s in train} & {id(s) for s in heldout}
+    # independent of the input order
+    _, heldout_reversed = split_heldout(samples[::-1], 0.15, 100)
+    assert sorted(s["text"] for s in heldout_reversed) == sorted(s["text"] for s in heldout)
+    # the minimum wins over the fraction, capped at half
+    _, big = split_heldout(samples, 0.15, min_heldout_tokens=10**9)
+    assert total / 2 <= sum(len(s["tokens"]) for s in big) < total / 2 + 60
+
+
+def test_corpus_files_round_trip_and_are_reproducible(tmp_path):
+    texts = ["héllo\nworld", "second"]
+    write_texts(tmp_path / "a.jsonl.gz", texts)
+    write_texts(tmp_path / "b.jsonl.gz", texts)
+    assert read_texts(tmp_path / "a.jsonl.gz") == texts
+    assert (tmp_path / "a.jsonl.gz").read_bytes() == (tmp_path / "b.jsonl.gz").read_bytes()
+
+
+def test_info_rows_flatten_the_manifest():
+    rows = info_rows({"a": {"b": 0.123456, "c": [1, 2]}, "d": "x"})
+    assert rows == [("a.b", "0.1235"), ("a.c", "[1, 2]"), ("d", "x")]
+
+
+# ----------------------------------------------------------------------------- the shipped bundle
+
+
+@pytest.mark.skipif(not BUNDLE_DIR.is_dir(), reason="the demo bundle has not been built (make demo-bundle)")
+def test_shipped_bundle(demo_lm):
+    from faithcase.corpus import token_sequences
+    from faithcase.demo.build import HELDOUT_FILE, bundle_info
+    from faithcase.outliers import excluded_positions
+    from faithcase.saes import load_sae
+
+    assert (BUNDLE_DIR / MANIFEST_FILE).is_file(), "bundle folder without manifest.json"
+    info = bundle_info()
+    saes = {}
+    for name, entry in info["saes"].items():
+        folder = BUNDLE_DIR / entry["folder"]
+        assert (folder / "cfg.json").is_file() and (folder / "sae_weights.safetensors").is_file(), name
+        saes[name] = load_sae(folder)
+        assert saes[name].format == "saelens"
+        assert saes[name].hook_name == info["model"]["hook"]
+    assert len(saes) == 2
+    first, second = saes.values()
+    assert not torch.equal(first.W_dec, second.W_dec)
+    assert (first.W_dec - second.W_dec).abs().max() > 0.1
+
+    # recompute held-out activations on a few sequences, with the build's own settings
+    texts = read_texts(BUNDLE_DIR / HELDOUT_FILE)[:48]
+    act = info["activations"]
+    sequences = token_sequences(texts, demo_lm.tokenizer, seq_len=act["seq_len"], max_tokens=None, seed=0,
+                                bos_id=demo_lm.bos_token_id)[:32]
+    rule = info["outlier_rule"]
+    kept = []
+    for begin in range(0, len(sequences), act["batch_size"]):
+        resid = demo_lm.activations(sequences[begin:begin + act["batch_size"]], info["model"]["hook"])
+        kept.append(resid[~excluded_positions(resid, rule["norm_ratio"], rule["exclude_bos"])].float())
+    acts = torch.cat(kept)
+    assert len(acts) > 2000
+    for name, sae in saes.items():
+        quality = sae_quality(sae, acts)
+        shipped = info["saes"][name]["heldout"]
+        assert quality["fvu"] == pytest.approx(shipped["fvu"], abs=0.04), name
+        assert quality["l0"] <= sae.k

