@@ -66,9 +66,10 @@ def test_prompt_uses_chat_template_with_two_placeholders(demo_lm, prompt):
 
 
 def test_plain_template_gets_one_bos(demo_lm):
-    base_model = SimpleNamespace(has_chat_template=False, tokenizer=demo_lm.tokenizer)
+    base_model = SimpleNamespace(has_chat_template=False, tokenizer=demo_lm.tokenizer,
+                                 bos_token_id=demo_lm.bos_token_id)
     spec = explain.build_prompt(base_model, ExplainConfig())
-    bos = demo_lm.tokenizer.bos_token_id
+    bos = demo_lm.bos_token_id
     assert spec.tokens[0] == bos and bos not in spec.tokens[1:]
     assert len(spec.positions) == 2 and {spec.tokens[p] for p in spec.positions} == {spec.placeholder_id}
 
@@ -104,13 +105,15 @@ def test_auto_grid_is_geometric_and_skips_lowest():
     assert len(grid) == cfg.n_scales and grid[0] == cfg.min_scale and grid[-1] == pytest.approx(cfg.max_scale)
     ratios = [b / a for a, b in zip(grid, grid[1:])]
     assert max(ratios) - min(ratios) < 1e-4
-    assert explain.eligible_scales(cfg, len(grid)) == [False] * cfg.skip_lowest + [True] * (len(grid) - cfg.skip_lowest)
+    skipped = cfg.skip_lowest
+    assert explain.eligible_scales(cfg, len(grid)) == [False] * skipped + [True] * (len(grid) - skipped)
     assert explain.eligible_scales(ExplainConfig(scales=[4, 8, 16]), 3) == [True] * 3  # a list is used as given
 
 
 def test_layers(demo_lm):
     assert explain.resolve_layers(demo_lm, ExplainConfig()) == (2, 24)
-    assert explain.resolve_layers(demo_lm, ExplainConfig(insert_layer="sae", read_layer=29), sae_layer=12) == (12, 29)
+    at_sae = ExplainConfig(insert_layer="sae", read_layer=29)
+    assert explain.resolve_layers(demo_lm, at_sae, sae_layer=12) == (12, 29)
     with pytest.raises(FaithcaseError, match="out of range"):
         explain.resolve_layers(demo_lm, ExplainConfig(insert_layer=30))
     with pytest.raises(FaithcaseError, match="'sae'"):
@@ -213,3 +216,12 @@ def test_bench_explain_agrees(demo_lm, directions, residual_norm):
     assert report["forwards"] == 2 and report["speedup"] > 0
     assert report["max_abs_diff_selfsim"] < 1e-4 and report["max_abs_diff_entropy"] < 1e-4
     assert report["same_texts"] and report["same_scales"]
+
+
+def test_add_mode_records_the_same_baselines(demo_lm, directions, residual_norm, paris_run):
+    cfg = ExplainConfig(mode="add", scales=[2.0], max_new_tokens=FEW_TOKENS)
+    results, baseline, settings = explain.explain_features(demo_lm, {7: directions[7]}, cfg, residual_norm)
+    _, replace_baseline, _ = paris_run
+    assert settings.mode == "add" and results[7].scale == 2.0 and results[7].fingerprint == ""
+    assert (baseline.replace_zero, baseline.add_zero) == (replace_baseline.replace_zero, replace_baseline.add_zero)
+    assert results[7].sweep[0].selfsim > 0

@@ -62,7 +62,7 @@ class ExplainConfig(Section):
     plain_template: str = 'Q: What is the meaning of the word "X"?\nA: The meaning of the word "X" is "'
     placeholder: str = "X"
     insert_layer: int | Literal["sae"] = 2
-    read_layer: int | None = None  # default: the last layer
+    read_layer: int | None = None  # default: the block at 80% depth (resid_post)
     mode: Literal["replace", "add"] = "replace"
     scales: list[float] | Literal["auto"] = "auto"
     n_scales: int = Field(16, ge=2)
@@ -75,7 +75,7 @@ class ExplainConfig(Section):
     n_samples: int = Field(0, ge=0)
     temperature: float = Field(0.7, gt=0)
     max_new_tokens: int = Field(30, ge=1)
-    failed_selfsim: float = 0.02
+    failed_selfsim: float = 0.05
     batch_size: int = Field(64, ge=1)
 
 

@@ -114,7 +114,7 @@ def _placeholder_index(lm, ids: list[int], offsets, span: tuple[int, int], text:
             return covering[0]
     pieces = [lm.tokenizer.decode([ids[i]]) for i in covering]
     raise FaithcaseError(f"placeholder {placeholder!r} is not one token in the prompt: it becomes "
-                         f"{len(pieces)} token(s) {pieces}; choose a placeholder that is a single token.")
+                         f"{len(pieces)} token(s) {pieces}; choose a single-token placeholder.")
 
 
 def _placeholder_indices_without_offsets(lm, ids: list[int], text: str, spans, placeholder: str) -> list[int]:
@@ -132,7 +132,7 @@ def _placeholder_indices_without_offsets(lm, ids: list[int], text: str, spans, p
             if len(piece_ids) != 1:
                 tokens = [lm.tokenizer.decode([i]) for i in piece_ids]
                 raise FaithcaseError(f"placeholder {placeholder!r} is not one token in the prompt: it becomes "
-                                     f"{len(tokens)} token(s) {tokens}; choose a placeholder that is a single token.")
+                                     f"{len(tokens)} token(s) {tokens}; choose a single-token placeholder.")
             positions.append(len(joined))
         joined += piece_ids
     if joined != ids:
@@ -141,16 +141,18 @@ def _placeholder_indices_without_offsets(lm, ids: list[int], text: str, spans, p
     return positions
 
 
-def _wants_bos(lm, ids: list[int]) -> bool:
-    """Prepend BOS when the model has one, the prompt lacks it, and the tokenizer (chat models)
-    or the corpus convention (plain template: corpus sequences start with BOS) expects it."""
-    bos = lm.tokenizer.bos_token_id
-    if bos is None or (ids and ids[0] == bos):
-        return False
+def _bos_to_prepend(lm, ids: list[int]) -> int | None:
+    """The BOS id to put in front of the prompt, or None. A chat prompt gets the tokenizer's BOS
+    when the tokenizer adds one itself and the rendered template lacks it; a plain prompt gets the
+    model's BOS, as corpus sequences do."""
     if not lm.has_chat_template:
-        return True
-    probe = lm.tokenizer("a")["input_ids"]
-    return bool(probe) and probe[0] == bos
+        bos = lm.bos_token_id
+    else:
+        bos = lm.tokenizer.bos_token_id
+        probe = lm.tokenizer("a")["input_ids"]
+        if bos is None or not probe or probe[0] != bos:
+            return None
+    return None if ids and ids[0] == bos else bos
 
 
 def build_prompt(lm, cfg: ExplainConfig) -> PromptSpec:
@@ -161,8 +163,9 @@ def build_prompt(lm, cfg: ExplainConfig) -> PromptSpec:
         positions = [_placeholder_index(lm, ids, offsets, span, text, cfg.placeholder) for span in spans]
     else:
         positions = _placeholder_indices_without_offsets(lm, ids, text, spans, cfg.placeholder)
-    if _wants_bos(lm, ids):
-        ids = [lm.tokenizer.bos_token_id] + ids
+    bos = _bos_to_prepend(lm, ids)
+    if bos is not None:
+        ids = [bos] + ids
         positions = [p + 1 for p in positions]
     placeholder_ids = {ids[p] for p in positions}
     if len(placeholder_ids) != 1:
@@ -228,7 +231,8 @@ def check_scales(scales: Sequence[float]) -> list[float]:
         raise FaithcaseError("explain.scales is empty; give positive scales such as [1, 2, 4] or 'auto'.")
     bad = [s for s in scales if not (math.isfinite(s) and s > 0)]
     if bad:
-        raise FaithcaseError(f"explain.scales must be positive; got {bad}. Scale 0 is the baseline, measured always.")
+        raise FaithcaseError(f"explain.scales must be positive, got {bad}; "
+                             f"scale 0 (the baseline) is always measured.")
     return [float(s) for s in scales]
 
 
@@ -250,7 +254,8 @@ def resolve_layers(lm, cfg: ExplainConfig, sae_layer: int | None = None) -> tupl
     read = default_read_layer(lm.n_layers) if cfg.read_layer is None else int(cfg.read_layer)
     for name, layer in (("insert_layer", insert), ("read_layer", read)):
         if not 0 <= layer < lm.n_layers:
-            raise FaithcaseError(f"explain.{name} {layer} out of range; {lm.name} has layers 0..{lm.n_layers - 1}.")
+            raise FaithcaseError(f"explain.{name} {layer} out of range; "
+                                 f"{lm.name} has layers 0..{lm.n_layers - 1}.")
     return insert, read
 
 
@@ -300,7 +305,8 @@ class SteeredRunner:
         if cache is None or not hasattr(cache, "batch_repeat_interleave"):
             return  # a cache type we cannot copy per row: plain forwards
         self.prefix_cache, self.prefix_len = cache, length
-        self._cache_kwarg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        takes_cache = "cache" in inspect.signature(model.forward).parameters  # transformers >= 5 name
+        self._cache_kwarg = "cache" if takes_cache else "past_key_values"
 
     @torch.no_grad()
     def run(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

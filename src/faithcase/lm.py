@@ -83,7 +83,9 @@ def load_hf_model(name: str, path: str | None = None, gguf: str | None = None,
                   device: str = "auto", dtype: str = "float32"):
     """The plain HF causal LM, on `device`, in eval mode, with gradients off."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # the CLI shows its own progress
     torch_dtype = resolve_dtype(dtype)
     source, kwargs = model_source(name, path, gguf)
     with _as_faithcase_error(source):

@@ -625,8 +625,10 @@ def _quiet(stage: str, done: int, total: int) -> None:
 
 @dataclass(frozen=True)
 class _SparseSettings:
-    k: int  # neighbours per row and per column that start in the candidate graph
-    depth: int  # neighbours per row and per column kept (known exactly) by the first pass
+    """Knobs of the sparse solver (see match_features)."""
+
+    k: int  # best pairs per row and per column that start in the candidate graph
+    depth: int  # best pairs per row kept (known exactly) by the first pass
     tol: float
     max_iterations: int
     time_limit: float | None
@@ -643,10 +645,10 @@ def _solve_sparse(A, B, settings: _SparseSettings):
     n_rows, n_cols, tol = A.shape[0], B.shape[0], settings.tol
     scan = _scan_similarity(A, B, max(settings.depth, settings.k), settings.block_rows, settings.progress)
     known = _KnownPairs(n_rows, n_cols)
-    top_of_line = (scan.row_rank < settings.k) | (_rank_within(scan.cols, scan.sims) < settings.k)
-    known.add(scan.rows, scan.cols, scan.sims, in_graph=top_of_line)
+    top_k = (scan.row_rank < settings.k) | (_rank_within(scan.cols, scan.sims) < settings.k)
+    known.add(scan.rows, scan.cols, scan.sims, in_graph=top_k)  # the rest stays in reserve
     completed = _complete_to_full_matching(known, A, B)
-    row_bound, col_bound = scan.row_bound.copy(), scan.col_bound
+    row_bound, col_bound = scan.row_bound.copy(), scan.col_bound  # deepening tightens row bounds
 
     certified, dual_bound, iterations = False, None, 0
     while True:
