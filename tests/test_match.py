@@ -182,6 +182,12 @@ def test_tiny_rows_are_normalized_not_dropped():
     assert np.allclose(plain.similarity, tiny.similarity, atol=1e-6)
 
 
+def test_decoder_parameters_are_accepted():
+    W1, W2 = structured_pair(60, 60, seed=12)
+    as_parameters = match_features(torch.nn.Parameter(W1), torch.nn.Parameter(W2), solver="sparse")
+    assert np.array_equal(as_parameters.index2, match_features(W1, W2).index2)
+
+
 def test_a_side_without_alive_features_is_an_error():
     with pytest.raises(FaithcaseError, match="SAE 2 has no alive features"):
         match_features(random_decoder(10, 8, 0), torch.zeros(5, 8))

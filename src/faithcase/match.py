@@ -142,7 +142,7 @@ def similarity_blocks(A: torch.Tensor, B: torch.Tensor, block_rows: int = BLOCK_
 
 def cosine_similarity(W1: torch.Tensor, W2: torch.Tensor, block_rows: int = BLOCK_ROWS) -> torch.Tensor:
     """Full float32 cosine similarity [n1, n2] of the rows of two matrices, computed in row blocks."""
-    return _full_similarity(unit_rows(W1), unit_rows(W2), block_rows)
+    return _full_similarity(unit_rows(W1.detach().cpu()), unit_rows(W2.detach().cpu()), block_rows)
 
 
 def _full_similarity(A: torch.Tensor, B: torch.Tensor, block_rows: int) -> torch.Tensor:
@@ -180,6 +180,7 @@ def match_features(
     """
     _check_matrix(W_dec1, "SAE 1 decoder")
     _check_matrix(W_dec2, "SAE 2 decoder")
+    W_dec1, W_dec2 = W_dec1.detach().cpu(), W_dec2.detach().cpu()  # parameters or GPU tensors welcome
     if W_dec1.shape[1] != W_dec2.shape[1]:
         raise FaithcaseError(
             f"the SAEs have different decoder widths ({W_dec1.shape[1]} vs {W_dec2.shape[1]}): "
