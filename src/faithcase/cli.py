@@ -275,7 +275,7 @@ def bench_match(sizes: Annotated[str, typer.Option(help="Comma-separated feature
 
     with user_errors():
         _set_threads()
-        run_match_bench(sizes=tuple(int(s) for s in sizes.split(",")), big=big, console=console)
+        run_match_bench(sizes=tuple(int(s) for s in sizes.split(",")), big=big, console=Console(width=160))
 
 
 @bench_app.command("model")
