@@ -15,6 +15,7 @@ from rich.table import Table
 from faithcase.errors import FaithcaseError
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TQDM_DISABLE", "1")  # library progress bars; the CLI shows its own
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Do matched features of two SAEs mean the same thing? Staged, cached case studies.")
