@@ -281,9 +281,13 @@ A = TypeVar("A", bound=BaseModel)
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Serialize with orjson to a temp file in the same folder, then rename: never a half-written file."""
+    """Serialize with orjson and write atomically."""
+    write_bytes_atomic(path, orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
+
+
+def write_bytes_atomic(path: Path, payload: bytes) -> None:
+    """Write to a temp file in the same folder, then rename: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import tempfile
 from html import escape
 from pathlib import Path
 
-from faithcase.artifacts import CRITERIA, SAE_KEYS, ActExample, CaseStudySummary, ExplainArtifact, PairCase
+from faithcase.artifacts import (
+    CRITERIA,
+    SAE_KEYS,
+    ActExample,
+    CaseStudySummary,
+    ExplainArtifact,
+    PairCase,
+    write_bytes_atomic,
+)
 
 REPORT_DIR = "report"
 KINDS = ("best", "worst", "random")
@@ -383,23 +389,11 @@ def render_report(
     )
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_report(out_dir: Path, html: str, plots: dict[str, bytes]) -> Path:
     """Write the PNGs, then report/index.html, under out_dir, each atomically; returns the index path."""
     report_dir = Path(out_dir) / REPORT_DIR
     for name, png in plots.items():
-        atomic_write_bytes(report_dir / f"{plot_stem(Path(name).name)}.png", png)
+        write_bytes_atomic(report_dir / f"{plot_stem(Path(name).name)}.png", png)
     index = report_dir / "index.html"
-    atomic_write_bytes(index, html.encode("utf-8"))
+    write_bytes_atomic(index, html.encode("utf-8"))
     return index
