@@ -250,5 +250,5 @@ def test_shipped_bundle(demo_lm):
     for name, sae in saes.items():
         quality = sae_quality(sae, acts)
         shipped = info["saes"][name]["heldout"]
-        assert quality["fvu"] == pytest.approx(shipped["fvu"], abs=0.04), name
+        assert quality["fvu"] == pytest.approx(shipped["fvu"], abs=0.03), name
         assert quality["l0"] <= sae.k

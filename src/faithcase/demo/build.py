@@ -408,6 +408,8 @@ class _Builder:
         tmp = folder.with_name(folder.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         save_saelens(sae, tmp)
+        for file in tmp.iterdir():
+            file.chmod(0o644)  # safetensors writes 0600; the bundle ships in the package
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
         seconds = time.perf_counter() - start
@@ -417,7 +419,7 @@ class _Builder:
         self.console.print(f"{stage}: trained in {seconds:.0f} s, final normalized MSE {last.get('mse', float('nan')):.3f}")
         return key
 
-    def manifest(self, build_start: float) -> dict:
+    def manifest(self) -> dict:
         import numpy as np
         import torch
 
@@ -476,7 +478,7 @@ class _Builder:
                 "decoders_identical": bool(torch.equal(saes[first].W_dec, saes[second].W_dec)),
             },
             "targets": self._targets(quality, int((sims >= 0.9).sum())),
-            "build_seconds": stage_seconds | {"this_run": round(time.perf_counter() - build_start, 1)},
+            "build_seconds": stage_seconds | {"total": round(sum(stage_seconds.values()), 1)},
         }
         manifest["bundle_bytes"] = bundle_bytes(self.out_dir)  # without the manifest itself
         _atomic_write(self.out_dir / MANIFEST_FILE, json.dumps(manifest, indent=2).encode() + b"\n")
@@ -505,7 +507,6 @@ def build_bundle(out_dir: str | Path | None = None, work_dir: str | Path = "buil
     work = Path(work_dir)
     builder = _Builder(out, work, Path(samples_dir) if samples_dir else work / SAMPLES_SUBDIR,
                        settings or BuildSettings(), force, console or Console(stderr=True))
-    start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
     key = builder.samples()
@@ -513,7 +514,7 @@ def build_bundle(out_dir: str | Path | None = None, work_dir: str | Path = "buil
     key = builder.activations(key)
     for seed in builder.settings.seeds:
         builder.train(key, seed)
-    return builder.manifest(start)
+    return builder.manifest()
 
 
 # ----------------------------------------------------------------------------- reading it back
@@ -552,10 +553,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out-dir", default=None, help="bundle folder (default: the package's demo/bundle)")
     parser.add_argument("--work-dir", default="build/demo", help="samples, activations and the stage log")
     parser.add_argument("--samples-dir", default=None, help=f"sample shards (default: WORK_DIR/{SAMPLES_SUBDIR})")
+    parser.add_argument("--shards", type=int, default=SampleSettings.n_shards, help="sample shards to use (missing ones are sampled)")
+    parser.add_argument("--min-heldout-tokens", type=int, default=BuildSettings.min_heldout_tokens)
     parser.add_argument("--epochs", type=int, default=TrainSettings.epochs)
+    parser.add_argument("--lr", type=float, default=TrainSettings.lr)
     parser.add_argument("--force", action="store_true", help="rerun every stage")
     args = parser.parse_args(argv)
-    settings = BuildSettings(training=dataclasses.replace(TrainSettings(), epochs=args.epochs))
+    settings = BuildSettings(
+        min_heldout_tokens=args.min_heldout_tokens,
+        sampling=dataclasses.replace(SampleSettings(), n_shards=args.shards),
+        training=dataclasses.replace(TrainSettings(), epochs=args.epochs, lr=args.lr),
+    )
     console = Console(stderr=True)
     try:
         manifest = build_bundle(args.out_dir, args.work_dir, args.samples_dir, settings, args.force, console)
