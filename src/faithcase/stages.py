@@ -40,11 +40,7 @@ from faithcase.errors import FaithcaseError
 from faithcase.outliers import excluded_positions
 from faithcase.paths import resolve_path
 
-MATCH_FILE, EXPLAIN_FILE, EMBED_FILE = "match.json", "explain.json", "embed.json"
-
-
-def windows_file(sae: str) -> str:
-    return f"windows_{sae}.json"
+from faithcase.assemble import EMBED_FILE, EXPLAIN_FILE, MATCH_FILE, windows_file  # noqa: E402
 
 
 class Runtime:
