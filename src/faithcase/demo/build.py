@@ -71,10 +71,10 @@ class FilterSettings:
 @dataclass(frozen=True)
 class TrainSettings:
     d_sae: int = 2304
-    k: int = 32
-    lr: float = 2e-3
+    k: int = 64
+    lr: float = 4e-3
     batch_size: int = 2048
-    epochs: int = 8
+    epochs: int = 16
     aux_k: int = 288  # d_in / 2
     aux_coef: float = 1 / 32
     dead_after_tokens: int = 50_000
@@ -555,6 +555,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--samples-dir", default=None, help=f"sample shards (default: WORK_DIR/{SAMPLES_SUBDIR})")
     parser.add_argument("--shards", type=int, default=SampleSettings.n_shards, help="sample shards to use (missing ones are sampled)")
     parser.add_argument("--min-heldout-tokens", type=int, default=BuildSettings.min_heldout_tokens)
+    parser.add_argument("--k", type=int, default=TrainSettings.k, help="latents kept per token (TopK)")
     parser.add_argument("--epochs", type=int, default=TrainSettings.epochs)
     parser.add_argument("--lr", type=float, default=TrainSettings.lr)
     parser.add_argument("--force", action="store_true", help="rerun every stage")
@@ -562,7 +563,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = BuildSettings(
         min_heldout_tokens=args.min_heldout_tokens,
         sampling=dataclasses.replace(SampleSettings(), n_shards=args.shards),
-        training=dataclasses.replace(TrainSettings(), epochs=args.epochs, lr=args.lr),
+        training=dataclasses.replace(TrainSettings(), k=args.k, epochs=args.epochs, lr=args.lr),
     )
     console = Console(stderr=True)
     try:
