@@ -170,3 +170,26 @@ def test_demo_config_is_the_shipped_default():
     assert cfg.sae1.path.endswith("sae_seed42") and cfg.sae2.path.endswith("sae_seed49")
     shipped = Path(__file__).parents[1] / "configs" / "demo.yaml"
     assert shipped.read_text() == (Path(__file__).parents[1] / "src/faithcase/configs/demo.yaml").read_text()
+
+
+def test_demo_info_prints_the_shipped_shared_ratio_recomputed_with_scipy():
+    from scipy.optimize import linear_sum_assignment
+
+    from faithcase.demo.build import BUNDLE_DIR, bundle_info
+    from faithcase.saes import load_sae
+
+    info = bundle_info()
+    folders = [BUNDLE_DIR / entry["folder"] for entry in info["saes"].values()]
+    W1, W2 = (torch.nn.functional.normalize(load_sae(f).W_dec.double(), dim=-1).numpy() for f in folders)
+    similarity = W1 @ W2.T
+    rows, cols = linear_sum_assignment(-similarity)
+    matched = similarity[rows, cols]
+    assert info["match"]["shared_ratio"] == pytest.approx((matched > 0.7).mean(), abs=1e-4)
+    assert info["match"]["pairs_cos_ge_0.9"] == int((matched >= 0.9).sum())
+
+    result = runner.invoke(app, ["demo", "info"])
+    assert result.exit_code == 0, result.output
+    assert f"{info['match']['shared_ratio']:.4f}" in result.output
+    for name, entry in info["saes"].items():
+        line = next(line for line in result.output.splitlines() if name in line and "%" in line)
+        assert f"{entry['heldout']['fvu']:.4f}" in line

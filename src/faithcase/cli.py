@@ -341,22 +341,38 @@ def demo_info():
         _print_manifest(bundle_info())
 
 
-def _print_manifest(manifest: dict, prefix: str = "") -> None:
+def _print_manifest(manifest: dict) -> None:
+    from faithcase.demo.build import info_rows
+
     table = Table(title="demo bundle manifest", show_header=False)
     table.add_column("key")
     table.add_column("value")
-    for key, value in _flatten(manifest):
-        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    for key, value in info_rows(manifest):
+        table.add_row(key, value)
     console.print(table)
+    _print_quality(manifest)
 
 
-def _flatten(data: dict, prefix: str = ""):
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            yield from _flatten(value, name + ".")
-        else:
-            yield name, value
+def _print_quality(manifest: dict) -> None:
+    """Held-out quality of each SAE against the targets, and the Hungarian shared-feature ratio."""
+    saes, match, targets = manifest.get("saes", {}), manifest.get("match", {}), manifest.get("targets", {})
+    if not saes:
+        return
+    table = Table(title="held-out quality (filtered tokens)")
+    for column in ("SAE", "seed", "k", "FVU", "L0", "dead", "targets met"):
+        table.add_column(column, justify="left" if column == "SAE" else "right")
+    for name, entry in saes.items():
+        heldout = entry.get("heldout", {})
+        met = targets.get("met_per_sae", {}).get(name)
+        table.add_row(name, str(entry.get("seed", "")), str(entry.get("k", "")), f"{heldout.get('fvu', float('nan')):.4f}",
+                      f"{heldout.get('l0', float('nan')):.1f}", f"{100 * heldout.get('dead_fraction', float('nan')):.2f}%",
+                      "" if met is None else ("yes" if met else "no"))
+    console.print(table)
+    if match:
+        console.print(f"shared-feature ratio (Hungarian, cos > {match.get('threshold')}): "
+                      f"[bold]{match.get('shared_ratio', float('nan')):.4f}[/bold] · "
+                      f"pairs with cos ≥ 0.9: {match.get('pairs_cos_ge_0.9')} · "
+                      f"mean matched cos: {match.get('mean_similarity', float('nan')):.4f}")
 
 
 @demo_app.command("build")
