@@ -252,3 +252,21 @@ def test_shipped_bundle(demo_lm):
         shipped = info["saes"][name]["heldout"]
         assert quality["fvu"] == pytest.approx(shipped["fvu"], abs=0.03), name
         assert quality["l0"] <= sae.k
+
+
+def test_build_flags_replace_only_what_they_name_and_bad_values_exit_2():
+    from typer.testing import CliRunner
+
+    from faithcase.cli import app
+    from faithcase.demo.build import BuildSettings, settings_with
+
+    default = BuildSettings()
+    assert settings_with() == default
+    custom = settings_with(shards=3, k=16, epochs=2)
+    assert (custom.sampling.n_shards, custom.training.k, custom.training.epochs) == (3, 16, 2)
+    assert custom.training.lr == default.training.lr and custom.sampling.top_p == default.sampling.top_p
+    assert custom.min_heldout_tokens == default.min_heldout_tokens
+    for flags in (["--k", "0"], ["--k", str(default.training.d_sae + 1)], ["--lr", "-1"], ["--shards", "0"]):
+        result = CliRunner().invoke(app, ["demo", "build", "--work-dir", "unused", *flags])
+        assert result.exit_code == 2, (flags, result.output)
+        assert "error:" in result.output and "Traceback" not in result.output

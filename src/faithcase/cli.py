@@ -376,13 +376,23 @@ def _print_quality(manifest: dict) -> None:
 
 
 @demo_app.command("build")
-def demo_build():
+def demo_build(
+    work_dir: Annotated[Path, typer.Option("--work-dir", help="Samples, cached activations and the stage log.")] = Path("build/demo"),
+    out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="Bundle folder (default: the package's demo/bundle).")] = None,
+    shards: Annotated[Optional[int], typer.Option("--shards", help="Sample shards of 96 samples (missing ones are sampled).")] = None,
+    min_heldout_tokens: Annotated[Optional[int], typer.Option("--min-heldout-tokens")] = None,
+    k: Annotated[Optional[int], typer.Option("--k", help="Latents kept per token (TopK).")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr")] = None,
+    force: ForceOpt = False,
+):
     """Rebuild the demo bundle: sample the corpus, cache activations, train two TopK SAEs (resumable)."""
-    from faithcase.demo.build import build_bundle
+    from faithcase.demo.build import build_bundle, settings_with
 
     with user_errors():
-        _set_threads()
-        build_bundle()
+        settings = settings_with(shards, min_heldout_tokens, k, epochs, lr)
+        manifest = build_bundle(out_dir, work_dir, settings=settings, force=force, console=err_console)
+        _print_manifest(manifest)
 
 
 def main() -> None:  # pragma: no cover

@@ -13,12 +13,11 @@
 
 Each stage records a key of its inputs (settings and upstream keys) in work_dir/stages.json
 and is skipped when its key and outputs are unchanged; `force` reruns everything.
-Run it as `python -m faithcase.demo.build` (or `faithcase demo build`).
+Run it as `faithcase demo build` (flags: --shards, --k, --epochs, --lr, --force …).
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import gzip
 import hashlib
@@ -545,37 +544,20 @@ def info_rows(info: dict) -> list[tuple[str, str]]:
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    parser = argparse.ArgumentParser(prog="python -m faithcase.demo.build", description=__doc__.split("\n")[0])
-    parser.add_argument("--out-dir", default=None, help="bundle folder (default: the package's demo/bundle)")
-    parser.add_argument("--work-dir", default="build/demo", help="samples, activations and the stage log")
-    parser.add_argument("--samples-dir", default=None, help=f"sample shards (default: WORK_DIR/{SAMPLES_SUBDIR})")
-    parser.add_argument("--shards", type=int, default=SampleSettings.n_shards, help="sample shards to use (missing ones are sampled)")
-    parser.add_argument("--min-heldout-tokens", type=int, default=BuildSettings.min_heldout_tokens)
-    parser.add_argument("--k", type=int, default=TrainSettings.k, help="latents kept per token (TopK)")
-    parser.add_argument("--epochs", type=int, default=TrainSettings.epochs)
-    parser.add_argument("--lr", type=float, default=TrainSettings.lr)
-    parser.add_argument("--force", action="store_true", help="rerun every stage")
-    args = parser.parse_args(argv)
-    settings = BuildSettings(
-        min_heldout_tokens=args.min_heldout_tokens,
-        sampling=dataclasses.replace(SampleSettings(), n_shards=args.shards),
-        training=dataclasses.replace(TrainSettings(), k=args.k, epochs=args.epochs, lr=args.lr),
-    )
-    console = Console(stderr=True)
-    try:
-        manifest = build_bundle(args.out_dir, args.work_dir, args.samples_dir, settings, args.force, console)
-    except FaithcaseError as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise SystemExit(2) from None
-    table = Table("field", "value", title="demo bundle")
-    for name, value in info_rows(manifest):
-        table.add_row(name, value)
-    Console().print(table)
-
-
-if __name__ == "__main__":
-    main()
+def settings_with(shards: int | None = None, min_heldout_tokens: int | None = None, k: int | None = None,
+                  epochs: int | None = None, lr: float | None = None) -> BuildSettings:
+    """The default build settings with the given values replaced (None keeps the default)."""
+    base = BuildSettings()
+    sampling = base.sampling if shards is None else dataclasses.replace(base.sampling, n_shards=shards)
+    training = dataclasses.replace(base.training, **{name: value for name, value in
+                                                    {"k": k, "epochs": epochs, "lr": lr}.items() if value is not None})
+    heldout = base.min_heldout_tokens if min_heldout_tokens is None else min_heldout_tokens
+    for name, value in {"shards": shards, "k": k, "epochs": epochs, "min_heldout_tokens": heldout}.items():
+        if value is not None and value < (0 if name == "min_heldout_tokens" else 1):
+            raise FaithcaseError(f"--{name.replace('_', '-')} must be at least "
+                                 f"{0 if name == 'min_heldout_tokens' else 1}, got {value}")
+    if k is not None and k > training.d_sae:
+        raise FaithcaseError(f"--k must be at most the {training.d_sae} latents, got {k}")
+    if lr is not None and not lr > 0:
+        raise FaithcaseError(f"--lr must be positive, got {lr}")
+    return dataclasses.replace(base, min_heldout_tokens=heldout, sampling=sampling, training=training)
