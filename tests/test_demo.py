@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
+from faithcase.corpus import load_texts
 from faithcase.demo import BUNDLE_DIR, MANIFEST_FILE
 from faithcase.demo.build import (
     FilterSettings,
     degenerate_reason,
     filter_samples,
     info_rows,
-    read_texts,
     split_heldout,
     write_texts,
 )
@@ -202,7 +202,7 @@ def test_corpus_files_round_trip_and_are_reproducible(tmp_path):
     texts = ["héllo\nworld", "second"]
     write_texts(tmp_path / "a.jsonl.gz", texts)
     write_texts(tmp_path / "b.jsonl.gz", texts)
-    assert read_texts(tmp_path / "a.jsonl.gz") == texts
+    assert list(load_texts(str(tmp_path / "a.jsonl.gz"))) == texts  # the pipeline's reader
     assert (tmp_path / "a.jsonl.gz").read_bytes() == (tmp_path / "b.jsonl.gz").read_bytes()
 
 
@@ -236,7 +236,7 @@ def test_shipped_bundle(demo_lm):
     assert (first.W_dec - second.W_dec).abs().max() > 0.1
 
     # recompute held-out activations on a few sequences, with the build's own settings
-    texts = read_texts(BUNDLE_DIR / HELDOUT_FILE)[:48]
+    texts = list(load_texts(str(BUNDLE_DIR / HELDOUT_FILE)))[:48]
     act = info["activations"]
     sequences = token_sequences(texts, demo_lm.tokenizer, seq_len=act["seq_len"], max_tokens=None, seed=0,
                                 bos_id=demo_lm.bos_token_id)[:32]
@@ -270,3 +270,25 @@ def test_build_flags_replace_only_what_they_name_and_bad_values_exit_2():
         result = CliRunner().invoke(app, ["demo", "build", "--work-dir", "unused", *flags])
         assert result.exit_code == 2, (flags, result.output)
         assert "error:" in result.output and "Traceback" not in result.output
+
+
+def test_shards_are_exactly_the_requested_ones_and_sampling_gets_every_setting(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from faithcase.demo import sampling
+
+    seen = []
+
+    def fake_sample(hf_model, bos_id, eos_id, batch, new_tokens, top_p, temperature, seed, top_k):
+        seen.append((batch, new_tokens, top_p, temperature, seed, top_k))
+        return [[seed, seed + 1]]
+
+    monkeypatch.setattr(sampling, "sample_from_bos", fake_sample)
+    tokenizer = SimpleNamespace(bos_token_id=1, eos_token_id=2, decode=lambda row: " ".join(map(str, row)))
+    sampling.write_shards(None, tokenizer, tmp_path, 3, 4, 8, 0.9, 0.7, seed=100, top_k=17)
+    assert seen == [(4, 8, 0.9, 0.7, 100 + i, 17) for i in range(3)]
+    assert [p.name for p in sorted(tmp_path.glob("shard_*.jsonl.gz"))] == [p.name for p in sampling.shard_paths(tmp_path, 3)]
+
+    rows = sampling.read_shards(sampling.shard_paths(tmp_path, 2))  # a third shard on disk is not read
+    assert [row["tokens"] for row in rows] == [[100, 101], [101, 102]]
+    assert rows[0]["text"] == "100 101"

@@ -319,13 +319,24 @@ def fingerprint(*parts: Any) -> str:
 
 
 def file_sha256(paths: list[Path]) -> str:
+    """One sha256 over several files: each file's name, then its contents, in name order."""
     digest = hashlib.sha256()
     for path in sorted(paths):
         digest.update(path.name.encode())
-        with open(path, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
+        _digest_file(digest, path)
     return digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """The plain sha256 of one file (what `sha256sum` prints)."""
+    return _digest_file(hashlib.sha256(), path).hexdigest()
+
+
+def _digest_file(digest, path: Path):
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest
 
 
 def is_up_to_date(path: Path, expected_fingerprint: str) -> bool:

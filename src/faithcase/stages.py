@@ -15,6 +15,7 @@ import torch
 from rich.console import Console
 
 from faithcase import assemble as assemble_mod
+from faithcase.assemble import EMBED_FILE, EXPLAIN_FILE, MATCH_FILE, windows_file
 from faithcase.artifacts import (
     SAE_KEYS,
     Assignment,
@@ -39,8 +40,6 @@ from faithcase.config import Config
 from faithcase.errors import FaithcaseError
 from faithcase.outliers import excluded_positions
 from faithcase.paths import resolve_path
-
-from faithcase.assemble import EMBED_FILE, EXPLAIN_FILE, MATCH_FILE, windows_file  # noqa: E402
 
 
 class Runtime:

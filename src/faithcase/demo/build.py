@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from faithcase.artifacts import sha256_file, write_bytes_atomic
 from faithcase.demo import BUNDLE_DIR, MANIFEST_FILE
 from faithcase.errors import FaithcaseError
 
@@ -171,32 +172,13 @@ def special_token_ids(tokenizer) -> set[int]:
 
 
 def write_texts(path: Path, texts: Iterable[str]) -> None:
-    """{"text": ...} per line, gzip without a timestamp (same texts → same bytes), atomically."""
+    """{"text": ...} per line, gzip without a timestamp (same texts → same bytes), atomically.
+    Read back with `faithcase.corpus.load_texts`, as the pipeline does."""
     buffer = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0) as fh:
         for text in texts:
             fh.write(json.dumps({"text": text}, ensure_ascii=False).encode() + b"\n")
-    _atomic_write(path, buffer.getvalue())
-
-
-def read_texts(path: Path) -> list[str]:
-    with gzip.open(path, "rt", encoding="utf-8") as fh:
-        return [json.loads(line)["text"] for line in fh if line.strip()]
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def _key(*parts: Any) -> str:
@@ -216,7 +198,7 @@ class StageLog:
 
     def record(self, stage: str, key: str, seconds: float, result: dict) -> None:
         self.entries[stage] = {"key": key, "seconds": round(seconds, 1), "result": result}
-        _atomic_write(self.path, json.dumps(self.entries, indent=2).encode())
+        write_bytes_atomic(self.path, json.dumps(self.entries, indent=2).encode())
 
     def result(self, stage: str) -> dict:
         return self.entries[stage]["result"]
@@ -278,11 +260,11 @@ class _Builder:
     # -- stages
 
     def samples(self) -> str:
-        from faithcase.demo.sampling import write_shards
+        from faithcase.demo.sampling import shard_paths, write_shards
 
         s = self.settings.sampling
         key = _key("samples", asdict(s))
-        shards = [self.samples_dir / f"shard_{i:05d}.jsonl.gz" for i in range(s.n_shards)]
+        shards = shard_paths(self.samples_dir, s.n_shards)
         if self.skip("samples", key, shards):
             return key
         start = time.perf_counter()
@@ -293,21 +275,22 @@ class _Builder:
             with self.progress() as bar:
                 task = bar.add_task("sampling shards", total=s.n_shards)
                 write_shards(hf_model, tokenizer, self.samples_dir, s.n_shards, s.batch, s.new_tokens, s.top_p,
-                             s.temperature, s.seed_base, progress=lambda i, skipped: bar.advance(task))
+                             s.temperature, s.seed_base, s.top_k, progress=lambda i, skipped: bar.advance(task))
         self.log.record("samples", key, time.perf_counter() - start, {"shards": s.n_shards})
         return key
 
     def corpus(self, samples_key: str) -> str:
-        from faithcase.demo.sampling import read_shards
+        from faithcase.demo.sampling import read_shards, shard_paths
 
         s = self.settings
-        shard_hashes = [file_sha256(p) for p in sorted(self.samples_dir.glob("shard_*.jsonl.gz"))]
+        shards = shard_paths(self.samples_dir, s.sampling.n_shards)  # exactly those of the samples stage
+        shard_hashes = [sha256_file(p) for p in shards]
         key = _key("corpus", samples_key, shard_hashes, asdict(s.filters), s.heldout_fraction, s.min_heldout_tokens)
         outputs = [self.out_dir / TRAIN_FILE, self.out_dir / HELDOUT_FILE]
         if self.skip("corpus", key, outputs):
             return key
         start = time.perf_counter()
-        samples = read_shards(self.samples_dir)
+        samples = read_shards(shards)
         if not samples:
             raise FaithcaseError(f"no sample shards in {self.samples_dir}")
         kept, counts = filter_samples(samples, special_token_ids(self.tokenizer()), s.filters)
@@ -330,8 +313,10 @@ class _Builder:
     def activations(self, corpus_key: str) -> str:
         import torch
 
+        from faithcase.corpus import load_texts
+
         s = self.settings
-        key = _key("activations", corpus_key, file_sha256(self.model_file()), s.hook, s.seq_len, s.pass_batch_size,
+        key = _key("activations", corpus_key, sha256_file(self.model_file()), s.hook, s.seq_len, s.pass_batch_size,
                    s.norm_ratio, s.exclude_bos)
         outputs = [self.work_dir / ACTS_TRAIN, self.work_dir / ACTS_HELDOUT]
         if self.skip("activations", key, outputs):
@@ -339,7 +324,8 @@ class _Builder:
         start = time.perf_counter()
         result = {}
         for split, corpus_file, out in (("train", TRAIN_FILE, outputs[0]), ("heldout", HELDOUT_FILE, outputs[1])):
-            acts, counts = self.pass_activations(read_texts(self.out_dir / corpus_file), f"activations ({split})")
+            texts = list(load_texts(str(self.out_dir / corpus_file)))
+            acts, counts = self.pass_activations(texts, f"activations ({split})")
             tmp = out.with_name(out.name + ".tmp")
             torch.save(acts, tmp)
             os.replace(tmp, out)
@@ -418,7 +404,8 @@ class _Builder:
         self.console.print(f"{stage}: trained in {seconds:.0f} s, final normalized MSE {last.get('mse', float('nan')):.3f}")
         return key
 
-    def manifest(self) -> dict:
+    def manifest(self, sae_keys: list[str]) -> dict:
+        """Held-out quality and matching of the shipped SAEs; skipped when they are unchanged."""
         import numpy as np
         import torch
 
@@ -426,6 +413,9 @@ class _Builder:
         from faithcase.saes import load_sae
 
         s = self.settings
+        key = _key("manifest", sae_keys, s.match_threshold, TARGET_FVU, TARGET_DEAD, TARGET_PAIRS_090)
+        if self.skip("manifest", key, [self.out_dir / MANIFEST_FILE]):
+            return bundle_info(self.out_dir)
         start = time.perf_counter()
         heldout = torch.load(self.work_dir / ACTS_HELDOUT)
         saes, quality = {}, {}
@@ -444,10 +434,10 @@ class _Builder:
         sims = np.asarray(matched.similarity)
         corpus, acts = self.log.result("corpus"), self.log.result("activations")
         model_file = self.model_file()
-        stage_seconds = {name: entry["seconds"] for name, entry in self.log.entries.items()}
+        stage_seconds = {name: entry["seconds"] for name, entry in self.log.entries.items() if name != "manifest"}
         stage_seconds["manifest"] = round(time.perf_counter() - start, 1)
         manifest = {
-            "model": {"name": MODEL_NAME, "file": model_file.name, "sha256": file_sha256(model_file),
+            "model": {"name": MODEL_NAME, "file": model_file.name, "sha256": sha256_file(model_file),
                       "hook": s.hook},
             "sampling": asdict(s.sampling),
             "corpus": {
@@ -480,7 +470,8 @@ class _Builder:
             "build_seconds": stage_seconds | {"total": round(sum(stage_seconds.values()), 1)},
         }
         manifest["bundle_bytes"] = bundle_bytes(self.out_dir)  # without the manifest itself
-        _atomic_write(self.out_dir / MANIFEST_FILE, json.dumps(manifest, indent=2).encode() + b"\n")
+        write_bytes_atomic(self.out_dir / MANIFEST_FILE, json.dumps(manifest, indent=2).encode() + b"\n")
+        self.log.record("manifest", key, stage_seconds["manifest"], {})
         return manifest
 
     @staticmethod
@@ -511,9 +502,8 @@ def build_bundle(out_dir: str | Path | None = None, work_dir: str | Path = "buil
     key = builder.samples()
     key = builder.corpus(key)
     key = builder.activations(key)
-    for seed in builder.settings.seeds:
-        builder.train(key, seed)
-    return builder.manifest()
+    sae_keys = [builder.train(key, seed) for seed in builder.settings.seeds]
+    return builder.manifest(sae_keys)
 
 
 # ----------------------------------------------------------------------------- reading it back

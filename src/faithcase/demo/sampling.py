@@ -46,18 +46,22 @@ def sample_from_bos(hf_model, bos_id: int, eos_id: int, batch: int, new_tokens: 
     return samples
 
 
+def shard_paths(shard_dir: Path, n_shards: int) -> list[Path]:
+    """The files of shards 0 … n_shards-1 (shard i is sampled with seed base + i)."""
+    return [shard_dir / f"shard_{i:05d}.jsonl.gz" for i in range(n_shards)]
+
+
 def write_shards(hf_model, tokenizer, shard_dir: Path, n_shards: int, batch: int, new_tokens: int,
-                 top_p: float, temperature: float, seed: int, progress=None) -> None:
+                 top_p: float, temperature: float, seed: int, top_k: int = 200, progress=None) -> None:
     """Resumable: shard i is sampled with seed+i and skipped when its file already exists."""
     shard_dir.mkdir(parents=True, exist_ok=True)
-    for i in range(n_shards):
-        path = shard_dir / f"shard_{i:05d}.jsonl.gz"
+    for i, path in enumerate(shard_paths(shard_dir, n_shards)):
         if path.exists():
             if progress:
                 progress(i, skipped=True)
             continue
         rows = sample_from_bos(hf_model, tokenizer.bos_token_id, tokenizer.eos_token_id, batch,
-                               new_tokens, top_p, temperature, seed + i)
+                               new_tokens, top_p, temperature, seed + i, top_k)
         tmp = path.with_suffix(".tmp")
         with gzip.open(tmp, "wb") as fh:
             for row in rows:
@@ -67,9 +71,10 @@ def write_shards(hf_model, tokenizer, shard_dir: Path, n_shards: int, batch: int
             progress(i, skipped=False)
 
 
-def read_shards(shard_dir: Path) -> list[dict]:
+def read_shards(paths: list[Path]) -> list[dict]:
+    """The samples of the given shard files, in order."""
     rows = []
-    for path in sorted(shard_dir.glob("shard_*.jsonl.gz")):
+    for path in paths:
         with gzip.open(path, "rb") as fh:
             rows.extend(orjson.loads(line) for line in fh if line.strip())
     return rows
