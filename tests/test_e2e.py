@@ -3,9 +3,7 @@
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-import orjson
 import pytest
 from pydantic import TypeAdapter
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
@@ -37,6 +36,7 @@ import torch.nn.functional as F
 from faithcase.artifacts import ExplainBaseline, ExplainSettings, FeatureExplanation, SweepPoint
 from faithcase.config import ExplainConfig
 from faithcase.errors import FaithcaseError
+from faithcase.lm import timed
 
 CLOSING_QUOTE = '"'
 SAMPLING_SEED = 0
@@ -556,16 +556,6 @@ def _greedy_with_baselines(lm, prompt: PromptSpec, vectors: torch.Tensor, layer:
 # ---------------------------------------------------------------- benchmark
 
 
-def _timed(fn: Callable, device: torch.device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    result = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return result, time.perf_counter() - start
-
-
 def bench_explain(lm, directions: dict[int, torch.Tensor], cfg: ExplainConfig, residual_norm: float,
                   sae_layer: int | None = None) -> dict:
     """Batched explain (sweep with a shared prefix cache + batched generation) against a loop of
@@ -590,8 +580,8 @@ def bench_explain(lm, directions: dict[int, torch.Tensor], cfg: ExplainConfig, r
         return selfsim, entropy, picks, texts
 
     sweep(lm, prompt, matrix[:1], scales[:1], insert, read, cfg.mode, residual_norm, 2)  # warm-up
-    (s_b, e_b, picks_b, texts_b), batched_s = _timed(lambda: run(cfg.batch_size), lm.device)
-    (s_l, e_l, picks_l, texts_l), loop_s = _timed(lambda: run(1), lm.device)
+    (s_b, e_b, picks_b, texts_b), batched_s = timed(lambda: run(cfg.batch_size), lm.device)
+    (s_l, e_l, picks_l, texts_l), loop_s = timed(lambda: run(1), lm.device)
     return {
         "device": str(lm.device), "features": len(features), "scales": len(scales),
         "forwards": len(features) * len(scales), "max_new_tokens": cfg.max_new_tokens,

@@ -404,8 +404,8 @@ def bench_model(lm: LanguageModel, hook_name: str, n_tokens: int = 4096, batch: 
     lm.full_logits(batches[0])
     seconds = {"truncated": 0.0, "full": 0.0}
     for tokens in batches:
-        seconds["truncated"] += _timed(lambda: lm.activations(tokens, hook_name), lm.device)
-        seconds["full"] += _timed(lambda: lm.full_logits(tokens), lm.device)
+        seconds["truncated"] += timed(lambda: lm.activations(tokens, hook_name), lm.device)[1]
+        seconds["full"] += timed(lambda: lm.full_logits(tokens), lm.device)[1]
     total = n_batches * batch * seq_len
     truncated, full = total / seconds["truncated"], total / seconds["full"]
     return {"hook": hook_name, "layer": lm.hook_layer(hook_name), "n_layers": lm.n_layers,
@@ -413,11 +413,12 @@ def bench_model(lm: LanguageModel, hook_name: str, n_tokens: int = 4096, batch: 
             "truncated_tokens_per_s": truncated, "full_tokens_per_s": full, "speedup": truncated / full}
 
 
-def _timed(fn: Callable, device: torch.device) -> float:
+def timed(fn: Callable, device: torch.device) -> tuple[object, float]:
+    """(fn(), wall seconds), with CUDA work finished on both ends."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
-    fn()
+    result = fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - start
+    return result, time.perf_counter() - start
