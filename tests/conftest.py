@@ -51,3 +51,10 @@ def demo_lm(_demo_session) -> lm.LanguageModel:
 def demo_plain_reference(_demo_session) -> dict:
     """Plain HF outputs (tokens, logits, hidden_states) of the demo model on REFERENCE_TEXT."""
     return _demo_session[1]
+
+
+def bos_tokens(model: lm.LanguageModel, texts: str | list[str]) -> torch.Tensor:
+    """BOS + each text's tokens, right-padded (what corpus sequences look like)."""
+    rows = [[model.bos_token_id] + model.tokenizer.encode(t, add_special_tokens=False)
+            for t in ([texts] if isinstance(texts, str) else texts)]
+    return lm.pad_token_lists(rows, model.pad_token_id, side="right")[0]

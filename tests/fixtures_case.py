@@ -82,7 +82,7 @@ def make_match() -> MatchArtifact:
     for kind, rank, i1, i2, sim in PAIRS:
         pairs[kind].append(Pair(kind=kind, rank=rank, index1=i1, index2=i2, similarity=sim))
     stats = MatchStats(
-        threshold=0.7, n_alive1=38, n_alive2=39, n_dead1=2, n_dead2=1, n_matched=38,
+        threshold=0.7, n_features1=40, n_features2=40, n_alive1=38, n_alive2=39, n_dead1=2, n_dead2=1, n_matched=38,
         shared_ratio=0.42, top1_ratio=0.47, mean_similarity=0.55,
         histogram=Histogram(edges=[i / 10 for i in range(-2, 11)], counts=[0, 1, 2, 3, 4, 5, 6, 5, 4, 3, 3, 2]),
     )

@@ -1,4 +1,4 @@
-"""assemble: documented fields, correspondence with the upstream artifacts, group means, refusal of inconsistent inputs."""
+"""assemble: documented fields, correspondence with the upstream artifacts, group means, refusal of incomplete inputs."""
 
 from __future__ import annotations
 
@@ -9,13 +9,7 @@ import pytest
 from fixtures_case import FAILED, NONE_AUROC, PAIRS, make_case_artifacts
 
 from faithcase.artifacts import CRITERIA
-from faithcase.assemble import (
-    assemble,
-    check_consistency,
-    check_upstream,
-    read_case_study,
-    write_case_study,
-)
+from faithcase.stages.assemble import assemble, check_complete, read_case_study, write_case_study
 from faithcase.errors import FaithcaseError
 
 # the documented fields of one case-study entry, of a window, of the summary and of a summary group
@@ -160,46 +154,7 @@ def test_missing_feature_names_the_stage_to_run(arts, tmp_path, remove, message)
     assert not (tmp_path / "case_study.json").exists()
 
 
-@pytest.mark.parametrize(
-    ("stale", "message"),
-    [
-        (lambda a: a.windows["sae1"].meta.upstream.update({"match.json": "old"}),
-         "windows_sae1.json was made from a different match.json: run `faithcase windows --force`"),
-        (lambda a: a.explain.meta.upstream.update({"match.json": "old"}),
-         "explain.json was made from a different match.json: run `faithcase explain --force`"),
-        (lambda a: a.embed.meta.upstream.update({"explain.json": "old"}),
-         "embed.json was made from a different explain.json: run `faithcase embed --force`"),
-        (lambda a: setattr(a.windows["sae2"].meta, "fingerprint", "new"),
-         "embed.json was made from a different windows_sae2.json: run `faithcase embed --force`"),
-        (lambda a: setattr(a.match.meta, "fingerprint", "new"),
-         "explain.json was made from a different match.json: run `faithcase explain --force`"),
-        (lambda a: a.embed.meta.upstream.clear(),
-         "embed.json records no fingerprint of match.json: run `faithcase embed --force`"),
-    ],
-)
-def test_stale_upstream_names_the_stage_to_rerun(arts, stale, message):
-    stale(arts)
-    with pytest.raises(FaithcaseError) as err:
-        assemble(arts.match, arts.explain, arts.windows, arts.embed, arts.config)
-    assert str(err.value) == message
-
-
 def test_windows_of_the_wrong_sae_are_refused(arts):
     arts.windows["sae2"] = arts.windows["sae1"]
     with pytest.raises(FaithcaseError, match=r"windows_sae2.json holds the windows of sae1: run `faithcase windows --force`"):
-        check_consistency(arts.match, arts.explain, arts.windows, arts.embed)
-
-
-def test_check_upstream():
-    check_upstream("windows_sae1.json", {"match.json": "a", "extra.json": "x"}, {"match.json": "a"})
-    with pytest.raises(FaithcaseError) as err:
-        check_upstream("windows_sae1.json", {"match.json": "b"}, {"match.json": "a"})
-    assert str(err.value) == "windows_sae1.json was made from a different match.json: run `faithcase windows --force`"
-
-
-def test_explicit_expected_upstream_overrides_the_default(arts):
-    # the CLI may pass the fingerprints it computed; only the listed artifacts and inputs are checked
-    arts.embed.meta.upstream.clear()
-    check_consistency(arts.match, arts.explain, arts.windows, arts.embed, upstream={"explain.json": {"match.json": "fp-match"}})
-    with pytest.raises(FaithcaseError, match="explain.json was made from a different match.json"):
-        check_consistency(arts.match, arts.explain, arts.windows, arts.embed, upstream={"explain.json": {"match.json": "other"}})
+        check_complete(arts.match, arts.explain, arts.windows, arts.embed)

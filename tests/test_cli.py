@@ -193,3 +193,18 @@ def test_demo_info_prints_the_shipped_shared_ratio_recomputed_with_scipy():
     for name, entry in info["saes"].items():
         line = next(line for line in result.output.splitlines() if name in line and "%" in line)
         assert f"{entry['heldout']['fvu']:.4f}" in line
+
+
+def test_sae_options_replace_the_configs_sae_and_its_format(tmp_path):
+    W1, W2, _ = planted_decoders(seed=3)
+    a, b = write_saelens(tmp_path / "a", W1), write_batchtopk(tmp_path / "b", W2)
+    config = tmp_path / "formats.yaml"
+    config.write_text("run_name: t\nhook: blocks.3.hook_resid_pre\nsae1: {path: nowhere, format: sparsify}\n"
+                      "sae2: {path: nowhere, format: sparsify}\ncorpus: {source: corpus.txt}\nmatch: {n_pairs: 2}\n")
+    out = tmp_path / "out"
+    result = invoke("match", "-c", config, "--sae1", a, "--sae2", b, "--out-dir", out)
+    assert result.exit_code == 0, result.output
+    data = orjson.loads((out / "match.json").read_bytes())
+    assert (data["sae1"]["format"], data["sae2"]["format"]) == ("saelens", "batchtopk")
+    forced = invoke("match", "-c", config, "--sae1", a, "--sae2", b, "--out-dir", out, "--force-all")
+    assert forced.exit_code == 0 and "match done" in forced.output

@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from faithcase.corpus import iter_batches, load_texts, token_sequences
+from faithcase.corpus import load_texts, token_sequences
 from faithcase.errors import FaithcaseError
 
 DOCS = [
@@ -142,13 +142,6 @@ def test_sequence_errors(demo_tokenizer, tmp_path):
         token_sequences(["short"], demo_tokenizer, 64)
     with pytest.raises(FaithcaseError, match="at least 2"):
         token_sequences(NONEMPTY, demo_tokenizer, 1)
-
-
-def test_iter_batches():
-    sequences = torch.arange(20).reshape(10, 2)
-    batches = list(iter_batches(sequences, 4))
-    assert [len(b) for b in batches] == [4, 4, 2]
-    assert torch.equal(torch.cat(batches), sequences)
 
 
 def test_resolve_path_specs(tmp_path, monkeypatch):

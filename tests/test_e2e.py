@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import orjson
 import pytest
 from pydantic import TypeAdapter
 
@@ -58,8 +59,24 @@ def test_run_on_a_tiny_config_writes_a_valid_case_study(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count("cached") >= 6, again.stderr
 
-    # a stale upstream artifact: assemble names the stage to run
+    # a missing artifact: the stage that writes it reruns, and nothing downstream of it
     (out / "windows_sae2.json").unlink()
-    stale = faithcase("assemble", "--config", "tiny.yaml", cwd=tmp_path)
-    assert stale.returncode == 2 and "faithcase windows" in stale.stderr
-    assert len(stale.stderr.strip().splitlines()) == 1
+    rerun = faithcase("run", "--config", "tiny.yaml", cwd=tmp_path)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "windows done" in rerun.stderr and rerun.stderr.count("done in") == 1, rerun.stderr
+    assert (out / "windows_sae2.json").is_file()
+
+    # --force reruns the stage asked for only; upstream stages are reused
+    forced = faithcase("embed", "--config", "tiny.yaml", "--force", cwd=tmp_path)
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert "embed done" in forced.stderr and forced.stderr.count("done in") == 1, forced.stderr
+
+    # fewer pairs: explain reruns but steers no feature it has already explained
+    explained = orjson.loads((out / "explain.json").read_bytes())["features"]
+    fewer = faithcase("explain", "--config", "tiny.yaml", "--n-pairs", "1", cwd=tmp_path)
+    assert fewer.returncode == 0, fewer.stderr[-3000:]
+    selected = MatchArtifact.model_validate_json((out / "match.json").read_bytes()).selected_features()
+    for key, features in selected.items():
+        reused = [f for f in features if str(f) in explained[key]]
+        assert reused and f"{key}: {len(reused)} features reused, {len(features) - len(reused)} to explain" \
+            in fewer.stderr, fewer.stderr

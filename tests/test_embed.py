@@ -9,15 +9,10 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from faithcase.artifacts import Context, FeatureStats, FeatureWindows, Histogram, Pair, Window
-from faithcase.embed import (
-    Embedder,
-    baseline_explanations,
-    bench_embed,
-    cross_scores,
-    eleuther,
-    load_embedder,
-)
+from faithcase.bench import embed_cache_speedup
+from faithcase.config import EmbedConfig
 from faithcase.errors import FaithcaseError
+from faithcase.stages.embed import Embedder, baseline_explanations, cross_scores, eleuther, load_embedder
 
 DOGS = [
     "My dog loves to chase the ball in the park.",
@@ -36,6 +31,7 @@ OTHER = [
     "Whisk the eggs with sugar and a pinch of salt.",
 ]
 TEMPLATE = "Instruct: Retrieve sentences that could be related to the explanation.\nQuery: {explanation}"
+SETTINGS = EmbedConfig(query_template=TEMPLATE)
 
 
 def context(text: str, quantile: int | None = None, act: float = 1.0) -> Context:
@@ -86,7 +82,8 @@ def test_auroc_is_sklearns_on_the_recorded_contexts(embedder: Embedder) -> None:
         "3": feature(3, DOGS, OTHER, quantiles=[0, 0, 1, 1, 2, 2]),
         "7": feature(7, DOGS[:3] + OTHER[:3], OTHER[3:] + DOGS[3:], quantiles=[0, 1, 2, 0, 1, 2]),
     }
-    scores = eleuther(windows, {"3": "pets", "7": "dogs"}, embedder, TEMPLATE, min_activating=3, min_non_activating=3)
+    scores = eleuther(windows, {"3": "pets", "7": "dogs"}, embedder,
+                      SETTINGS.model_copy(update={"min_activating": 3, "min_non_activating": 3}))
     for key, score in scores.items():
         assert score.auroc is not None and score.reason is None
         assert score.auroc == pytest.approx(recomputed_auroc(score.contexts), abs=1e-12)
@@ -98,14 +95,15 @@ def test_auroc_is_sklearns_on_the_recorded_contexts(embedder: Embedder) -> None:
         # the similarity is the cosine of normalized embeddings
         assert all(-1.0 - 1e-5 <= c.similarity <= 1.0 + 1e-5 for c in score.contexts)
     # a quantile without activating contexts is None, not 0.5
-    padded = eleuther(windows, {"3": "pets"}, embedder, TEMPLATE, min_activating=3, min_non_activating=3, n_quantiles=5)
+    padded = eleuther(windows, {"3": "pets"}, embedder,
+                      SETTINGS.model_copy(update={"min_activating": 3, "min_non_activating": 3}), n_quantiles=5)
     assert padded["3"].auroc_per_quantile[3:] == [None, None]
 
 
 def test_dogs_explanation_separates_dog_sentences(embedder: Embedder) -> None:
     windows = {"1": feature(1, DOGS, OTHER)}
-    right = eleuther(windows, {"1": "dogs and puppies"}, embedder, TEMPLATE)["1"]
-    wrong = eleuther(windows, {"1": "tax law and cooking recipes"}, embedder, TEMPLATE)["1"]
+    right = eleuther(windows, {"1": "dogs and puppies"}, embedder, SETTINGS)["1"]
+    wrong = eleuther(windows, {"1": "tax law and cooking recipes"}, embedder, SETTINGS)["1"]
     assert right.auroc > 0.9
     assert wrong.auroc < right.auroc
     assert right.explanation == "dogs and puppies"
@@ -115,7 +113,7 @@ def test_dogs_explanation_separates_dog_sentences(embedder: Embedder) -> None:
 def test_labels_come_from_activations_only(embedder: Embedder) -> None:
     weird = "zqx ### 0x7f ]]; vvv"
     windows = {"2": feature(2, DOGS[:5] + [weird], OTHER[:5] + [DOGS[5]])}
-    score = eleuther(windows, {"2": "dogs and puppies"}, embedder, TEMPLATE)["2"]
+    score = eleuther(windows, {"2": "dogs and puppies"}, embedder, SETTINGS)["2"]
     by_text = {c.text: c for c in score.contexts}
     dog_sims = [c.similarity for c in score.contexts if c.text in DOGS]
     # the weird text is far from the query yet labelled activating; a dog sentence with no activation is 0
@@ -132,15 +130,15 @@ def test_each_distinct_text_is_embedded_once(fresh: Embedder) -> None:
         "2": feature(2, DOGS[1:6], shared_negatives),
     }
     explanations = {"1": "dogs", "2": "dogs"}  # the same query twice
-    eleuther(windows, explanations, fresh, TEMPLATE)
+    eleuther(windows, explanations, fresh, SETTINGS)
     distinct = set(DOGS) | set(shared_negatives) | {TEMPLATE.replace("{explanation}", "dogs")}
     assert fresh.n_encoded_texts == len(distinct)
     assert fresh.n_calls == 1
 
     # a second call and cross-scoring reuse every embedding; only the new query is encoded
-    eleuther(windows, {"1": "puppies"}, fresh, TEMPLATE)
+    eleuther(windows, {"1": "puppies"}, fresh, SETTINGS)
     pairs = [Pair(kind="best", rank=1, index1=1, index2=2, similarity=0.9)]
-    cross_scores(pairs, windows, windows, explanations, {"2": "puppies"}, fresh, TEMPLATE)
+    cross_scores(pairs, windows, windows, explanations, {"2": "puppies"}, fresh, SETTINGS)
     assert fresh.n_encoded_texts == len(distinct) + 1
     assert fresh.n_calls == 2
 
@@ -152,31 +150,32 @@ def test_unscorable_features_get_none_and_a_reason(embedder: Embedder) -> None:
         "3": feature(3, DOGS, OTHER),
         "4": feature(4, DOGS, OTHER),
     }
-    scores = eleuther(windows, {"1": "dogs", "2": "dogs", "3": None, "4": "  "}, embedder, TEMPLATE)
+    scores = eleuther(windows, {"1": "dogs", "2": "dogs", "3": None, "4": "  "}, embedder, SETTINGS)
     assert scores["1"].auroc is None and "activating" in scores["1"].reason
     assert scores["2"].auroc is None and "non-activating" in scores["2"].reason
     assert scores["3"].auroc is None and scores["3"].reason == "no explanation"
     assert scores["4"].auroc is None and scores["4"].reason == "no explanation"
     assert all(s.contexts == [] and s.auroc_per_quantile == [] for s in scores.values())
-    assert eleuther({"5": feature(5, DOGS, OTHER)}, {}, embedder, TEMPLATE)["5"].reason == "no explanation"
+    assert eleuther({"5": feature(5, DOGS, OTHER)}, {}, embedder, SETTINGS)["5"].reason == "no explanation"
 
 
 def test_cross_scores_swap_explanations(embedder: Embedder) -> None:
     windows1 = {"10": feature(10, DOGS, OTHER)}
     windows2 = {"20": feature(20, OTHER, DOGS)}
     pairs = [Pair(kind="worst", rank=1, index1=10, index2=20, similarity=0.1)]
-    (cross,) = cross_scores(pairs, windows1, windows2, {"10": "dogs"}, {"20": "taxes and recipes"}, embedder, TEMPLATE)
+    (cross,) = cross_scores(pairs, windows1, windows2, {"10": "dogs"}, {"20": "taxes and recipes"}, embedder, SETTINGS)
     assert (cross.kind, cross.rank, cross.index1, cross.index2) == ("worst", 1, 10, 20)
     assert cross.sae1_on_sae2.feature == 20 and cross.sae1_on_sae2.explanation == "dogs"
     assert cross.sae2_on_sae1.feature == 10 and cross.sae2_on_sae1.explanation == "taxes and recipes"
     assert cross.sae1_on_sae2.auroc < 0.5 and cross.sae2_on_sae1.auroc < 0.5  # each explains the other's negatives
     with pytest.raises(FaithcaseError, match="no feature 99"):
-        cross_scores([pairs[0].model_copy(update={"index2": 99})], windows1, windows2, {}, {}, embedder, TEMPLATE)
+        cross_scores([pairs[0].model_copy(update={"index2": 99})], windows1, windows2, {}, {}, embedder, SETTINGS)
 
 
 def test_bad_template_and_unknown_model_are_user_errors(embedder: Embedder, tmp_path) -> None:
     with pytest.raises(FaithcaseError, match="query_template"):
-        eleuther({"1": feature(1, DOGS, OTHER)}, {"1": "dogs"}, embedder, "no placeholder")
+        eleuther({"1": feature(1, DOGS, OTHER)}, {"1": "dogs"}, embedder,
+                 EmbedConfig.model_construct(query_template="no placeholder", min_activating=5, min_non_activating=5))
     with pytest.raises(FaithcaseError, match="embedding model not found"):
         load_embedder(str(tmp_path / "no_such_model"), device="cpu")
     with pytest.raises(FaithcaseError, match="embedding model not found"):
@@ -195,7 +194,8 @@ def test_baseline_explanation_is_the_heaviest_active_tokens() -> None:
 
 def test_bench_reports_both_paths(fresh: Embedder) -> None:
     windows = {str(i): feature(i, DOGS[i : i + 2], OTHER[:2]) for i in range(2)}
-    result = bench_embed(fresh, windows, {"0": "dogs", "1": "pets"}, TEMPLATE, min_activating=2, min_non_activating=2)
+    settings = SETTINGS.model_copy(update={"min_activating": 2, "min_non_activating": 2})
+    result = embed_cache_speedup(fresh, windows, {"0": "dogs", "1": "pets"}, settings)
     assert result["n_contexts"] == 16
     assert result["encoded_cached"] < result["encoded_uncached"]
     assert result["max_auroc_diff"] < 1e-5

@@ -7,7 +7,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from faithcase import explain
+from conftest import bos_tokens
+
+from faithcase.bench import explain_speedup
+from faithcase.stages import explain
 from faithcase import lm as lm_module
 from faithcase.config import ExplainConfig
 from faithcase.errors import FaithcaseError
@@ -22,7 +25,7 @@ CORPUS = ["We flew to Paris for the weekend.", "The dog barked at the mailman al
 
 def word_direction(model, sentence: str, word: str, layer: int = PLANTED_LAYER) -> torch.Tensor:
     """The model's own residual of `word` in context, as a unit vector (planted feature)."""
-    tokens = model.to_tokens(sentence)
+    tokens = bos_tokens(model, sentence)
     word_id = model.tokenizer.encode(word, add_special_tokens=False)[0]
     position = (tokens[0] == word_id).nonzero()[0, 0]
     resid = model.activations(tokens, f"blocks.{layer}.hook_resid_pre")[0, position]
@@ -36,7 +39,7 @@ def prompt(demo_lm):
 
 @pytest.fixture(scope="module")
 def residual_norm(demo_lm):
-    batches = [demo_lm.to_tokens(CORPUS)]
+    batches = [bos_tokens(demo_lm, CORPUS)]
     return explain.median_residual_norm(demo_lm, batches, INSERT_LAYER,
                                         lambda resid: excluded_positions(resid, norm_ratio=10.0))
 
@@ -212,7 +215,7 @@ def test_scoring_prefers_high_selfsim_and_low_entropy():
 
 def test_bench_explain_agrees(demo_lm, directions, residual_norm):
     cfg = ExplainConfig(scales=[1.0, 2.0], max_new_tokens=4)
-    report = explain.bench_explain(demo_lm, {7: directions[7]}, cfg, residual_norm)
+    report = explain_speedup(demo_lm, {7: directions[7]}, cfg, residual_norm)
     assert report["forwards"] == 2 and report["speedup"] > 0
     assert report["max_abs_diff_selfsim"] < 1e-4 and report["max_abs_diff_entropy"] < 1e-4
     assert report["same_texts"] and report["same_scales"]

@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import bos_tokens
+
 from faithcase import lm
+from faithcase.bench import bench_model
 from faithcase.errors import FaithcaseError
 
 HOOK = "blocks.12.hook_resid_pre"
@@ -29,7 +32,7 @@ def prompts(demo_lm):
 @pytest.fixture(scope="module")
 def paris_vector(demo_lm):
     """The model's own layer-2 residual of " Paris" in context, scaled to ~2x the residual norm."""
-    tokens = demo_lm.to_tokens("We flew to Paris for the weekend.")
+    tokens = bos_tokens(demo_lm, ["We flew to Paris for the weekend."])
     paris_id = demo_lm.tokenizer.encode(" Paris", add_special_tokens=False)[0]
     resid = demo_lm.activations(tokens, f"blocks.{STEER_LAYER}.hook_resid_pre")[0]
     direction = resid[(tokens[0] == paris_id).nonzero()[0, 0]]
@@ -73,8 +76,8 @@ def test_bridge_logits_match_plain_hf(demo_lm, demo_plain_reference):
     assert max_diff <= 1e-4
 
 
-def test_to_tokens_and_left_padding(demo_lm):
-    tokens = demo_lm.to_tokens(["hello world", "a"])
+def test_right_and_left_padding(demo_lm):
+    tokens = bos_tokens(demo_lm, ["hello world", "a"])
     assert tokens[:, 0].tolist() == [1, 1]
     assert tokens[1, 2].item() == demo_lm.pad_token_id  # right-padded
     ids, mask = demo_lm.batch_prompts([[5, 6, 7], [8]])
@@ -252,7 +255,7 @@ def test_local_folder_loads_offline(tiny_llama_folder):
     model = lm.load_model("tiny-llama-not-on-the-hub", path=str(tiny_llama_folder), device="cpu")
     assert (model.n_layers, model.d_model) == (2, 64)
     plain = LlamaForCausalLM.from_pretrained(tiny_llama_folder).eval()
-    tokens = model.to_tokens(["a local model", "loaded offline, twice as long"])
+    tokens = bos_tokens(model, ["a local model", "loaded offline, twice as long"])
     with torch.no_grad():
         reference = plain(tokens, output_hidden_states=True, use_cache=False)
     acts = model.activations(tokens, "blocks.1.hook_resid_pre")
@@ -262,7 +265,7 @@ def test_local_folder_loads_offline(tiny_llama_folder):
 
 def test_bench_model_reports_both_speeds(tiny_llama_folder):
     model = lm.load_model("tiny-llama", path=str(tiny_llama_folder), device="cpu")
-    result = lm.bench_model(model, "blocks.1.hook_resid_pre", n_tokens=64, batch=2, seq_len=16)
+    result = bench_model(model, "blocks.1.hook_resid_pre", n_tokens=64, batch=2, seq_len=16)
     assert result["tokens"] == 64 and result["layer"] == 1
     assert result["truncated_tokens_per_s"] > 0 and result["full_tokens_per_s"] > 0
     assert result["speedup"] == pytest.approx(result["truncated_tokens_per_s"] / result["full_tokens_per_s"])

@@ -1,19 +1,27 @@
-"""Tests of faithcase.match: exact Hungarian matching of SAE decoder rows, statistics, pair selection."""
+"""Tests of the match stage: exact Hungarian matching of SAE decoder rows, statistics, pair selection."""
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from faithcase.bench_match import synthetic_decoders
+from faithcase.bench import synthetic_decoders
 from faithcase.errors import FaithcaseError
-from faithcase.match import (
-    HISTOGRAM_BINS,
-    cosine_similarity,
-    dead_rows,
-    match_features,
-    select_pairs,
-)
+from faithcase.stages import match as match_module
+from faithcase.stages.assignment import cosine_similarity
+from faithcase.stages.match import HISTOGRAM_BINS, dead_rows, select_pairs
+
+
+def match_features(*args, **kwargs):
+    """The matching, with its assignment as numpy arrays and its statistics as attributes."""
+    matching = match_module.match_features(*args, **kwargs)
+    a = matching.assignment
+    stats = dict(matching.stats) | {"dead1": np.array(matching.stats.dead1), "dead2": np.array(matching.stats.dead2)}
+    return SimpleNamespace(**stats, solver=matching.solver, matching=matching,
+                           index1=np.array(a.index1), index2=np.array(a.index2),
+                           similarity=np.array(a.similarity, dtype=np.float32))
 
 
 def random_decoder(n: int, d: int, seed: int) -> torch.Tensor:
@@ -248,7 +256,7 @@ def matched_40():
 
 
 def test_select_pairs_orders_and_separates_kinds(matched_40):
-    pairs = select_pairs(matched_40, n_pairs=10, seed=0)
+    pairs = select_pairs(matched_40.matching, n_pairs=10, seed=0)
     assert set(pairs) == {"best", "worst", "random"}
     best, worst, random = pairs["best"], pairs["worst"], pairs["random"]
     assert [p.rank for p in best] == list(range(1, 11))
@@ -268,33 +276,33 @@ def test_select_pairs_orders_and_separates_kinds(matched_40):
 
 
 def test_select_pairs_is_deterministic_by_seed(matched_40):
-    first = select_pairs(matched_40, n_pairs=5, seed=1)
-    assert first == select_pairs(matched_40, n_pairs=5, seed=1)
-    draws = {tuple(p.index1 for p in select_pairs(matched_40, 5, seed)["random"]) for seed in range(5)}
+    first = select_pairs(matched_40.matching, n_pairs=5, seed=1)
+    assert first == select_pairs(matched_40.matching, n_pairs=5, seed=1)
+    draws = {tuple(p.index1 for p in select_pairs(matched_40.matching, 5, seed)["random"]) for seed in range(5)}
     assert len(draws) > 1
-    assert first["best"] == select_pairs(matched_40, 5, seed=2)["best"]
+    assert first["best"] == select_pairs(matched_40.matching, 5, seed=2)["best"]
 
 
 def test_select_pairs_with_few_pairs_left(matched_40):
-    pairs = select_pairs(matched_40, n_pairs=15, seed=0)
+    pairs = select_pairs(matched_40.matching, n_pairs=15, seed=0)
     assert len(pairs["best"]) == len(pairs["worst"]) == 15
     assert len(pairs["random"]) == 40 - 30
-    pairs = select_pairs(matched_40, n_pairs=40, seed=0)
+    pairs = select_pairs(matched_40.matching, n_pairs=40, seed=0)
     assert len(pairs["best"]) == 40 and pairs["worst"] == [] and pairs["random"] == []
 
 
 def test_select_pairs_errors(matched_40):
     with pytest.raises(FaithcaseError, match="--n-pairs 50 is larger than the 40 matched features"):
-        select_pairs(matched_40, n_pairs=50, seed=0)
+        select_pairs(matched_40.matching, n_pairs=50, seed=0)
     with pytest.raises(FaithcaseError, match="at least 1"):
-        select_pairs(matched_40, n_pairs=0, seed=0)
+        select_pairs(matched_40.matching, n_pairs=0, seed=0)
 
 
 def test_certificate_with_crowded_rows(monkeypatch):
     """Rows too crowded to keep whole fall back to an exact check of the suspect pairs."""
-    import faithcase.match as match_module
+    from faithcase.stages import assignment
 
-    monkeypatch.setattr(match_module, "DEEPEN_MAX_PER_ROW", 2)
+    monkeypatch.setattr(assignment, "DEEPEN_MAX_PER_ROW", 2)
     W1, W2 = structured_pair(300, 340, seed=11)
     expected = reference_total(W1, W2)
     result = match_features(W1, W2, solver="sparse", k=1, depth=2)

@@ -12,9 +12,9 @@ import pytest
 from fixtures_case import make_case_artifacts
 
 from faithcase.artifacts import CRITERIA, SAE_KEYS
-from faithcase.assemble import assemble
-from faithcase.plots import decoder_vs_explanation, make_plots
-from faithcase.report import render_report, write_report
+from faithcase.stages.assemble import assemble
+from faithcase.stages.plots import decoder_vs_explanation, make_plots
+from faithcase.stages.report import render_report, write_report
 
 VOID_TAGS = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 CHROMIUM = "/usr/bin/chromium"

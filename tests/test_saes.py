@@ -18,7 +18,6 @@ from faithcase.saes import (
     check_compatible,
     detect_format,
     load_sae,
-    sae_files_sha256,
     save_saelens,
     select_hook_subfolder,
 )
@@ -333,17 +332,6 @@ def test_check_compatible_and_input_width(tmp_path):
         check_compatible(sae, other)
     with pytest.raises(FaithcaseError, match="expects d_in=32"):
         sae.encode(torch.zeros(2, 48))
-
-
-def test_files_and_sha256(tmp_path):
-    write_batchtopk(tmp_path, "vanilla")
-    sae = load_sae(tmp_path)
-    assert sae.files() == [tmp_path / "config.json", tmp_path / "sae.pt"]
-    first = sae_files_sha256(sae)
-    assert first == sae_files_sha256(load_sae(tmp_path)) and len(first) == 64
-    config = json.loads((tmp_path / "config.json").read_text())
-    (tmp_path / "config.json").write_text(json.dumps({**config, "note": "changed"}))
-    assert sae_files_sha256(sae) != first
 
 
 def test_encode_keeps_leading_dims_and_to_moves(tmp_path):

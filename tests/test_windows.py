@@ -7,7 +7,16 @@ import pytest
 import torch
 
 from faithcase.errors import FaithcaseError
-from faithcase.windows import QUANTILE_METHOD, WindowCollector, collect_windows, top_activated_windows
+from faithcase.config import WindowsConfig
+from faithcase.stages import windows as windows_module
+from faithcase.stages.windows import QUANTILE_METHOD, WindowCollector, collect_windows
+
+
+def top_activated_windows(sae, features, batches, token_texts=None, **settings):
+    """The public function with its settings as keywords, results keyed by feature index."""
+    artifact = windows_module.top_activated_windows(sae, features, batches, settings=WindowsConfig(**settings),
+                                                    token_text=token_texts)
+    return {int(key): found for key, found in artifact.features.items()}
 
 
 # ---------------------------------------------------------------- tiny SAE-like encoders
@@ -315,7 +324,8 @@ def test_one_pass_feeds_two_saes():
     resid, tokens, excluded = quantized_corpus(n_seq=5, length=21, seed=17)
     batches = batches_of(resid, tokens, excluded, [2, 3])
     both = collect_windows(
-        {"sae1": WindowCollector(IdentitySAE(5), [1, 2], window=4), "sae2": WindowCollector(IdentitySAE(5), [3], window=4)},
+        {"sae1": WindowCollector(IdentitySAE(5), [1, 2], WindowsConfig(window=4)),
+         "sae2": WindowCollector(IdentitySAE(5), [3], WindowsConfig(window=4))},
         batches,
         token_texts=lambda ids: [f"<{i}>" for i in ids],
     )
@@ -344,3 +354,15 @@ def test_cuda_matches_cpu():
         IdentitySAE(5), [0, 3], [tuple(t.cuda() for t in b) for b in batches_of(resid, tokens, excluded, [3, 5])], **kwargs
     )
     assert {f: fw.model_dump() for f, fw in cpu.items()} == {f: fw.model_dump() for f, fw in cuda.items()}
+
+
+def test_public_function_one_pass_for_several_saes_in_the_researchers_call_shape():
+    resid, tokens, excluded = quantized_corpus(n_seq=5, length=21, seed=17)
+    batches = batches_of(resid, tokens, excluded, [2, 3])
+    found = windows_module.top_activated_windows({"sae1": IdentitySAE(5), "sae2": IdentitySAE(5)},
+                                                 {"sae1": [1, 2], "sae2": [3]}, batches, window=4)
+    one = windows_module.top_activated_windows(IdentitySAE(5), [3], batches, window=4)
+    assert set(found) == {"sae1", "sae2"} and found["sae2"].sae == "sae2" and one.sae == "sae"
+    assert found["sae2"].features["3"].model_dump() == one.features["3"].model_dump()
+    assert found["sae1"].window == one.window == 4 and set(found["sae1"].features) == {"1", "2"}
+    assert one.n_tokens == found["sae1"].n_tokens == int((~excluded[:, 1:]).sum())

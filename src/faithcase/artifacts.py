@@ -16,9 +16,25 @@ from faithcase import __version__
 from faithcase.errors import FaithcaseError
 
 PairKind = Literal["best", "worst", "random"]
+PAIR_KINDS: tuple[PairKind, ...] = ("best", "worst", "random")
 Criterion = Literal["mean", "density", "max"]
 CRITERIA: tuple[Criterion, ...] = ("mean", "density", "max")
 SAE_KEYS = ("sae1", "sae2")
+
+# the files of a run folder
+MATCH_FILE = "match.json"
+MATCH_PLOT = "match_histogram.png"
+EXPLAIN_FILE = "explain.json"
+EMBED_FILE = "embed.json"
+CASE_STUDY_FILE = "case_study.json"
+SUMMARY_FILE = "summary.json"
+REPORT_DIR = "report"
+REPORT_INDEX = "report/index.html"
+LEDGER_FILE = "stages.json"
+
+
+def windows_file(sae: str) -> str:
+    return f"windows_{sae}.json"
 
 
 class Model(BaseModel):
@@ -57,6 +73,8 @@ class Histogram(Model):
 
 class MatchStats(Model):
     threshold: float
+    n_features1: int
+    n_features2: int
     n_alive1: int
     n_alive2: int
     n_dead1: int
@@ -66,18 +84,25 @@ class MatchStats(Model):
     top1_ratio: float  # share of alive SAE1 features whose best SAE2 cosine > threshold
     mean_similarity: float
     histogram: Histogram
+    dead1: list[int] = []  # indices of dead features (zero or non-finite decoder rows)
+    dead2: list[int] = []
 
 
 class SolverInfo(Model):
-    name: str
-    exact: bool
-    certified: bool
-    total: float
-    upper_bound: float | None = None
-    relative_gap: float | None = None
+    """How the assignment was found, and how close to optimal it is proven to be."""
+
+    name: str  # "dense" or "sparse"
+    exact: bool  # optimal for the full similarity matrix (dense: always; sparse: when certified)
+    certified: bool  # sparse only: optimality proven by LP dual potentials checked on every pair
+    total: float  # sum of matched similarities
+    upper_bound: float | None = None  # sum of row maxima over the smaller side
+    dual_bound: float | None = None  # sparse: LP dual objective (+ n * tolerance)
+    relative_gap: float | None = None  # (best proven bound - total) / |total|; 0 for dense
     iterations: int = 1
     candidate_edges: int | None = None
     seconds: float
+    tolerance: float = 0.0
+    message: str = ""
 
 
 class Pair(Model):
@@ -89,21 +114,29 @@ class Pair(Model):
 
 
 class Assignment(Model):
+    """index1[i] (an SAE 1 feature) is matched to index2[i] with cosine similarity[i], sorted by index1."""
+
     index1: list[int]
     index2: list[int]
     similarity: list[float]
 
 
-class MatchArtifact(Artifact):
-    sae1: SAEInfo
-    sae2: SAEInfo
+class Matching(Model):
+    """The optimal one-to-one matching of the alive features of two SAEs, with the paper's statistics."""
+
     stats: MatchStats
     solver: SolverInfo
-    pairs: dict[PairKind, list[Pair]]
     assignment: Assignment
 
+
+class MatchArtifact(Artifact, Matching):
+    sae1: SAEInfo
+    sae2: SAEInfo
+    pairs: dict[PairKind, list[Pair]]
+
     def all_pairs(self) -> list[Pair]:
-        return [p for kind in ("best", "worst", "random") for p in self.pairs.get(kind, [])]
+        """Best, then worst, then random; by rank within each kind."""
+        return [p for kind in PAIR_KINDS for p in sorted(self.pairs.get(kind, []), key=lambda p: p.rank)]
 
     def selected_features(self) -> dict[str, list[int]]:
         """Sorted distinct feature indices of each SAE over all selected pairs."""
@@ -285,13 +318,24 @@ def write_json(path: Path, data: Any) -> None:
     write_bytes_atomic(path, orjson.dumps(data, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give: 0644 under the usual umask 022
+
+
 def write_bytes_atomic(path: Path, payload: bytes) -> None:
-    """Write to a temp file in the same folder, then rename: never a half-written file."""
+    """Write to a temp file in the same folder, then rename: never a half-written file. The file
+    gets the mode the umask allows (mkstemp alone would leave it readable by its owner only)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,12 +1,16 @@
-"""The faithcase command line: one command per stage, `run` for all, `bench` and `demo` helpers."""
+"""The faithcase command line: one command per stage, `run` for all, `bench`, `demo` and `diff` helpers.
 
-from __future__ import annotations
+Every stage command asks the pipeline graph (`pipeline.py`) for its stage, which runs or reuses
+the stages upstream of it. The options every stage command shares are declared once (RUN_OPTIONS).
+"""
 
+import inspect
 import os
 import sys
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Callable, Optional, get_type_hints
 
 import typer
 from rich.console import Console
@@ -27,16 +31,6 @@ app.add_typer(demo_app, name="demo")
 console = Console()
 err_console = Console(stderr=True)
 
-ConfigOpt = Annotated[Optional[str], typer.Option("--config", "-c", help="YAML config (default: the embedded demo).")]
-OutDirOpt = Annotated[Optional[Path], typer.Option("--out-dir", help="Artifact folder (default outputs/<run name>).")]
-Sae1Opt = Annotated[Optional[str], typer.Option("--sae1", help="First SAE folder (overrides sae1.path).")]
-Sae2Opt = Annotated[Optional[str], typer.Option("--sae2", help="Second SAE folder (overrides sae2.path).")]
-NPairsOpt = Annotated[Optional[int], typer.Option("--n-pairs", help="Pairs per kind: best, worst, random.")]
-DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:1 …")]
-ForceOpt = Annotated[bool, typer.Option("--force", help="Rerun even when the artifact is up to date.")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override any config key: --set windows.top=5")]
-ScalesOpt = Annotated[Optional[str], typer.Option("--scales", help="auto, or a list like 4,8,16 (× residual norm).")]
-
 
 @contextmanager
 def user_errors():
@@ -48,14 +42,64 @@ def user_errors():
         raise typer.Exit(2) from None
 
 
-def _abs(path: str | Path | None) -> str | None:
+# ================================================================ shared options
+
+
+@dataclass
+class RunOptions:
+    config: Optional[str] = None
+    out_dir: Optional[Path] = None
+    sae1: Optional[str] = None
+    sae2: Optional[str] = None
+    n_pairs: Optional[int] = None
+    device: Optional[str] = None
+    scales: Optional[str] = None
+    force: bool = False
+    force_all: bool = False
+    set_: Optional[list[str]] = None
+
+
+RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "config": (Optional[str], typer.Option("--config", "-c", help="YAML config (default: the embedded demo).")),
+    "out_dir": (Optional[Path], typer.Option("--out-dir", help="Artifact folder (default outputs/<run name>).")),
+    "sae1": (Optional[str], typer.Option("--sae1", help="First SAE folder (replaces the config's sae1).")),
+    "sae2": (Optional[str], typer.Option("--sae2", help="Second SAE folder (replaces the config's sae2).")),
+    "n_pairs": (Optional[int], typer.Option("--n-pairs", help="Pairs per kind: best, worst, random.")),
+    "device": (Optional[str], typer.Option("--device", help="auto, cpu, cuda, cuda:1 …")),
+    "scales": (Optional[str], typer.Option("--scales", help="auto, or a list like 4,8,16 (× residual norm).")),
+    "force": (bool, typer.Option("--force", help="Rerun this stage even when it is up to date.")),
+    "force_all": (bool, typer.Option("--force-all", help="Rerun this stage and every stage upstream of it.")),
+    "set_": (Optional[list[str]], typer.Option("--set", help="Override any config key: --set windows.top=5")),
+}
+
+
+def with_run_options(fn):
+    """A command taking (opts: RunOptions, **its own options): the shared options are added to its
+    signature, and a FaithcaseError anywhere in it becomes a one-line error with exit code 2."""
+    own = [p for name, p in inspect.signature(fn).parameters.items() if name != "opts"]
+    hints = {name: hint for name, hint in get_type_hints(fn, include_extras=True).items() if name != "opts"}
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=RunOptions.__dataclass_fields__[name].default,
+                                annotation=Annotated[hint, option]) for name, (hint, option) in RUN_OPTIONS.items()]
+
+    def command(**kwargs):
+        opts = RunOptions(**{name: kwargs.pop(name) for name in RUN_OPTIONS})
+        with user_errors():
+            return fn(opts, **kwargs)
+
+    command.__name__, command.__doc__ = fn.__name__, fn.__doc__
+    command.__signature__ = inspect.Signature(own + shared)
+    command.__annotations__ = hints | {p.name: p.annotation for p in shared}
+    return command
+
+
+def _absolute(path: str | Path | None) -> str | None:
     if path is None:
         return None
     text = str(path)
     return text if text.startswith("pkg:") else str(Path(text).expanduser().resolve())
 
 
-def _scales(value: str | None):
+def parse_scales(value: str | None):
     if value is None:
         return None
     if value.strip() == "auto":
@@ -72,18 +116,31 @@ def _scales(value: str | None):
     return scales
 
 
-def runtime(config, out_dir=None, sae1=None, sae2=None, n_pairs=None, device=None, force=False, sets=None,
-            scales=None):
+def runtime(opts: RunOptions):
+    """The Runtime of these options: the config with the command-line overrides applied."""
     from faithcase.config import load_config
-    from faithcase.stages import Runtime
+    from faithcase.runtime import Runtime
 
-    overrides = {"out_dir": _abs(out_dir), "sae1.path": _abs(sae1), "sae2.path": _abs(sae2),
-                 "match.n_pairs": n_pairs, "device": device, "explain.scales": _scales(scales)}
-    if sae1 is not None:
-        overrides["sae1.format"] = None
-    cfg = load_config(config, overrides=overrides, sets=sets)
+    overrides = {"out_dir": _absolute(opts.out_dir), "match.n_pairs": opts.n_pairs, "device": opts.device,
+                 "explain.scales": parse_scales(opts.scales)}
+    for key in ("sae1", "sae2"):
+        path = getattr(opts, key)
+        if path is not None:  # a new SAE: its format is detected again
+            overrides[key] = {"path": _absolute(path)}
+    cfg = load_config(opts.config, overrides=overrides, sets=opts.set_)
     _set_threads()
-    return Runtime(cfg, console=err_console, force=force)
+    return Runtime(cfg, console=err_console)
+
+
+def stage(opts: RunOptions, name: str):
+    """(the stage's value, the graph run): the graph runs or reuses every stage up to `name`;
+    the run's `ctx` is the Runtime."""
+    from faithcase.pipeline import PIPELINE, pipeline_run
+
+    rt = runtime(opts)
+    force = PIPELINE.order([name]) if opts.force_all else [name] if opts.force else []
+    graph = pipeline_run(rt, tuple(force))
+    return graph.get(name), graph
 
 
 def _set_threads() -> None:
@@ -95,117 +152,93 @@ def _set_threads() -> None:
 # ================================================================ stages
 
 
-@app.command()
-def match(config: ConfigOpt = None, out_dir: OutDirOpt = None, sae1: Sae1Opt = None, sae2: Sae2Opt = None,
-          n_pairs: NPairsOpt = None, force: ForceOpt = False, set_: SetOpt = None):
-    """Match the two SAEs' features (Hungarian on decoder cosine similarity); select best/worst/random pairs."""
-    from faithcase.stages import run_match
+def _stage_command(name: str, doc: str, show: Callable[[Any, Any], None]) -> None:
+    """`faithcase <name>`: the stage's value from the graph, printed, then the paths of its files."""
 
-    with user_errors():
-        rt = runtime(config, out_dir, sae1, sae2, n_pairs, force=force, sets=set_)
-        artifact = run_match(rt)
-        print_match(artifact)
-        console.print(f"match.json → {rt.path('match.json')}")
+    def command(opts: RunOptions):
+        value, graph = stage(opts, name)
+        show(value, graph)
+        for path in graph.graph.stages[name].files(graph.ctx):
+            console.print(f"{name} → {path}")
 
-
-@app.command()
-def explain(config: ConfigOpt = None, out_dir: OutDirOpt = None, sae1: Sae1Opt = None, sae2: Sae2Opt = None,
-            n_pairs: NPairsOpt = None, scales: ScalesOpt = None, device: DeviceOpt = None,
-            force: ForceOpt = False, set_: SetOpt = None):
-    """Self-explanations by steering the placeholder token, with automatic scale search (--scales auto)."""
-    from faithcase.stages import run_explain, run_match
-
-    with user_errors():
-        rt = runtime(config, out_dir, sae1, sae2, n_pairs, device, force, set_, scales)
-        m = run_match(_not_forced(rt))
-        artifact = run_explain(rt, m)
-        print_explain(artifact, m)
-        console.print(f"explain.json → {rt.path('explain.json')}")
+    command.__name__, command.__doc__ = name, doc
+    app.command(name)(with_run_options(command))
 
 
-@app.command()
-def windows(config: ConfigOpt = None, out_dir: OutDirOpt = None, sae1: Sae1Opt = None, sae2: Sae2Opt = None,
-            n_pairs: NPairsOpt = None, device: DeviceOpt = None, force: ForceOpt = False, set_: SetOpt = None):
-    """Top-activating windows (mean, density, max), statistics and scoring contexts: one pass for both SAEs."""
-    from faithcase.stages import run_match, run_windows
+def _print_windows(found, graph) -> None:
+    for key, artifact in found.items():
+        console.print(f"{key}: {len(artifact.features)} features, {artifact.n_tokens:,} tokens")
 
-    with user_errors():
-        rt = runtime(config, out_dir, sae1, sae2, n_pairs, device, force, set_)
-        m = run_match(_not_forced(rt))
-        found = run_windows(rt, m)
-        for key, artifact in found.items():
-            console.print(f"windows_{key}.json → {rt.path(f'windows_{key}.json')} "
-                          f"({len(artifact.features)} features, {artifact.n_tokens:,} tokens)")
+
+_stage_command("match", "Match the two SAEs' features (Hungarian on decoder cosine similarity); select best/worst/random "
+               "pairs.", lambda artifact, graph: print_match(artifact))
+_stage_command("explain", "Self-explanations by steering the placeholder token, with automatic scale search "
+               "(--scales auto).", lambda artifact, graph: print_explain(artifact, graph.get("match")))
+_stage_command("windows", "Top-activating windows (mean, density, max), statistics and scoring contexts: one pass for "
+               "both SAEs.", _print_windows)
+_stage_command("embed", "Eleuther embedding score (AUROC) of every explanation, own and across the pair.",
+               lambda artifact, graph: print_embed(artifact))
 
 
 @app.command()
-def embed(config: ConfigOpt = None, out_dir: OutDirOpt = None, sae1: Sae1Opt = None, sae2: Sae2Opt = None,
-          n_pairs: NPairsOpt = None, device: DeviceOpt = None, force: ForceOpt = False, set_: SetOpt = None):
-    """Eleuther embedding score (AUROC) of every explanation, own and across the pair."""
-    from faithcase.artifacts import ExplainArtifact, WindowsArtifact, read_artifact
-    from faithcase.stages import EXPLAIN_FILE, run_embed, run_match, windows_file
-
-    with user_errors():
-        rt = runtime(config, out_dir, sae1, sae2, n_pairs, device, force, set_)
-        m = run_match(_not_forced(rt))
-        explain_art = read_artifact(rt.path(EXPLAIN_FILE), ExplainArtifact, "explain")
-        found = {k: read_artifact(rt.path(windows_file(k)), WindowsArtifact, "windows") for k in ("sae1", "sae2")}
-        artifact = run_embed(rt, m, explain_art, found)
-        print_embed(artifact)
-        console.print(f"embed.json → {rt.path('embed.json')}")
-
-
-@app.command()
-def assemble(config: ConfigOpt = None, out_dir: OutDirOpt = None, sae1: Sae1Opt = None, sae2: Sae2Opt = None,
-             n_pairs: NPairsOpt = None,
-             out: Annotated[Optional[Path], typer.Option("--out", help="Case-study JSON path.")] = None,
-             force: ForceOpt = False, set_: SetOpt = None):
+@with_run_options
+def assemble(opts: RunOptions,
+             out: Annotated[Optional[Path], typer.Option("--out", help="Also write the case study here.")] = None):
     """Join every stage into case_study.json (one entry per pair) and summary.json."""
-    from faithcase.stages import run_assemble
+    from faithcase.artifacts import CASE_STUDY_FILE, write_bytes_atomic
 
-    with user_errors():
-        rt = runtime(config, out_dir, sae1, sae2, n_pairs, force=force, sets=set_)
-        if out is not None and not out.is_absolute() and out.parent == Path("."):
-            out = rt.out_dir / out  # a bare file name goes into the run folder
-        path = run_assemble(rt, out)
-        console.print(f"case study → {path}")
+    _, graph = stage(opts, "assemble")
+    path = graph.ctx.path(CASE_STUDY_FILE)
+    if out is not None:
+        target = graph.ctx.out_dir / out if not out.is_absolute() and out.parent == Path(".") else out
+        if target.resolve() != path.resolve():  # a bare file name lands in the run folder
+            write_bytes_atomic(target, path.read_bytes())
+            path = target
+    console.print(f"case study → {path}")
 
 
 @app.command()
-def report(config: ConfigOpt = None, out_dir: OutDirOpt = None,
-           case_study: Annotated[Optional[Path], typer.Option("--case-study", help="case_study.json to render.")] = None,
-           force: ForceOpt = False, set_: SetOpt = None):
+@with_run_options
+def report(opts: RunOptions, case_study: Annotated[Optional[Path], typer.Option(
+        "--case-study", help="Render this case_study.json (summary.json beside it) instead of the run's.")] = None):
     """A static, self-contained HTML report with plots."""
-    from faithcase.stages import run_report
+    if case_study is not None:
+        from faithcase.stages.assemble import read_case_study
+        from faithcase.stages.report import build_report
 
-    with user_errors():
-        rt = runtime(config, out_dir, force=force, sets=set_)
-        path = run_report(rt, case_study)
-        console.print(f"report → {path}")
+        cases, summary = read_case_study(case_study.parent, cases_name=case_study.name)
+        path = build_report(case_study.parent, cases, summary)
+    else:
+        path, _ = stage(opts, "report")
+    console.print(f"report → {path}")
 
 
 @app.command()
-def run(config: ConfigOpt = None, out_dir: OutDirOpt = None, sae1: Sae1Opt = None, sae2: Sae2Opt = None,
-        n_pairs: NPairsOpt = None, scales: ScalesOpt = None, device: DeviceOpt = None,
-        force: ForceOpt = False, set_: SetOpt = None):
+@with_run_options
+def run(opts: RunOptions):
     """Every stage in order: match, explain, windows, embed, assemble, report."""
-    from faithcase.stages import run_pipeline
+    from faithcase.pipeline import STAGES, pipeline_run
+
+    rt = runtime(opts)
+    graph = pipeline_run(rt, STAGES if opts.force or opts.force_all else ())
+    for i, name in enumerate(STAGES, start=1):
+        console.rule(f"[bold]{i}/{len(STAGES)} {name}")
+        graph.get(name)
+    console.print(f"[bold]case study[/bold] → {rt.path('case_study.json')}")
+    console.print(f"[bold]report[/bold]     → {graph.get('report')}")
+
+
+@app.command()
+def diff(first: Path, second: Path):
+    """Compare the artifacts of two run folders, number by number (timestamps, durations, paths ignored)."""
+    from faithcase.compare import compare_runs
 
     with user_errors():
-        rt = runtime(config, out_dir, sae1, sae2, n_pairs, device, force, set_, scales)
-        case_study, index = run_pipeline(rt, console)
-        console.print(f"[bold]case study[/bold] → {case_study}")
-        console.print(f"[bold]report[/bold]     → {index}")
-
-
-def _not_forced(rt):
-    """Upstream stages run when missing or stale but are not forced by a downstream --force."""
-    from faithcase.stages import Runtime
-
-    twin = Runtime.__new__(Runtime)
-    twin.__dict__.update(rt.__dict__)
-    twin.force = False
-    return twin
+        differences = compare_runs(first, second)
+    for line in differences[:50]:
+        console.print(line, highlight=False, soft_wrap=True)
+    console.print(f"{len(differences)} difference(s)" if differences else "the runs agree")
+    raise typer.Exit(1 if differences else 0)
 
 
 # ================================================================ printing
@@ -265,6 +298,15 @@ def _fmt(value) -> str:
     return "—" if value is None else f"{value:.3f}"
 
 
+def print_dict(title: str, result: dict) -> None:
+    table = Table(title=title)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    for key, value in result.items():
+        table.add_row(key, f"{value:,.3f}" if isinstance(value, float) else str(value))
+    console.print(table)
+
+
 # ================================================================ bench
 
 
@@ -272,7 +314,7 @@ def _fmt(value) -> str:
 def bench_match(sizes: Annotated[str, typer.Option(help="Comma-separated feature counts.")] = "2304,4608,14336",
                 big: Annotated[bool, typer.Option("--big", help="Also 65,536 × 65,536 (sparse only).")] = False):
     """Dense scipy assignment vs faithcase's certified sparse solver on structured synthetic SAEs."""
-    from faithcase.bench_match import run_match_bench
+    from faithcase.bench import run_match_bench
 
     with user_errors():
         _set_threads()
@@ -280,53 +322,40 @@ def bench_match(sizes: Annotated[str, typer.Option(help="Comma-separated feature
 
 
 @bench_app.command("model")
-def bench_model_cmd(config: ConfigOpt = None, n_tokens: int = 4096):
+@with_run_options
+def bench_model(opts: RunOptions, n_tokens: int = 4096):
     """Tokens/s of the pass truncated at the hook vs a full forward."""
-    from faithcase.lm import bench_model
+    from faithcase.bench import bench_model as measure
 
-    with user_errors():
-        rt = runtime(config)
-        result = bench_model(rt.lm, rt.cfg.hook, n_tokens=n_tokens)
-        _print_dict("bench model", result)
+    rt = runtime(opts)
+    print_dict("bench model", measure(rt.lm, rt.cfg.hook, n_tokens=n_tokens))
 
 
 @bench_app.command("windows")
-def bench_windows_cmd(config: ConfigOpt = None, n_tokens: int = 20_000, n_features: int = 30):
+@with_run_options
+def bench_windows(opts: RunOptions, n_tokens: int = 20_000, n_features: int = 30):
     """Windows stage vs a bare truncated pass and a naive per-feature baseline."""
-    from faithcase.bench import bench_windows
+    from faithcase.bench import bench_windows as measure
 
-    with user_errors():
-        rt = runtime(config)
-        _print_dict("bench windows", bench_windows(rt, n_tokens=n_tokens, n_features=n_features))
+    print_dict("bench windows", measure(runtime(opts), n_tokens=n_tokens, n_features=n_features))
 
 
 @bench_app.command("explain")
-def bench_explain_cmd(config: ConfigOpt = None, n_features: int = 4, n_scales: int = 8):
+@with_run_options
+def bench_explain(opts: RunOptions, n_features: int = 4, n_scales: int = 8):
     """Batched sweep and generation vs a per-(feature, scale) loop."""
-    from faithcase.bench import bench_explain
+    from faithcase.bench import bench_explain as measure
 
-    with user_errors():
-        rt = runtime(config)
-        _print_dict("bench explain", bench_explain(rt, n_features=n_features, n_scales=n_scales))
+    print_dict("bench explain", measure(runtime(opts), n_features=n_features, n_scales=n_scales))
 
 
 @bench_app.command("embed")
-def bench_embed_cmd(config: ConfigOpt = None):
+@with_run_options
+def bench_embed(opts: RunOptions):
     """Contexts/s with and without the text cache."""
-    from faithcase.bench import bench_embed
+    from faithcase.bench import bench_embed as measure
 
-    with user_errors():
-        rt = runtime(config)
-        _print_dict("bench embed", bench_embed(rt))
-
-
-def _print_dict(title: str, result: dict) -> None:
-    table = Table(title=title)
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for key, value in result.items():
-        table.add_row(key, f"{value:,.3f}" if isinstance(value, float) else str(value))
-    console.print(table)
+    print_dict("bench embed", measure(runtime(opts)))
 
 
 # ================================================================ demo
@@ -384,7 +413,7 @@ def demo_build(
     k: Annotated[Optional[int], typer.Option("--k", help="Latents kept per token (TopK).")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr")] = None,
-    force: ForceOpt = False,
+    force: Annotated[bool, typer.Option("--force", help="Rebuild every stage.")] = False,
 ):
     """Rebuild the demo bundle: sample the corpus, cache activations, train two TopK SAEs (resumable)."""
     from faithcase.demo.build import build_bundle, settings_with

@@ -40,6 +40,7 @@ class CorpusConfig(Section):
     max_tokens: int | None = Field(100_000, ge=1)
     batch_size: int = Field(16, ge=1)
     seed: int = 0
+    memory_mib: int = Field(1024, ge=0)  # keep a corpus pass in memory up to this size (0: never)
 
 
 class OutlierConfig(Section):

@@ -256,11 +256,3 @@ def _check_enough(n_rows: int, counts: dict, seq_len: int) -> None:
         raise FaithcaseError(f"All {counts['texts']} texts of the corpus are empty.")
     raise FaithcaseError(f"The corpus has only {counts['tokens']} tokens, too few for one sequence "
                          f"of {seq_len}; add text or lower seq_len.")
-
-
-def iter_batches(sequences: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
-    """Consecutive row batches of `sequences` (the last one may be smaller)."""
-    if batch_size < 1:
-        raise FaithcaseError(f"batch_size must be positive, got {batch_size}.")
-    for start in range(0, len(sequences), batch_size):
-        yield sequences[start:start + batch_size]

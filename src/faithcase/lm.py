@@ -9,7 +9,6 @@ also act during HF generation (used for steered, KV-cached, left-padded generati
 from __future__ import annotations
 
 import re
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Literal
@@ -273,16 +272,6 @@ class LanguageModel:
 
     # -- tokens
 
-    def to_tokens(self, texts: str | list[str], prepend_bos: bool = True) -> torch.Tensor:
-        """Tokenize (no special tokens besides an optional BOS) into right-padded [B, T]."""
-        if isinstance(texts, str):
-            texts = [texts]
-        rows = [self.tokenizer.encode(text, add_special_tokens=False) for text in texts]
-        if prepend_bos:
-            rows = [[self.bos_token_id] + row for row in rows]
-        tokens, _ = pad_token_lists(rows, self.pad_token_id, side="right")
-        return tokens.to(self.device)
-
     def batch_prompts(self, token_lists: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Left-pad prompts for batched generation: (tokens, attention_mask) on the model device."""
         tokens, mask = pad_token_lists(token_lists, self.pad_token_id, side="left")
@@ -386,39 +375,3 @@ class LanguageModel:
         if not 0 <= layer < self.n_layers:
             raise FaithcaseError(f"Layer {layer} out of range; {self.name} has layers 0..{self.n_layers - 1}.")
         return f"blocks.{layer}.hook_resid_pre"
-
-
-# ---------------------------------------------------------------- benchmark
-
-def bench_model(lm: LanguageModel, hook_name: str, n_tokens: int = 4096, batch: int = 8,
-                seq_len: int = 64, seed: int = 0) -> dict:
-    """Tokens/s of the truncated pass (up to hook_name) and of a full forward, measured in
-    one run on the same random token batches, alternating the two to share any load."""
-    generator = torch.Generator().manual_seed(seed)
-    vocab = lm.hf_model.get_input_embeddings().num_embeddings
-    n_batches = max(1, -(-n_tokens // (batch * seq_len)))
-    batches = [torch.randint(0, vocab, (batch, seq_len), generator=generator) for _ in range(n_batches)]
-    for tokens in batches:
-        tokens[:, 0] = lm.bos_token_id
-    lm.activations(batches[0], hook_name)  # warm-up both paths
-    lm.full_logits(batches[0])
-    seconds = {"truncated": 0.0, "full": 0.0}
-    for tokens in batches:
-        seconds["truncated"] += timed(lambda: lm.activations(tokens, hook_name), lm.device)[1]
-        seconds["full"] += timed(lambda: lm.full_logits(tokens), lm.device)[1]
-    total = n_batches * batch * seq_len
-    truncated, full = total / seconds["truncated"], total / seconds["full"]
-    return {"hook": hook_name, "layer": lm.hook_layer(hook_name), "n_layers": lm.n_layers,
-            "device": str(lm.device), "tokens": total, "batch": batch, "seq_len": seq_len,
-            "truncated_tokens_per_s": truncated, "full_tokens_per_s": full, "speedup": truncated / full}
-
-
-def timed(fn: Callable, device: torch.device) -> tuple[object, float]:
-    """(fn(), wall seconds), with CUDA work finished on both ends."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    result = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return result, time.perf_counter() - start

@@ -21,7 +21,6 @@ is kept by the other, and the rest are zeros either way.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from contextlib import contextmanager
@@ -132,12 +131,6 @@ class SAE:
             b_dec=move(self.b_dec),
             threshold=move(self.threshold),
         )
-
-    def files(self) -> list[Path]:
-        """The weight and config files this SAE was loaded from (empty if built in memory)."""
-        if not self.format or not self.path:
-            return []
-        return [Path(self.path) / name for name in FORMAT_FILES[self.format]]
 
     def _activate(self, pre: torch.Tensor) -> torch.Tensor:
         if self.activation == "relu":
@@ -545,18 +538,7 @@ def _check_batchtopk_sizes(cfg: dict[str, Any], W_enc: torch.Tensor, folder: Pat
 
 
 # ---------------------------------------------------------------------------------------
-# Fingerprints, compatibility, saving
-
-
-def sae_files_sha256(sae: SAE) -> str:
-    """sha256 over the SAE's weight and config files (names and contents, streamed)."""
-    digest = hashlib.sha256()
-    for file in sae.files():
-        digest.update(file.name.encode() + b"\0")
-        with _reading("SAE file", file), open(file, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
+# Compatibility, saving
 
 
 def check_compatible(sae1: SAE, sae2: SAE) -> None:
@@ -609,7 +591,6 @@ __all__ = [
     "select_hook_subfolder",
     "sparsify_names_for_hook",
     "layer_from_hook",
-    "sae_files_sha256",
     "check_compatible",
     "save_saelens",
     "standardize",

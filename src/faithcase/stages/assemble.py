@@ -10,8 +10,14 @@ import orjson
 from pydantic import TypeAdapter, ValidationError
 
 from faithcase.artifacts import (
+    CASE_STUDY_FILE,
     CRITERIA,
+    EMBED_FILE,
+    EXPLAIN_FILE,
+    MATCH_FILE,
+    PAIR_KINDS,
     SAE_KEYS,
+    SUMMARY_FILE,
     ActExample,
     CaseStudySummary,
     CrossScore,
@@ -22,58 +28,15 @@ from faithcase.artifacts import (
     Pair,
     PairCase,
     WindowsArtifact,
-    fingerprint,
+    windows_file,
     write_json,
 )
 from faithcase.errors import FaithcaseError
 
-MATCH_FILE = "match.json"
-EXPLAIN_FILE = "explain.json"
-EMBED_FILE = "embed.json"
-CASE_STUDY_FILE = "case_study.json"
-SUMMARY_FILE = "summary.json"
-PAIR_KINDS = ("best", "worst", "random")
-
 CASES_ADAPTER = TypeAdapter(list[PairCase])
 
 
-def windows_file(sae: str) -> str:
-    return f"windows_{sae}.json"
-
-
-def stage_of(artifact_name: str) -> str:
-    """The command that writes an artifact: 'windows_sae1.json' -> 'windows'."""
-    return artifact_name.split(".")[0].split("_")[0]
-
-
-# ---------------------------------------------------------------- consistency
-
-
-def check_upstream(artifact_name: str, recorded: dict[str, str], actual: dict[str, str]) -> None:
-    """Raise unless `recorded` (the artifact's meta.upstream) holds the `actual` fingerprint of every upstream artifact."""
-    rerun = f"run `faithcase {stage_of(artifact_name)} --force`"
-    for upstream_name, actual_fp in actual.items():
-        recorded_fp = recorded.get(upstream_name)
-        if recorded_fp is None:
-            raise FaithcaseError(f"{artifact_name} records no fingerprint of {upstream_name}: {rerun}")
-        if recorded_fp != actual_fp:
-            raise FaithcaseError(f"{artifact_name} was made from a different {upstream_name}: {rerun}")
-
-
-def expected_upstream(
-    match: MatchArtifact, explain: ExplainArtifact, windows: dict[str, WindowsArtifact]
-) -> dict[str, dict[str, str]]:
-    """Per downstream artifact, the fingerprints its meta.upstream must record (the pipeline's DAG)."""
-    match_fp = {MATCH_FILE: match.meta.fingerprint}
-    expected: dict[str, dict[str, str]] = {EXPLAIN_FILE: dict(match_fp)}
-    for sae in SAE_KEYS:
-        expected[windows_file(sae)] = dict(match_fp)
-    expected[EMBED_FILE] = {
-        **match_fp,
-        EXPLAIN_FILE: explain.meta.fingerprint,
-        **{windows_file(sae): windows[sae].meta.fingerprint for sae in SAE_KEYS if sae in windows},
-    }
-    return expected
+# ---------------------------------------------------------------- completeness
 
 
 def find_cross(embed: EmbedArtifact, pair: Pair) -> CrossScore | None:
@@ -83,29 +46,17 @@ def find_cross(embed: EmbedArtifact, pair: Pair) -> CrossScore | None:
     return None
 
 
-def check_consistency(
-    match: MatchArtifact,
-    explain: ExplainArtifact,
-    windows: dict[str, WindowsArtifact],
-    embed: EmbedArtifact,
-    upstream: dict[str, dict[str, str]] | None = None,
+def check_complete(
+    match: MatchArtifact, explain: ExplainArtifact, windows: dict[str, WindowsArtifact], embed: EmbedArtifact
 ) -> None:
-    """Refuse inconsistent artifacts with a FaithcaseError naming the stage to rerun.
-
-    `upstream` maps each downstream artifact name to the fingerprints it must record;
-    default: `expected_upstream(...)`, i.e. the recorded fingerprints of the loaded artifacts.
-    """
+    """Refuse artifacts that lack a selected pair or feature, naming the stage to rerun (freshness
+    is the graph's job: `graph.py`)."""
     for sae in SAE_KEYS:
         name = windows_file(sae)
         if sae not in windows:
             raise FaithcaseError(f"{name} is missing: run `faithcase windows`")
         if windows[sae].sae != sae:
             raise FaithcaseError(f"{name} holds the windows of {windows[sae].sae}: run `faithcase windows --force`")
-
-    metas = {EXPLAIN_FILE: explain.meta, EMBED_FILE: embed.meta, **{windows_file(s): windows[s].meta for s in SAE_KEYS}}
-    for name, actual in (upstream if upstream is not None else expected_upstream(match, explain, windows)).items():
-        if name in metas:
-            check_upstream(name, metas[name].upstream, actual)
 
     for sae, features in match.selected_features().items():
         for feature in features:
@@ -125,11 +76,6 @@ def check_consistency(
 
 
 # ---------------------------------------------------------------- assemble
-
-
-def ordered_pairs(match: MatchArtifact) -> list[Pair]:
-    """Best, then worst, then random; by rank within each kind."""
-    return [p for kind in PAIR_KINDS for p in sorted(match.pairs.get(kind, []), key=lambda p: p.rank)]
 
 
 def mean_or_none(values: list[float | None]) -> float | None:
@@ -158,7 +104,7 @@ def build_case(pair: Pair, explain: ExplainArtifact, windows: dict[str, WindowsA
     explained = [explain.features[sae][str(indices[sae])] for sae in SAE_KEYS]
     featured = [windows[sae].features[str(indices[sae])] for sae in SAE_KEYS]
     cross = find_cross(embed, pair)
-    assert cross is not None  # guaranteed by check_consistency
+    assert cross is not None  # guaranteed by check_complete
     return PairCase(
         kind=pair.kind,
         rank=pair.rank,
@@ -187,12 +133,11 @@ def assemble(
     windows: dict[str, WindowsArtifact],
     embed: EmbedArtifact,
     config: dict[str, Any],
-    upstream: dict[str, dict[str, str]] | None = None,
-    summary_fingerprint: str | None = None,
+    summary_fingerprint: str = "",
 ) -> tuple[list[PairCase], CaseStudySummary]:
-    """One PairCase per selected pair and the run's summary; raises FaithcaseError on inconsistent artifacts."""
-    check_consistency(match, explain, windows, embed, upstream)
-    cases = [build_case(pair, explain, windows, embed) for pair in ordered_pairs(match)]
+    """One PairCase per selected pair and the run's summary; FaithcaseError if an artifact lacks a pair."""
+    check_complete(match, explain, windows, embed)
+    cases = [build_case(pair, explain, windows, embed) for pair in match.all_pairs()]
 
     recorded = {
         MATCH_FILE: match.meta.fingerprint,
@@ -205,7 +150,7 @@ def assemble(
     summary = CaseStudySummary(
         meta=Meta(
             stage="assemble",
-            fingerprint=summary_fingerprint or fingerprint("assemble", config, recorded),
+            fingerprint=summary_fingerprint,
             upstream=recorded,
         ),
         model=str(model_name or "unknown model"),

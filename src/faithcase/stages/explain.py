@@ -28,15 +28,21 @@ import copy
 import inspect
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from faithcase.artifacts import ExplainBaseline, ExplainSettings, FeatureExplanation, SweepPoint
+from faithcase.artifacts import (
+    ExplainArtifact,
+    ExplainBaseline,
+    ExplainSettings,
+    FeatureExplanation,
+    Meta,
+    SweepPoint,
+)
 from faithcase.config import ExplainConfig
 from faithcase.errors import FaithcaseError
-from faithcase.lm import timed
 
 CLOSING_QUOTE = '"'
 SAMPLING_SEED = 0
@@ -242,15 +248,19 @@ def eligible_scales(cfg: ExplainConfig, n_scales: int) -> list[bool]:
     return [i >= skip for i in range(n_scales)]
 
 
+def insert_layer(cfg: ExplainConfig, sae_layer: int | None = None) -> int:
+    """The layer whose `hook_resid_pre` is steered: explain.insert_layer, or the SAE's layer for "sae"."""
+    if cfg.insert_layer != "sae":
+        return int(cfg.insert_layer)
+    if sae_layer is None:
+        raise FaithcaseError("explain.insert_layer is 'sae' but the SAE's hook layer is unknown; "
+                             "set explain.insert_layer to a layer number.")
+    return int(sae_layer)
+
+
 def resolve_layers(lm, cfg: ExplainConfig, sae_layer: int | None = None) -> tuple[int, int]:
     """(insert_layer, read_layer). The read residual is `blocks.{read_layer}.hook_resid_post`."""
-    if cfg.insert_layer == "sae":
-        if sae_layer is None:
-            raise FaithcaseError("explain.insert_layer is 'sae' but the SAE's hook layer is unknown; "
-                                 "set explain.insert_layer to a layer number.")
-        insert = int(sae_layer)
-    else:
-        insert = int(cfg.insert_layer)
+    insert = insert_layer(cfg, sae_layer)
     read = default_read_layer(lm.n_layers) if cfg.read_layer is None else int(cfg.read_layer)
     for name, layer in (("insert_layer", insert), ("read_layer", read)):
         if not 0 <= layer < lm.n_layers:
@@ -553,42 +563,31 @@ def _greedy_with_baselines(lm, prompt: PromptSpec, vectors: torch.Tensor, layer:
     return greedy, baseline
 
 
-# ---------------------------------------------------------------- benchmark
+# ---------------------------------------------------------------- the public entry point
 
 
-def bench_explain(lm, directions: dict[int, torch.Tensor], cfg: ExplainConfig, residual_norm: float,
-                  sae_layer: int | None = None) -> dict:
-    """Batched explain (sweep with a shared prefix cache + batched generation) against a loop of
-    plain single forwards per (feature, scale) and one generation per feature, in the same run;
-    reports the speed ratio and the agreement (max abs diffs, same chosen scales, same texts)."""
-    residual_norm = _check_norm(residual_norm)
-    insert, read = resolve_layers(lm, cfg, sae_layer)
-    scales = scale_grid(cfg)
-    prompt = build_prompt(lm, cfg)
-    features, matrix = _stack(directions, lm.d_model)
-    if not features:
-        raise FaithcaseError("bench explain needs at least one feature.")
-    eligible = eligible_scales(cfg, len(scales))
+def explain(lm, saes, features, settings: ExplainConfig | None = None, residual_norm: float | None = None,
+            sae_layer: int | None = None, fingerprints: Mapping[str, Mapping[int, str]] | None = None,
+            progress: Progress | None = None) -> ExplainArtifact:
+    """Self-explanations of SAE features by steering, with the scale chosen per feature.
 
-    def run(batch_size: int):
-        selfsim, entropy, _ = sweep(lm, prompt, matrix, scales, insert, read, cfg.mode, residual_norm,
-                                    batch_size, share_prefix=batch_size > 1)
-        scores = score_sweep(selfsim, entropy, cfg.selfsim_weight, cfg.entropy_weight)
-        picks = [p[0] for p in best_scales(scores, eligible, 1)]
-        vectors = torch.stack([matrix[i] * scales[j] * residual_norm for i, j in enumerate(picks)])
-        texts = generate_explanations(lm, prompt, vectors, insert, cfg.mode, cfg.max_new_tokens, batch_size)
-        return selfsim, entropy, picks, texts
-
-    sweep(lm, prompt, matrix[:1], scales[:1], insert, read, cfg.mode, residual_norm, 2)  # warm-up
-    (s_b, e_b, picks_b, texts_b), batched_s = timed(lambda: run(cfg.batch_size), lm.device)
-    (s_l, e_l, picks_l, texts_l), loop_s = timed(lambda: run(1), lm.device)
-    return {
-        "device": str(lm.device), "features": len(features), "scales": len(scales),
-        "forwards": len(features) * len(scales), "max_new_tokens": cfg.max_new_tokens,
-        "batch_size": cfg.batch_size, "batched_s": batched_s, "loop_s": loop_s,
-        "speedup": loop_s / batched_s,
-        "max_abs_diff_selfsim": float((s_b - s_l).abs().max()),
-        "max_abs_diff_entropy": float((e_b - e_l).abs().max()),
-        "same_scales": picks_b == picks_l, "same_texts": texts_b == texts_l,
-        "texts": {f: t for f, t in zip(features, texts_b)},
-    }
+    `saes` is one SAE or a mapping {name: SAE}, `features` its feature indices (or a mapping with
+    the same names); one SAE is stored under the name "sae". `residual_norm` is the median
+    residual norm at the insert layer, the unit of the scales (`Runtime.residual_norm`).
+    """
+    settings = settings or ExplainConfig()
+    if residual_norm is None:
+        raise FaithcaseError("explain needs residual_norm: the median residual norm at the insert layer.")
+    if not isinstance(saes, Mapping):
+        saes, features = {"sae": saes}, {"sae": features}
+    explained, baseline, run_settings = {}, None, None
+    for key, sae in saes.items():
+        directions = unit_directions(sae, features[key])
+        results, baseline, run_settings = explain_features(
+            lm, directions, settings, residual_norm, progress, sae_layer=sae_layer,
+            fingerprints=(fingerprints or {}).get(key))
+        explained[key] = {str(f): r for f, r in results.items()}
+    if run_settings is None:
+        raise FaithcaseError("explain needs at least one SAE.")
+    return ExplainArtifact(meta=Meta(stage="explain", fingerprint=""), settings=run_settings, baseline=baseline,
+                           features=explained)

@@ -12,10 +12,17 @@ import matplotlib
 matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
 
-from faithcase.artifacts import SAE_KEYS, CaseStudySummary, ExplainArtifact, MatchStats, PairCase  # noqa: E402
+from faithcase.artifacts import (  # noqa: E402
+    PAIR_KINDS,
+    SAE_KEYS,
+    CaseStudySummary,
+    ExplainArtifact,
+    MatchStats,
+    PairCase,
+    write_bytes_atomic,
+)
 
 KIND_COLORS = {"best": "#2b7bba", "worst": "#d1495b", "random": "#8c8c8c"}
-KINDS = ("best", "worst", "random")
 SELFSIM_COLOR = "#2b7bba"
 ENTROPY_COLOR = "#e8871e"
 
@@ -44,9 +51,7 @@ def to_png(fig: Figure, path: Path | None = None) -> bytes:
     fig.savefig(buffer, format="png", metadata={"Software": None})
     png = buffer.getvalue()
     if path is not None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(png)
+        write_bytes_atomic(Path(path), png)
     return png
 
 
@@ -110,7 +115,7 @@ def auroc_by_group(cases: list[PairCase], path: Path | None = None) -> bytes:
     ax = fig.add_subplot()
     jitter = random.Random(0)
     width = 0.36
-    for position, kind in enumerate(KINDS):
+    for position, kind in enumerate(PAIR_KINDS):
         members = [c for c in cases if c.kind == kind]
         for offset, label, values in (
             (-width / 2, "own", [a for c in members for a in c.eleuthers if a is not None]),
@@ -127,8 +132,8 @@ def auroc_by_group(cases: list[PairCase], path: Path | None = None) -> bytes:
             else:
                 ax.text(x, 0.02, "n/a", ha="center", fontsize=7)
     ax.axhline(0.5, color="#444444", linestyle="--", linewidth=1.0)
-    ax.text(len(KINDS) - 0.5, 0.505, "chance", fontsize=7, ha="right", va="bottom", color="#444444")
-    ax.set_xticks(range(len(KINDS)), [f"{k}\nown | cross" for k in KINDS], fontsize=8)
+    ax.text(len(PAIR_KINDS) - 0.5, 0.505, "chance", fontsize=7, ha="right", va="bottom", color="#444444")
+    ax.set_xticks(range(len(PAIR_KINDS)), [f"{k}\nown | cross" for k in PAIR_KINDS], fontsize=8)
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("embedding AUROC", fontsize=9)
     ax.set_title("Own vs partner's explanation (cross)", fontsize=10)
@@ -140,7 +145,7 @@ def decoder_vs_explanation(points: list[tuple[float, float, str]], path: Path | 
     """Scatter of (decoder cosine, cosine of the two explanations' embeddings), coloured by pair kind."""
     fig = new_figure(5.2, 3.4)
     ax = fig.add_subplot()
-    for kind in KINDS:
+    for kind in PAIR_KINDS:
         chosen = [(d, e) for d, e, k in points if k == kind and d is not None and e is not None]
         if chosen:
             ax.scatter([d for d, _ in chosen], [e for _, e in chosen], s=22, color=KIND_COLORS[kind],

@@ -1,0 +1,203 @@
+"""One run's context: the config, where artifacts go, and the heavy objects, loaded lazily.
+
+The language model, the SAEs and the embedder load once per process, so `faithcase run` shares
+them across stages and a fully cached run loads nothing. Corpus passes truncated at a hook are
+kept in memory while they fit `corpus.memory_mib`, so the stages that read the same hook (and
+`bench`) run the model over the corpus once per process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from faithcase.artifacts import LEDGER_FILE, SAEInfo, file_sha256
+from faithcase.config import Config
+from faithcase.errors import FaithcaseError
+from faithcase.outliers import excluded_positions
+from faithcase.paths import resolve_path
+
+RESIDUAL_NORM_BATCHES = 4  # corpus batches that set the unit of the steering scales
+
+
+class Runtime:
+    def __init__(self, cfg: Config, console: Console | None = None):
+        self.cfg = cfg
+        self.console = console or Console(stderr=True)
+        self.out_dir = cfg.output_dir()
+        self._saes: dict[str, object] = {}
+        self._sae_hashes: dict[str, str] = {}
+        self._passes: dict[str, list[tuple]] = {}
+
+    # ---------------------------------------------------------------- files
+
+    def path(self, name: str) -> Path:
+        return self.out_dir / name
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.path(LEDGER_FILE)
+
+    def base_dir(self) -> Path:
+        return Path(self.cfg.base_dir)
+
+    # ---------------------------------------------------------------- SAEs
+
+    def sae_path(self, key: str) -> Path:
+        path = resolve_path(getattr(self.cfg, key).path, self.base_dir())
+        if not path.exists():
+            raise FaithcaseError(f"{key} folder not found: {path}")
+        return path
+
+    def sae(self, key: str):
+        if key not in self._saes:
+            from faithcase.saes import check_compatible, load_sae
+
+            sae_cfg = getattr(self.cfg, key)
+            sae = load_sae(self.sae_path(key), format=sae_cfg.format, hook=self.cfg.hook, device=self.device)
+            _check_finite_encoder(key, sae)
+            self._saes[key] = sae
+            if len(self._saes) == 2:
+                check_compatible(self._saes["sae1"], self._saes["sae2"])
+        return self._saes[key]
+
+    def sae_hash(self, key: str) -> str:
+        """Hash of the SAE's files, without loading its weights into torch."""
+        if key not in self._sae_hashes:
+            path = self.sae_path(key)
+            files = [p for p in sorted(path.rglob("*")) if p.is_file()] if path.is_dir() else [path]
+            self._sae_hashes[key] = file_sha256(files)
+        return self._sae_hashes[key]
+
+    def sae_info(self, key: str) -> SAEInfo:
+        sae = self.sae(key)
+        return SAEInfo(path=str(self.sae_path(key)), format=sae.format, d_in=sae.d_in, d_sae=sae.d_sae,
+                       hook_name=sae.hook_name, sha256=self.sae_hash(key))
+
+    # ---------------------------------------------------------------- models
+
+    @cached_property
+    def device(self) -> str:
+        from faithcase.lm import resolve_device
+
+        return resolve_device(self.cfg.device)
+
+    @cached_property
+    def lm(self):
+        from faithcase.lm import load_model
+
+        model = self.cfg.model
+        with self.console.status(f"loading {model.name} …"):
+            return load_model(model.name, path=_resolved(model.path, self.base_dir()),
+                              gguf=_resolved(model.gguf, self.base_dir()), device=self.device, dtype=model.dtype)
+
+    @cached_property
+    def embedder(self):
+        from faithcase.stages.embed import load_embedder
+
+        with self.console.status(f"loading embedder {self.cfg.embed.model} …"):
+            return load_embedder(self.cfg.embed.model, device=self.device, batch_size=self.cfg.embed.batch_size,
+                                 base_dir=self.base_dir())
+
+    # ---------------------------------------------------------------- what fingerprints cover
+
+    def model_key(self) -> dict:
+        return self.cfg.model.model_dump(mode="json") | {"hook": self.cfg.hook}
+
+    def corpus_key(self) -> dict:
+        return {"corpus": self.cfg.corpus.model_dump(mode="json", exclude={"memory_mib"}),
+                "outliers": self.cfg.outliers.model_dump(mode="json")}
+
+    # ---------------------------------------------------------------- corpus
+
+    @cached_property
+    def sequences(self) -> torch.Tensor:
+        from faithcase.corpus import load_texts, token_sequences
+
+        corpus = self.cfg.corpus
+        texts = load_texts(corpus.source, kind=corpus.kind, text_column=corpus.text_column,
+                           hf_config=corpus.hf_config, split=corpus.split, streaming=corpus.streaming,
+                           base_dir=self.base_dir())
+        return token_sequences(texts, self.lm.tokenizer, seq_len=corpus.seq_len,
+                               max_tokens=corpus.max_tokens, seed=corpus.seed, bos_id=self.lm.bos_token_id)
+
+    def activation_batches(self, hook: str | None = None, description: str = "corpus pass") -> Iterator[tuple]:
+        """(seq_ids, tokens, resid, excluded) per corpus batch, the pass truncated at `hook` (default:
+        the SAEs' hook). A whole pass is kept in memory when it fits corpus.memory_mib."""
+        hook = hook or self.cfg.hook
+        if hook in self._passes:
+            yield from self._passes[hook]
+            return
+        budget, used = self.cfg.corpus.memory_mib * 2**20, 0
+        kept: list[tuple] | None = [] if budget > 0 else None
+        for batch in self.stream(self.sequences, hook, description):
+            if kept is not None:
+                used += batch[2].element_size() * batch[2].numel()
+                kept = kept + [batch] if used <= budget else None
+            yield batch
+        if kept is not None:
+            self._passes[hook] = kept
+
+    def stream(self, sequences: torch.Tensor, hook: str, description: str) -> Iterator[tuple]:
+        """One pass over `sequences` in corpus batches, truncated at `hook`, with a progress bar."""
+        size = self.cfg.corpus.batch_size
+        outliers = self.cfg.outliers
+        starts = range(0, len(sequences), size)
+        with _progress(self.console) as progress:
+            task = progress.add_task(description, total=len(starts))
+            for start in starts:
+                tokens = sequences[start:start + size]
+                resid = self.lm.activations(tokens, hook)
+                excluded = excluded_positions(resid, outliers.norm_ratio, outliers.exclude_bos)
+                yield torch.arange(start, start + len(tokens)), tokens, resid, excluded
+                progress.advance(task)
+
+    def residual_norm(self, layer: int) -> float:
+        """Median residual norm at `blocks.{layer}.hook_resid_pre` on corpus tokens (BOS and massive
+        activations left out): the unit of the steering scales."""
+        from faithcase.stages.explain import median_residual_norm
+
+        sequences = self.sequences
+        size = self.cfg.corpus.batch_size
+        batches = [sequences[start:start + size] for start in range(0, len(sequences), size)][:RESIDUAL_NORM_BATCHES]
+        outliers = self.cfg.outliers
+        return median_residual_norm(self.lm, batches, layer,
+                                    lambda resid: excluded_positions(resid, outliers.norm_ratio, outliers.exclude_bos))
+
+    @cached_property
+    def token_text(self) -> Callable[[list[int]], list[str]]:
+        """Per-token strings as a reader sees them (spaces kept), memoized by token id."""
+        cache: dict[int, str] = {}
+        tokenizer = self.lm.tokenizer
+
+        def texts(ids: list[int]) -> list[str]:
+            for i in ids:
+                if i not in cache:
+                    cache[i] = tokenizer.decode([i])
+            return [cache[i] for i in ids]
+
+        return texts
+
+
+def _progress(console: Console):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    return Progress(*columns, console=console, transient=True)
+
+
+def _check_finite_encoder(key: str, sae) -> None:
+    """Non-finite decoder rows are dead features (counted by match); a non-finite encoder cannot encode."""
+    tensors = [sae.W_enc, sae.b_enc, sae.b_dec] + ([sae.threshold] if sae.threshold is not None else [])
+    bad = sum(int((~torch.isfinite(t)).sum()) for t in tensors)
+    if bad:
+        raise FaithcaseError(f"{key} ({sae.path}) has {bad} non-finite values in its encoder weights or biases: "
+                             "check the checkpoint")
+
+
+def _resolved(spec: str | None, base_dir: Path) -> str | None:
+    return str(resolve_path(spec, base_dir)) if spec else None

@@ -1,0 +1,1 @@
+"""The stage computations: plain functions over tensors and pydantic artifacts, one module per stage."""

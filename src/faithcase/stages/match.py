@@ -1,0 +1,178 @@
+"""The match stage: the features of two SAEs matched by the cosine similarity of their decoder rows.
+
+The matching is the optimal one-to-one assignment that maximizes the total cosine similarity
+(Hungarian; the solvers are in `assignment.py`), over alive features only: a decoder row that is
+all zero or holds a non-finite value is a dead feature, counted and never matched. The statistics
+are FaithfulSAE's (`scripts/feat_match.py`): rows L2-normalized, the shared ratio is the share of
+matched pairs above the threshold, the top-1 ratio the share of features whose best cosine on the
+other side is above it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from faithcase.artifacts import (
+    PAIR_KINDS,
+    Assignment,
+    Histogram,
+    MatchArtifact,
+    Matching,
+    MatchStats,
+    Meta,
+    Pair,
+    SAEInfo,
+)
+from faithcase.config import MatchConfig
+from faithcase.errors import FaithcaseError
+from faithcase.stages import assignment as solvers
+
+HISTOGRAM_BINS = 50
+
+
+def dead_rows(W: torch.Tensor) -> torch.Tensor:
+    """Boolean mask of rows that are all zero or hold a non-finite value."""
+    _check_matrix(W, "decoder")
+    return ~torch.isfinite(W).all(dim=1) | (W == 0).all(dim=1)
+
+
+def match_features(
+    W_dec1: torch.Tensor,
+    W_dec2: torch.Tensor,
+    threshold: float = 0.7,
+    solver: str = "auto",
+    progress: Callable[[str, int, int], None] | None = None,
+    **solver_options,
+) -> Matching:
+    """Optimal one-to-one matching of the alive features of two SAEs by decoder cosine similarity.
+
+    ``solver``: "dense" (scipy on the full matrix), "sparse" (certified candidate graph) or
+    "auto" (dense up to 4096 x 4096 pairs); ``solver_options`` go to `assignment.solve`.
+    """
+    _check_matrix(W_dec1, "SAE 1 decoder")
+    _check_matrix(W_dec2, "SAE 2 decoder")
+    W_dec1, W_dec2 = W_dec1.detach().cpu(), W_dec2.detach().cpu()  # parameters or GPU tensors welcome
+    if W_dec1.shape[1] != W_dec2.shape[1]:
+        raise FaithcaseError(
+            f"the SAEs have different decoder widths ({W_dec1.shape[1]} vs {W_dec2.shape[1]}): "
+            "match SAEs trained on the same model and hook site"
+        )
+    if solver not in solvers.SOLVERS:
+        raise FaithcaseError(f"unknown matching solver {solver!r}: use one of {', '.join(solvers.SOLVERS)}")
+    if solver_options.get("k", 1) < 1 or solver_options.get("depth", 1) < 1:
+        raise FaithcaseError(f"k and depth must be at least 1 (got {solver_options})")
+
+    dead1, dead2 = dead_rows(W_dec1), dead_rows(W_dec2)
+    alive1 = torch.nonzero(~dead1).flatten().numpy()
+    alive2 = torch.nonzero(~dead2).flatten().numpy()
+    for name, alive in (("SAE 1", alive1), ("SAE 2", alive2)):
+        if len(alive) == 0:
+            raise FaithcaseError(f"{name} has no alive features: every decoder row is zero or non-finite")
+
+    A = solvers.unit_rows(W_dec1[torch.from_numpy(alive1)])
+    B = solvers.unit_rows(W_dec2[torch.from_numpy(alive2)])
+    transposed = len(alive1) > len(alive2)  # the solvers want rows to be the smaller side
+    solution = solvers.solve(B, A, solver, progress=progress, **solver_options) if transposed else \
+        solvers.solve(A, B, solver, progress=progress, **solver_options)
+
+    rows = np.arange(len(solution.cols))
+    if transposed:
+        local1, local2, best1 = solution.cols, rows, solution.col_best
+    else:
+        local1, local2, best1 = rows, solution.cols, solution.row_best
+    order = np.argsort(local1)
+    similarity = solution.sims[order].astype(np.float32)
+    sims = similarity.astype(np.float64)
+    counts, edges = np.histogram(np.clip(sims, -1.0, 1.0), bins=HISTOGRAM_BINS, range=(-1.0, 1.0))
+    dead = (torch.nonzero(dead1).flatten().tolist(), torch.nonzero(dead2).flatten().tolist())
+    stats = MatchStats(
+        threshold=threshold,
+        n_features1=W_dec1.shape[0],
+        n_features2=W_dec2.shape[0],
+        n_alive1=len(alive1),
+        n_alive2=len(alive2),
+        n_dead1=len(dead[0]),
+        n_dead2=len(dead[1]),
+        n_matched=len(similarity),
+        shared_ratio=float((sims > threshold).mean()),
+        top1_ratio=float((np.asarray(best1, dtype=np.float64) > threshold).mean()),
+        mean_similarity=float(sims.mean()),
+        histogram=Histogram(edges=edges.tolist(), counts=counts.tolist()),
+        dead1=dead[0],
+        dead2=dead[1],
+    )
+    assignment = Assignment(index1=alive1[local1[order]].tolist(), index2=alive2[local2[order]].tolist(),
+                            similarity=similarity.tolist())
+    return Matching(stats=stats, solver=solution.info, assignment=assignment)
+
+
+def _check_matrix(W: torch.Tensor, name: str) -> None:
+    if not isinstance(W, torch.Tensor) or W.ndim != 2:
+        raise FaithcaseError(f"the {name} must be a 2-D tensor [features, d_in]")
+    if not W.is_floating_point():
+        raise FaithcaseError(f"the {name} must hold floating-point values (got {W.dtype})")
+
+
+# ----------------------------------------------------------------------------------------------
+# Pair selection
+
+
+def select_pairs(matching: Matching, n_pairs: int, seed: int) -> dict[str, list[Pair]]:
+    """The n best, n worst and n random matched pairs (random: a control drawn from the rest).
+
+    "best" is sorted by similarity descending, "worst" ascending; "worst" skips pairs already in
+    "best" and "random" draws uniformly without replacement from pairs in neither, sorted by
+    similarity descending, so the three kinds are disjoint (and may be shorter than n).
+    """
+    n_matched = matching.stats.n_matched
+    if n_pairs < 1:
+        raise FaithcaseError(f"--n-pairs must be at least 1 (got {n_pairs})")
+    if n_pairs > n_matched:
+        raise FaithcaseError(
+            f"--n-pairs {n_pairs} is larger than the {n_matched} matched features: choose at most {n_matched}"
+        )
+    index1 = np.asarray(matching.assignment.index1)
+    sims = np.asarray(matching.assignment.similarity, dtype=np.float64)
+    by_similarity = np.lexsort((index1, -sims))  # descending, ties by SAE 1 index
+    best = by_similarity[:n_pairs].tolist()
+    in_best = set(best)
+    worst = [i for i in by_similarity[::-1].tolist() if i not in in_best][:n_pairs]
+    taken = in_best | set(worst)
+    rest = np.array([i for i in range(n_matched) if i not in taken], dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    drawn = rng.choice(rest, size=min(n_pairs, len(rest)), replace=False) if len(rest) else rest
+    drawn = sorted(drawn.tolist(), key=lambda i: (-sims[i], index1[i]))
+    return {kind: _pairs(matching.assignment, kind, chosen) for kind, chosen in zip(PAIR_KINDS, (best, worst, drawn))}
+
+
+def _pairs(assignment: Assignment, kind: str, positions) -> list[Pair]:
+    return [Pair(kind=kind, rank=rank, index1=assignment.index1[i], index2=assignment.index2[i],
+                 similarity=assignment.similarity[i]) for rank, i in enumerate(positions, start=1)]
+
+
+# ----------------------------------------------------------------------------------------------
+# The public entry point
+
+
+def match(sae1, sae2, settings: MatchConfig | None = None, sae_infos: tuple[SAEInfo, SAEInfo] | None = None,
+          progress: Callable[[str, int, int], None] | None = None) -> MatchArtifact:
+    """Match two SAEs (anything with a `W_dec` [d_sae, d_in]) and select the pairs of the case study.
+
+    Returns the match artifact: statistics, solver report, the full assignment and the selected pairs.
+    """
+    settings = settings or MatchConfig()
+    matching = match_features(sae1.W_dec.float(), sae2.W_dec.float(), threshold=settings.threshold,
+                              solver=settings.solver, progress=progress)
+    pairs = select_pairs(matching, settings.n_pairs, settings.seed)
+    infos = sae_infos or (_info(sae1), _info(sae2))
+    return MatchArtifact(meta=Meta(stage="match", fingerprint=""), sae1=infos[0], sae2=infos[1],
+                         pairs=pairs, **dict(matching))
+
+
+def _info(sae) -> SAEInfo:
+    return SAEInfo(path=str(getattr(sae, "path", "")), format=str(getattr(sae, "format", "")),
+                   d_in=int(sae.W_dec.shape[1]), d_sae=int(sae.W_dec.shape[0]),
+                   hook_name=getattr(sae, "hook_name", None), sha256="")
