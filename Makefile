@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.faithcase-installed
 CONFIG  ?=
 ARGS    ?=
 
-.PHONY: all install test bench demo-bundle browser clean
+.PHONY: all install test bench rehearse demo-bundle browser clean
 
 all: install
 	$(VENV)/bin/faithcase run $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
@@ -37,6 +37,10 @@ bench: install
 	$(VENV)/bin/faithcase bench windows
 	$(VENV)/bin/faithcase bench explain
 	$(VENV)/bin/faithcase bench embed
+
+# every stage at the paper's shapes on a reduced workload (random weights, built locally; ~15 min on 2 cores)
+rehearse: install
+	HF_HUB_OFFLINE=1 $(VENV)/bin/faithcase rehearse $(ARGS)
 
 demo-bundle: install
 	$(VENV)/bin/faithcase demo build

@@ -57,4 +57,5 @@ def bos_tokens(model: lm.LanguageModel, texts: str | list[str]) -> torch.Tensor:
     """BOS + each text's tokens, right-padded (what corpus sequences look like)."""
     rows = [[model.bos_token_id] + model.tokenizer.encode(t, add_special_tokens=False)
             for t in ([texts] if isinstance(texts, str) else texts)]
-    return lm.pad_token_lists(rows, model.pad_token_id, side="right")[0]
+    width = max(len(row) for row in rows)
+    return torch.tensor([row + [model.pad_token_id] * (width - len(row)) for row in rows])

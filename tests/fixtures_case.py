@@ -1,4 +1,4 @@
-"""Small but complete synthetic artifacts of every stage, with consistent fingerprints, for assemble/report tests."""
+"""Small but complete synthetic artifacts of every stage, consistent with each other, for assemble/report tests."""
 
 from __future__ import annotations
 
@@ -9,24 +9,32 @@ from typing import Any
 
 from faithcase.artifacts import (
     CRITERIA,
+    EXPLAINERS,
+    AgreementTable,
     Assignment,
     Context,
-    CrossScore,
+    Document,
     EmbedArtifact,
     ExplainArtifact,
     ExplainBaseline,
     ExplainSettings,
+    ExplanationScore,
     FeatureExplanation,
-    FeatureScore,
     FeatureStats,
     FeatureWindows,
     Histogram,
     MatchArtifact,
     MatchStats,
     Meta,
+    NullDistribution,
     Pair,
+    PairsArtifact,
+    PairSimilarity,
+    RankedText,
     SAEInfo,
-    ScoredContext,
+    SAEQuality,
+    ScanArtifact,
+    ScoredFeature,
     SolverInfo,
     SweepPoint,
     Window,
@@ -42,14 +50,23 @@ PAIRS = [
     ("worst", 2, 21, 9, 0.11),
     ("random", 1, 2, 7, 0.52),
     ("random", 2, 33, 17, 0.38),  # feature 17 of sae2 differs from feature 17 of sae1
+    ("stratified", 1, 4, 20, 0.83),
+    ("stratified", 2, 11, 21, 0.66),
+    ("stratified", 3, 14, 25, 0.45),
+    ("stratified", 4, 19, 26, 0.31),
+    ("stratified", 5, 26, 27, 0.12),
 ]
+# other matched pairs of the assignment, not selected
+OTHERS = [(0, 0, 0.2), (1, 1, 0.25), (3, 2, 0.6), (6, 4, 0.7), (7, 5, 0.5)]
 SCALES = [0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
+N_TOKENS = 5000
 # tokens that need escaping or are not ASCII
 TRICKY_TEXTS = ["<b>", " &amp;", " a<b", "\n", " café", " 日本", " \"q\"", " x&y", "\n\n", " →", "</script>", " 'o'"]
 PLAIN_TEXTS = [" the", " cat", " sat", " on", " mat", ".", " It", " was", " warm", " and", " quiet", ","]
 # feature whose own AUROC is None (too few activating contexts)
 NONE_AUROC = ("sae2", 30)
 FAILED = {("sae1", 8), ("sae2", 9)}
+SILENT = ("sae2", 25)  # never fires: stratified pair 3 is left out of the group means
 
 
 def explanation_of(sae: str, feature: int) -> str:
@@ -59,17 +76,19 @@ def explanation_of(sae: str, feature: int) -> str:
 @dataclass
 class CaseArtifacts:
     match: MatchArtifact
+    scan: ScanArtifact
+    pairs: PairsArtifact
     explain: ExplainArtifact
     windows: dict[str, WindowsArtifact]
     embed: EmbedArtifact
     config: dict[str, Any]
 
     def write(self, out_dir: Path) -> None:
-        write_artifact(out_dir / "match.json", self.match)
-        write_artifact(out_dir / "explain.json", self.explain)
+        for name, artifact in (("match", self.match), ("scan", self.scan), ("pairs", self.pairs),
+                               ("explain", self.explain), ("embed", self.embed)):
+            write_artifact(out_dir / f"{name}.json", artifact)
         for sae, artifact in self.windows.items():
             write_artifact(out_dir / f"windows_{sae}.json", artifact)
-        write_artifact(out_dir / "embed.json", self.embed)
 
 
 def sae_info(name: str) -> SAEInfo:
@@ -77,44 +96,75 @@ def sae_info(name: str) -> SAEInfo:
                    hook_name="blocks.2.hook_resid_pre", sha256=f"{name}-sha")
 
 
+def assignment_rows() -> list[tuple[int, int, float]]:
+    return sorted([(i1, i2, sim) for _, _, i1, i2, sim in PAIRS] + OTHERS)
+
+
 def make_match() -> MatchArtifact:
-    pairs: dict[str, list[Pair]] = {"best": [], "worst": [], "random": []}
-    for kind, rank, i1, i2, sim in PAIRS:
-        pairs[kind].append(Pair(kind=kind, rank=rank, index1=i1, index2=i2, similarity=sim))
+    rows = assignment_rows()
     stats = MatchStats(
-        threshold=0.7, n_features1=40, n_features2=40, n_alive1=38, n_alive2=39, n_dead1=2, n_dead2=1, n_matched=38,
-        shared_ratio=0.42, top1_ratio=0.47, mean_similarity=0.55,
+        threshold=0.7, n_features1=40, n_features2=40, n_alive1=38, n_alive2=39, n_dead1=2, n_dead2=1,
+        n_matched=len(rows), shared_ratio=0.42, top1_ratio=0.47, top1_ratio_sae1=0.45, mean_similarity=0.55,
         histogram=Histogram(edges=[i / 10 for i in range(-2, 11)], counts=[0, 1, 2, 3, 4, 5, 6, 5, 4, 3, 3, 2]),
     )
     solver = SolverInfo(name="dense", exact=True, certified=True, total=20.9, seconds=0.01)
-    assignment = Assignment(index1=[p[2] for p in PAIRS], index2=[p[3] for p in PAIRS], similarity=[p[4] for p in PAIRS])
+    assignment = Assignment(index1=[r[0] for r in rows], index2=[r[1] for r in rows], similarity=[r[2] for r in rows])
     return MatchArtifact(meta=Meta(stage="match", fingerprint="fp-match"), sae1=sae_info("sae1"), sae2=sae_info("sae2"),
-                         stats=stats, solver=solver, pairs=pairs, assignment=assignment)
+                         stats=stats, solver=solver, assignment=assignment)
 
 
-def make_explain(features: dict[str, list[int]], match_fp: str) -> ExplainArtifact:
+def make_scan(match: MatchArtifact) -> ScanArtifact:
+    """Agreement that grows with decoder cosine; SAE 2's feature 25 never fires."""
+    a = match.assignment
+    firing = {"sae1": [50 + i for i in range(40)], "sae2": [60 + i for i in range(40)]}
+    firing["sae2"][SILENT[1]] = 0
+    n1 = [firing["sae1"][i] for i in a.index1]
+    n2 = [firing["sae2"][j] for j in a.index2]
+    both = [int(min(x, y) * max(s, 0)) for x, y, s in zip(n1, n2, a.similarity)]
+    table = AgreementTable(
+        pearson=[None if y == 0 else round(s * 0.9 + 0.05, 3) for s, y in zip(a.similarity, n2)],
+        jaccard=[b / (x + y - b) if x + y - b else None for x, y, b in zip(n1, n2, both)],
+        p2_given_1=[b / x if x else None for x, b in zip(n1, both)],
+        p1_given_2=[b / y if y else None for y, b in zip(n2, both)], n1=n1, n2=n2, n_both=both)
+    quality = {key: SAEQuality(fvu=0.12, l0=8.0, k=8, n_silent=int(key == "sae2")) for key in ("sae1", "sae2")}
+    quality["sae2"].warnings = ["sae2: a <warning> about the load"]
+    return ScanArtifact(meta=Meta(stage="scan", fingerprint="fp-scan"), n_sequences=80, n_tokens=N_TOKENS,
+                        excluded_positions=80, quality=quality, firing=firing, agreement=table)
+
+
+def make_pairs() -> PairsArtifact:
+    pairs: dict[str, list[Pair]] = {"best": [], "worst": [], "random": [], "stratified": []}
+    for kind, rank, i1, i2, sim in PAIRS:
+        pairs[kind].append(Pair(kind=kind, rank=rank, index1=i1, index2=i2, similarity=sim))
+    return PairsArtifact(meta=Meta(stage="pairs", fingerprint="fp-pairs"), pairs=pairs, n_eligible=15,
+                         strata_edges=[0.04 + 0.093 * k for k in range(11)])
+
+
+def make_explain(features: dict[str, list[int]]) -> ExplainArtifact:
     explained: dict[str, dict[str, FeatureExplanation]] = {}
     for sae, indices in features.items():
         explained[sae] = {}
         for feature in indices:
             failed = (sae, feature) in FAILED
             peak = 0.0 if failed else 0.05 + feature / 100
-            sweep = [
-                SweepPoint(scale=s, selfsim=peak * s / (1 + s * s / 4), entropy=-0.2 * s + 0.03 * s * s, score=None)
-                for s in SCALES
-            ]
+            sweep = [SweepPoint(scale=s, selfsim=peak * s / (1 + s * s / 4), entropy=-0.2 * s + 0.03 * s * s,
+                                ce=0.1 * s, score=None) for s in SCALES]
             chosen = max(sweep, key=lambda p: p.selfsim)
+            ranking = [RankedText(text=explanation_of(sae, feature), scale=chosen.scale, greedy=True, specificity=1.5),
+                       RankedText(text=f"a sample for {feature}", scale=chosen.scale, greedy=False, specificity=0.5)]
             explained[sae][str(feature)] = FeatureExplanation(
-                feature=feature, fingerprint=f"fp-{sae}-{feature}",
-                explanations=[explanation_of(sae, feature), f"a sample for {feature}"],
-                scale=None if failed else chosen.scale, scales=[chosen.scale], sweep=sweep,
-                failed=failed, best_selfsim=chosen.selfsim,
-            )
+                feature=feature, fingerprint=f"fp-{sae}-{feature}", explanations=[t.text for t in ranking],
+                ranking=ranking, scale=None if failed else chosen.scale, scales=[chosen.scale], sweep=sweep,
+                failed=failed, best_selfsim=chosen.selfsim)
     settings = ExplainSettings(prompt_text='What is "X"?', placeholder_token_id=55, placeholder_positions=[4],
                                insert_layer=2, read_layer=5, mode="replace", residual_norm=3.0, scales=SCALES)
-    baseline = ExplainBaseline(replace_zero="nothing <at> all", add_zero="a word", selfsim_zero=0.01, entropy_zero=2.5)
-    return ExplainArtifact(meta=Meta(stage="explain", fingerprint="fp-explain", upstream={"match.json": match_fp}),
-                           settings=settings, baseline=baseline, features=explained)
+    baseline = ExplainBaseline(replace_zero="nothing <at> all", add_zero="a word", neutral="neutral",
+                               selfsim_zero=0.01, entropy_zero=2.5)
+    null = NullDistribution(key="k", n=8, seed=0, best_selfsim=[0.001 * i for i in range(8)],
+                            quantiles={"q05": 0.0, "q50": 0.0035, "q95": 0.0067, "max": 0.007})
+    return ExplainArtifact(meta=Meta(stage="explain", fingerprint="fp-explain", upstream={"pairs.json": "fp-pairs"}),
+                           settings=settings, baseline=baseline, null=null, threshold=0.0067,
+                           threshold_source="null q0.95 of 8", features=explained)
 
 
 def make_window(rng: random.Random, length: int, seq_id: int, peak: float) -> Window:
@@ -128,7 +178,7 @@ def make_window(rng: random.Random, length: int, seq_id: int, peak: float) -> Wi
 def make_feature_windows(rng: random.Random, feature: int) -> FeatureWindows:
     peak = round(1.0 + feature / 10, 3)
     windows = {c: [make_window(rng, 12, seq, round(peak * (1 - 0.15 * seq), 3)) for seq in range(3)] for c in CRITERIA}
-    stats = FeatureStats(n_tokens=5000, n_active=40 + feature, frequency=(40 + feature) / 5000, max=peak,
+    stats = FeatureStats(n_tokens=N_TOKENS, n_active=40 + feature, frequency=(40 + feature) / N_TOKENS, max=peak,
                          mean_nonzero=peak / 3, histogram=Histogram(edges=[0, peak / 2, peak], counts=[30, 10]))
     activating = [Context(**make_window(rng, 8, 100 + q, peak).model_dump(exclude={"value"}), max_act=peak, quantile=q)
                   for q in range(3)]
@@ -137,60 +187,53 @@ def make_feature_windows(rng: random.Random, feature: int) -> FeatureWindows:
     return FeatureWindows(feature=feature, windows=windows, stats=stats, activating=activating, non_activating=non_activating)
 
 
-def make_windows(features: dict[str, list[int]], match_fp: str) -> dict[str, WindowsArtifact]:
+def make_windows(features: dict[str, list[int]]) -> dict[str, WindowsArtifact]:
     artifacts = {}
     for sae, indices in features.items():
         rng = random.Random(f"windows-{sae}")
         artifacts[sae] = WindowsArtifact(
-            meta=Meta(stage="windows", fingerprint=f"fp-windows-{sae}", upstream={"match.json": match_fp}),
+            meta=Meta(stage="windows", fingerprint=f"fp-windows-{sae}", upstream={"pairs.json": "fp-pairs"}),
             sae=sae, n_sequences=64, n_tokens=4096, seq_len=64, window=12, excluded_positions=64,
             quantile_method="deciles", features={str(f): make_feature_windows(rng, f) for f in indices},
         )
     return artifacts
 
 
-def own_auroc(sae: str, feature: int) -> float | None:
+def auroc(sae: str, feature: int, explainer: str, side: str) -> float | None:
+    """A deterministic AUROC per (feature, explanation, own/partner); None for the unscorable feature."""
     if (sae, feature) == NONE_AUROC:
         return None
-    return round(0.5 + ((feature * 7 + (3 if sae == "sae2" else 0)) % 45) / 100, 3)
+    offset = {"self": 0, "baseline": 11, "null": 23}[explainer] + (5 if side == "partner" else 0)
+    return round(0.3 + ((feature * 7 + offset + (3 if sae == "sae2" else 0)) % 60) / 100, 3)
 
 
-def score(sae: str, feature: int, auroc: float | None, explanation: str) -> FeatureScore:
-    return FeatureScore(
-        feature=feature, explanation=explanation, auroc=auroc,
-        reason="too few activating contexts" if auroc is None else None,
-        n_activating=3 if auroc is not None else 1, n_non_activating=2,
-        contexts=[ScoredContext(text="the cat & <dog>", label=1, similarity=0.4, quantile=0),
-                  ScoredContext(text="no fire", label=0, similarity=0.1)],
-    )
+def score_of(value: float | None, explanation: str) -> ExplanationScore:
+    return ExplanationScore(explanation=explanation, auroc=value, reason="too few activating contexts" if value is None
+                            else None, auroc_per_quantile=[value, None], similarities=[0.4, 0.1] if value else [])
 
 
-def make_embed(features: dict[str, list[int]], match: MatchArtifact, upstream: dict[str, str]) -> EmbedArtifact:
-    scores = {sae: {str(f): score(sae, f, own_auroc(sae, f), explanation_of(sae, f)) for f in indices}
-              for sae, indices in features.items()}
-    cross = []
-    for pair in match.all_pairs():
-        cross_auroc_12 = round(0.3 + (pair.index1 % 7) / 10, 3)
-        cross_auroc_21 = None if pair.kind == "random" and pair.rank == 2 else round(0.35 + (pair.index2 % 5) / 10, 3)
-        cross.append(CrossScore(
-            kind=pair.kind, rank=pair.rank, index1=pair.index1, index2=pair.index2,
-            sae1_on_sae2=score("sae2", pair.index2, cross_auroc_12, explanation_of("sae1", pair.index1)),
-            sae2_on_sae1=score("sae1", pair.index1, cross_auroc_21, explanation_of("sae2", pair.index2)),
-            explanation_similarity=None if pair.kind == "worst" and pair.rank == 1 else round(0.2 + pair.similarity / 2, 3),
-        ))
-    return EmbedArtifact(meta=Meta(stage="embed", fingerprint="fp-embed", upstream=upstream), embedder="mini",
-                         query_template="Query: {explanation}", scores=scores, cross=cross)
+def make_embed(pairs: PairsArtifact) -> EmbedArtifact:
+    features: dict[str, dict[str, ScoredFeature]] = {"sae1": {}, "sae2": {}}
+    for p in pairs.all_pairs():
+        for sae, index in (("sae1", p.index1), ("sae2", p.index2)):
+            features[sae][str(index)] = ScoredFeature(
+                feature=index, documents=[Document(text="the cat & <dog>", label=1, quantile=0),
+                                          Document(text="no fire", label=0)],
+                own={n: score_of(auroc(sae, index, n, "own"), f"{n} of {sae} f{index}") for n in EXPLAINERS},
+                partner={n: score_of(auroc(sae, index, n, "partner"), f"partner {n}") for n in EXPLAINERS})
+    similarities = [PairSimilarity(kind=p.kind, rank=p.rank, index1=p.index1, index2=p.index2,
+                                   explanation_similarity=None if (p.kind, p.rank) == ("worst", 1)
+                                   else round(0.2 + p.similarity / 2, 3)) for p in pairs.all_pairs()]
+    return EmbedArtifact(meta=Meta(stage="embed", fingerprint="fp-embed"), embedder="mini",
+                         query_template="Query: {explanation}", features=features, pairs=similarities,
+                         nulls={"sae1": {}, "sae2": {}}, templates={"{explanation}": 0.51, "Query:{explanation}": 0.5})
 
 
 def make_case_artifacts() -> CaseArtifacts:
     match = make_match()
-    features = match.selected_features()
-    match_fp = match.meta.fingerprint
-    explain = make_explain(features, match_fp)
-    windows = make_windows(features, match_fp)
-    embed_upstream = {"match.json": match_fp, "explain.json": explain.meta.fingerprint,
-                      **{f"windows_{sae}.json": w.meta.fingerprint for sae, w in windows.items()}}
-    embed = make_embed(features, match, embed_upstream)
+    pairs = make_pairs()
+    features = pairs.selected_features()
     config = {"run_name": "fixture", "model": {"name": "tiny/Model-<test>"}, "hook": "blocks.2.hook_resid_pre",
-              "match": {"threshold": 0.7, "n_pairs": 2}}
-    return CaseArtifacts(match=match, explain=explain, windows=windows, embed=embed, config=config)
+              "match": {"threshold": 0.7, "n_pairs": 2, "seed": 0}}
+    return CaseArtifacts(match=match, scan=make_scan(match), pairs=pairs, explain=make_explain(features),
+                         windows=make_windows(features), embed=make_embed(pairs), config=config)

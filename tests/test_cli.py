@@ -88,24 +88,29 @@ def test_match_each_format_recovers_a_planted_permutation_and_caches(tmp_path, c
     expected = {int(perm[j]): j for j in range(D_SAE)}
     got = dict(zip(data["assignment"]["index1"], data["assignment"]["index2"]))
     assert got == expected
-    assert data["stats"]["shared_ratio"] == 1.0
-    assert [p["rank"] for p in data["pairs"]["best"]] == [1, 2, 3, 4, 5]
+    assert data["stats"]["shared_ratio"] == 1.0 and data["stats"]["top1_ratio"] == data["stats"]["top1_ratio_sae1"] == 1.0
     assert (out / "match_histogram.png").stat().st_size > 1000
+    assert orjson.loads((out / "stages.json").read_bytes())["match"]["fingerprint"] == data["meta"]["fingerprint"]
 
     again = invoke("match", "--config", config_file, "--sae1", a, "--sae2", b, "--out-dir", out)
     assert again.exit_code == 0 and "cached" in again.output
 
 
-def test_force_reruns_and_n_pairs_override(tmp_path, config_file):
+def test_force_reruns_and_selection_sizes_fail_before_any_corpus_pass(tmp_path, config_file):
     W1, W2, _ = planted_decoders(seed=1, noise=0.5)
     a, b = write_batchtopk(tmp_path / "a", W1), write_batchtopk(tmp_path / "b", W2)
     out = tmp_path / "out"
     assert invoke("match", "-c", config_file, "--sae1", a, "--sae2", b, "--out-dir", out).exit_code == 0
-    result = invoke("match", "-c", config_file, "--sae1", a, "--sae2", b, "--out-dir", out, "--n-pairs", 3,
-                    "--force")
-    assert result.exit_code == 0 and "cached" not in result.output
-    data = orjson.loads((out / "match.json").read_bytes())
-    assert {kind: len(pairs) for kind, pairs in data["pairs"].items()} == {"best": 3, "worst": 3, "random": 3}
+    result = invoke("match", "-c", config_file, "--sae1", a, "--sae2", b, "--out-dir", out, "--force")
+    assert result.exit_code == 0 and "cached" not in result.output and "match done" in result.output
+    # the config has no corpus and no model: these fail on their sizes before any pass over it
+    one_line_error(invoke("pairs", "-c", config_file, "--sae1", a, "--sae2", b, "--out-dir", out, "--n-pairs", 65),
+                   "--n-pairs 65 is larger than the 64 matched features")
+    one_line_error(invoke("pairs", "-c", config_file, "--sae1", a, "--sae2", b, "--out-dir", out,
+                          "--set", "match.n_stratified=100"), "n_stratified 100 is larger than the 64 matched pairs")
+    for bad, needle in (("explain.n_samples=-1", "explain.n_samples"), ("explain.criterion=kl", "explain.criterion"),
+                        ("embed.query_template=plain", "{explanation}")):
+        one_line_error(invoke("pairs", "-c", config_file, "--out-dir", out, "--set", bad), needle)
 
 
 def one_line_error(result, *needles):
@@ -137,8 +142,8 @@ def test_bad_inputs_give_one_line_errors_and_leave_artifacts_untouched(tmp_path,
     nan = write_batchtopk(tmp_path / "nan", W1, W_enc=torch.full((D_IN, D_SAE), float("nan")))
     one_line_error(invoke("match", "-c", config_file, "--sae1", nan, "--sae2", b, "--out-dir", out, "--force"),
                    "non-finite")
-    one_line_error(invoke("match", "-c", config_file, "--sae1", a, "--sae2", b, "--out-dir", out, "--force",
-                          "--n-pairs", 500), "--n-pairs 500")
+    one_line_error(invoke("match", "-c", config_file, "--out-dir", out, "--force", "--set", "sae1.hf=owner/name"),
+                   "sae1", "not both")
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("run_name: [unclosed\n")
     one_line_error(invoke("match", "-c", bad_yaml, "--out-dir", out), "malformed YAML")

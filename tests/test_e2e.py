@@ -8,7 +8,7 @@ import orjson
 import pytest
 from pydantic import TypeAdapter
 
-from faithcase.artifacts import CaseStudySummary, MatchArtifact, PairCase, WindowsArtifact
+from faithcase.artifacts import CaseStudySummary, MatchArtifact, PairCase, PairsArtifact, ScanArtifact, WindowsArtifact
 from faithcase.paths import resolve_path
 
 BUNDLE = resolve_path("pkg:faithcase/demo/bundle")
@@ -22,8 +22,8 @@ corpus:
   source: pkg:faithcase/demo/bundle/corpus_heldout.jsonl.gz
   seq_len: 64
   max_tokens: 20000
-match: {n_pairs: 2}
-explain: {scales: [0.5, 1.0, 2.0, 4.0], skip_lowest: 0, max_new_tokens: 12}
+match: {n_pairs: 2, n_stratified: 4, strata: 4}
+explain: {scales: [0.5, 1.0, 2.0, 4.0], skip_lowest: 0, max_new_tokens: 12, n_samples: 1, n_null: 8}
 windows: {n_negative: 20}
 """
 
@@ -42,22 +42,29 @@ def test_run_on_a_tiny_config_writes_a_valid_case_study(tmp_path):
     out = tmp_path / "outputs" / "tiny"
     cases = TypeAdapter(list[PairCase]).validate_json((out / "case_study.json").read_bytes())
     summary = CaseStudySummary.model_validate_json((out / "summary.json").read_bytes())
-    assert [(c.kind, c.rank) for c in cases] == [(k, r) for k in ("best", "worst", "random") for r in (1, 2)]
+    kinds = [(c.kind, c.rank) for c in cases]
+    assert kinds == [(k, r) for k in ("best", "worst", "random") for r in (1, 2)] + [("stratified", r) for r in range(1, 5)]
     match = MatchArtifact.model_validate_json((out / "match.json").read_bytes())
+    pairs = PairsArtifact.model_validate_json((out / "pairs.json").read_bytes())
+    scan = ScanArtifact.model_validate_json((out / "scan.json").read_bytes())
     windows1 = WindowsArtifact.model_validate_json((out / "windows_sae1.json").read_bytes())
-    for case, pair in zip(cases, match.all_pairs()):
+    for case, pair in zip(cases, pairs.all_pairs()):
         assert case.indices == [pair.index1, pair.index2]
         assert all(s in (0.5, 1.0, 2.0, 4.0) for s in case.scales if s is not None)
-        first = windows1.features[str(pair.index1)].windows["max"]
-        assert [w.tokens for w in case.windows[0]["max"]] == [w.tokens for w in first]
+        first = windows1.features[str(pair.index1)]
+        assert [w.tokens for w in case.windows[0]["max"]] == [w.tokens for w in first.windows["max"]]
+        assert first.stats.n_active == scan.firing["sae1"][pair.index1]  # the same kept tokens in both passes
+        assert case.agreement.frequency1 == pytest.approx(first.stats.frequency)
     assert summary.match.n_matched == match.stats.n_matched
+    assert min(summary.groups["best"].mean_pearson, 1.0) > summary.groups["worst"].mean_pearson
+    assert summary.quality["sae1"].fvu < 0.3 and summary.failure["n_null"] == 8
     html = (out / "report" / "index.html").read_text()
     assert html.count('class="pair') >= len(cases)
 
     # a second run with nothing changed reruns no stage
     again = faithcase("run", "--config", "tiny.yaml", cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stderr.count("cached") >= 6, again.stderr
+    assert again.stderr.count("cached") >= 8 and "done in" not in again.stderr, again.stderr
 
     # a missing artifact: the stage that writes it reruns, and nothing downstream of it
     (out / "windows_sae2.json").unlink()
@@ -75,8 +82,24 @@ def test_run_on_a_tiny_config_writes_a_valid_case_study(tmp_path):
     explained = orjson.loads((out / "explain.json").read_bytes())["features"]
     fewer = faithcase("explain", "--config", "tiny.yaml", "--n-pairs", "1", cwd=tmp_path)
     assert fewer.returncode == 0, fewer.stderr[-3000:]
-    selected = MatchArtifact.model_validate_json((out / "match.json").read_bytes()).selected_features()
+    selected = PairsArtifact.model_validate_json((out / "pairs.json").read_bytes()).selected_features()
     for key, features in selected.items():
         reused = [f for f in features if str(f) in explained[key]]
         assert reused and f"{key}: {len(reused)} features reused, {len(features) - len(reused)} to explain" \
             in fewer.stderr, fewer.stderr
+
+
+@pytest.mark.skipif(not (BUNDLE / "manifest.json").is_file(), reason="demo bundle not built")
+def test_the_load_check_flags_a_mis_normalised_sae_and_strict_stops(tmp_path):
+    from faithcase.saes import load_sae, save_saelens
+
+    sae = load_sae(BUNDLE / "sae_seed42")
+    sae.input_unit_norm = True  # trained on raw activations, loaded as if it standardised them
+    save_saelens(sae, tmp_path / "mis_normalised")
+    (tmp_path / "tiny.yaml").write_text(TINY.replace("max_tokens: 20000", "max_tokens: 2000"))
+    warned = faithcase("scan", "--config", "tiny.yaml", "--sae1", tmp_path / "mis_normalised", cwd=tmp_path)
+    assert warned.returncode == 0 and "warning:" in warned.stderr and "FVU" in warned.stderr, warned.stderr
+    strict = faithcase("scan", "--config", "tiny.yaml", "--sae1", tmp_path / "mis_normalised", "--strict",
+                       "--out-dir", "strict", cwd=tmp_path)
+    assert strict.returncode == 2 and "(--strict)" in strict.stderr and "Traceback" not in strict.stderr
+    assert not (tmp_path / "strict" / "scan.json").exists()

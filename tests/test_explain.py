@@ -1,20 +1,24 @@
-"""The explain stage (self-explanation by steering) on the embedded demo model."""
+"""The explain stage (self-explanation by steering) on the embedded demo model: prompt, sweeps with the
+CE criterion, KV-cached decoding against uncached references, ranking, and the calibrated failure test."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import bos_tokens
 
-from faithcase.bench import explain_speedup
-from faithcase.stages import explain
 from faithcase import lm as lm_module
+from faithcase.bench import explain_speedup
+from faithcase.artifacts import RankedText
 from faithcase.config import ExplainConfig
 from faithcase.errors import FaithcaseError
 from faithcase.outliers import excluded_positions
+from faithcase.stages import explain, steering
+from faithcase.stages.prompt import build_prompt
 
 INSERT_LAYER = 2
 PLANTED_LAYER = 12
@@ -34,7 +38,7 @@ def word_direction(model, sentence: str, word: str, layer: int = PLANTED_LAYER) 
 
 @pytest.fixture(scope="module")
 def prompt(demo_lm):
-    return explain.build_prompt(demo_lm, ExplainConfig())
+    return build_prompt(demo_lm, ExplainConfig())
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +56,30 @@ def directions(demo_lm):
 
 @pytest.fixture(scope="module")
 def paris_run(demo_lm, directions, residual_norm):
-    cfg = ExplainConfig(scales=[1.0, 2.0, 4.0], max_new_tokens=FEW_TOKENS, n_samples=1)
+    cfg = ExplainConfig(scales=[1.0, 2.0, 4.0], max_new_tokens=FEW_TOKENS, n_samples=2)
     return explain.explain_features(demo_lm, {7: directions[7]}, cfg, residual_norm,
-                                    fingerprints={7: "fp-7"})
+                                    fingerprints={7: "fp-7"}, threshold=0.0)
+
+
+def reference_decode(model, prompt, vector, layer, mode, n_tokens, steer=True):
+    """Greedy decoding without a KV cache: the whole sequence runs every step, the steering vector at
+    the prompt's placeholders only; tokens up to the first stop token and their log-probabilities."""
+    tokens = torch.tensor([prompt.tokens])
+    stops = set(steering.stop_tokens(model).tolist())
+    ids, logprobs = [], []
+    for _ in range(n_tokens):
+        mask = torch.zeros_like(tokens, dtype=torch.bool)
+        if steer:
+            mask[0, prompt.positions] = True
+        logits, _ = model.run_with_steering(tokens, layer, mask, vector[None], mode, last_position_only=True)
+        log_probs = logits[0].float().log_softmax(-1)
+        token = int(log_probs.argmax())
+        ids.append(token)
+        logprobs.append(float(log_probs[token]))
+        if token in stops:
+            break
+        tokens = torch.cat([tokens, torch.tensor([[token]])], dim=1)
+    return ids, logprobs
 
 
 # ---------------------------------------------------------------- prompt
@@ -71,7 +96,7 @@ def test_prompt_uses_chat_template_with_two_placeholders(demo_lm, prompt):
 def test_plain_template_gets_one_bos(demo_lm):
     base_model = SimpleNamespace(has_chat_template=False, tokenizer=demo_lm.tokenizer,
                                  bos_token_id=demo_lm.bos_token_id)
-    spec = explain.build_prompt(base_model, ExplainConfig())
+    spec = build_prompt(base_model, ExplainConfig())
     bos = demo_lm.bos_token_id
     assert spec.tokens[0] == bos and bos not in spec.tokens[1:]
     assert len(spec.positions) == 2 and {spec.tokens[p] for p in spec.positions} == {spec.placeholder_id}
@@ -80,12 +105,12 @@ def test_plain_template_gets_one_bos(demo_lm):
 def test_prompt_errors(demo_lm):
     no_placeholder = ExplainConfig(user_prompt="What does this mean?", answer_prefix='It means "')
     with pytest.raises(FaithcaseError, match="no placeholder"):
-        explain.build_prompt(demo_lm, no_placeholder)
+        build_prompt(demo_lm, no_placeholder)
     long_word = ExplainConfig(placeholder="Xylophonistically",
                               user_prompt='What is the meaning of the word "Xylophonistically"?',
                               answer_prefix='The meaning of the word "Xylophonistically" is "')
     with pytest.raises(FaithcaseError, match=r"not one token.*'X', 'yl'"):
-        explain.build_prompt(demo_lm, long_word)
+        build_prompt(demo_lm, long_word)
 
 
 def test_scale_and_feature_errors():
@@ -150,37 +175,129 @@ def test_steering_only_touches_placeholders_of_the_prompt_pass(demo_lm, prompt, 
         return hook_fn
 
     monkeypatch.setattr(lm_module, "steering_hook", spy)
-    explain.generate_explanations(demo_lm, prompt, vector, INSERT_LAYER, "replace", 4, batch_size=1)
-    assert calls[0] == (len(prompt.tokens), True)
-    assert len(calls) > 1 and all(call == (1, False) for call in calls[1:])
+    texts = steering.generate(demo_lm, prompt, vector, INSERT_LAYER, "replace", 4, batch_size=1)
+    assert calls == [(len(prompt.tokens) - first, True)]  # the prompt pass after the shared prefix, once
+    assert 1 <= len(texts[0].ids) <= 4
 
 
-def test_add_zero_is_the_unsteered_model(demo_lm, prompt):
-    zero = torch.zeros(1, demo_lm.d_model)
-    steered = explain.generate_explanations(demo_lm, prompt, zero, INSERT_LAYER, "add", FEW_TOKENS, 1)
-    tokens, attention, _ = prompt.batch(1, demo_lm.device)
-    plain = demo_lm.generate_greedy(tokens, attention, FEW_TOKENS, stop_strings=['"'])
-    assert steered == [explain.explanation_text(demo_lm, plain[0])]
+def test_cached_decoding_equals_an_uncached_reference(demo_lm, prompt, directions, residual_norm):
+    vectors = torch.stack([directions[7], directions[11]]) * 2 * residual_norm
+    decoded = steering.generate(demo_lm, prompt, vectors, INSERT_LAYER, "replace", FEW_TOKENS, batch_size=8)
+    for vector, text in zip(vectors, decoded):
+        ids, logprobs = reference_decode(demo_lm, prompt, vector, INSERT_LAYER, "replace", FEW_TOKENS)
+        assert text.ids == ids
+        assert text.logprobs == pytest.approx(logprobs, abs=2e-4)
+        assert text.text == steering.explanation_text(demo_lm, ids)
+    apart = steering.generate(demo_lm, prompt, vectors, INSERT_LAYER, "replace", FEW_TOKENS, batch_size=1)
+    assert [t.ids for t in apart] == [t.ids for t in decoded]
 
 
-def test_selfsim_at_scale_zero_is_zero_and_batching_agrees(demo_lm, prompt, directions, residual_norm):
+def test_unsteered_rows_equal_adding_zero_and_the_plain_model(demo_lm, prompt):
+    zero = torch.zeros(2, demo_lm.d_model)
+    added = steering.generate(demo_lm, prompt, zero, INSERT_LAYER, "add", FEW_TOKENS, 2)
+    masked = steering.generate(demo_lm, prompt, zero + 100, INSERT_LAYER, "replace", FEW_TOKENS, 2,
+                               steer_mask=torch.tensor([False, False]))
+    ids, _ = reference_decode(demo_lm, prompt, zero[0], INSERT_LAYER, "add", FEW_TOKENS, steer=False)
+    assert added[0].ids == masked[0].ids == ids
+
+
+def test_decoding_stops_at_the_closing_quote_and_sampling_is_seeded(demo_lm, prompt, directions, residual_norm):
+    stops = set(steering.stop_tokens(demo_lm).tolist())
+    assert demo_lm.eos_token_id in stops and all('"' in demo_lm.tokenizer.decode([t]) for t in stops
+                                                  if t != demo_lm.eos_token_id)
+    vectors = (directions[7] * 2 * residual_norm).expand(6, -1)
+    first = steering.generate(demo_lm, prompt, vectors, INSERT_LAYER, "replace", 30, 6, temperature=1.0, seed=3)
+    again = steering.generate(demo_lm, prompt, vectors, INSERT_LAYER, "replace", 30, 6, temperature=1.0, seed=3)
+    other = steering.generate(demo_lm, prompt, vectors, INSERT_LAYER, "replace", 30, 6, temperature=1.0, seed=4)
+    assert [t.ids for t in first] == [t.ids for t in again] != [t.ids for t in other]
+    for text in first:
+        assert all(t not in stops for t in text.ids[:-1])
+        assert text.ids[-1] in stops or len(text.ids) == 30
+        assert '"' not in text.text and len(text.logprobs) == len(text.ids)
+
+
+def test_neutral_logprobs_equal_teacher_forcing(demo_lm, prompt):
+    continuations = [[1000, 2000, 300], [42], [], [5, 6, 7, 8, 9]]
+    scores = steering.neutral_logprobs(demo_lm, prompt, continuations, INSERT_LAYER, "replace", batch_size=2)
+    neutral = steering.neutral_vector(demo_lm)
+    assert neutral.norm().item() == pytest.approx(1.0, abs=1e-5)
+    for ids, got in zip(continuations, scores):
+        assert len(got) == len(ids)
+        if not ids:
+            continue
+        tokens = torch.tensor([prompt.tokens + ids])
+        mask = torch.zeros_like(tokens, dtype=torch.bool)
+        mask[0, prompt.positions] = True
+        logits, _ = demo_lm.run_with_steering(tokens, INSERT_LAYER, mask, neutral[None], "replace")
+        log_probs = logits[0].float().log_softmax(-1)
+        n = len(prompt.tokens)
+        expected = [float(log_probs[n - 1 + k, token]) for k, token in enumerate(ids)]
+        assert got == pytest.approx(expected, abs=2e-4)
+
+
+def test_sweep_reference_rows_and_batching(demo_lm, prompt, directions, residual_norm):
     matrix = torch.stack([directions[7], directions[11]])
     scales = [0.0, 2.0]
-    batched = explain.sweep(demo_lm, prompt, matrix, scales, INSERT_LAYER, 24, "replace", residual_norm, 64)
-    single = explain.sweep(demo_lm, prompt, matrix, scales, INSERT_LAYER, 24, "replace", residual_norm, 1,
-                           share_prefix=False)
-    selfsim, entropy, base = batched
-    assert selfsim.shape == entropy.shape == (2, 2)
-    assert selfsim[:, 0].abs().max() < 1e-5 and entropy[:, 0].abs().max() < 1e-4
-    assert (selfsim[:, 1] > 0).all()
-    assert base["selfsim_zero"].shape == (2,)
-    assert (batched[0] - single[0]).abs().max() < 1e-4
-    assert (batched[1] - single[1]).abs().max() < 1e-4
+    batched = steering.sweep(demo_lm, prompt, matrix, scales, INSERT_LAYER, 24, "replace", residual_norm, 64)
+    single = steering.sweep(demo_lm, prompt, matrix, scales, INSERT_LAYER, 24, "replace", residual_norm, 1,
+                            share_prefix=False)
+    assert batched.selfsim.shape == batched.entropy.shape == batched.ce.shape == (2, 2)
+    assert batched.selfsim[:, 0].abs().max() < 1e-5 and batched.entropy[:, 0].abs().max() < 1e-4
+    assert (batched.selfsim[:, 1] > 0).all() and batched.selfsim_zero.shape == (2,)
+    for name in ("selfsim", "entropy", "ce"):
+        assert (getattr(batched, name) - getattr(single, name)).abs().max() < 1e-3, name
 
-    vectors = matrix * 2 * residual_norm
-    together = explain.generate_explanations(demo_lm, prompt, vectors, INSERT_LAYER, "replace", FEW_TOKENS, 8)
-    apart = explain.generate_explanations(demo_lm, prompt, vectors, INSERT_LAYER, "replace", FEW_TOKENS, 1)
-    assert together == apart
+
+def test_ce_curve_is_zero_at_the_neutral_baseline(demo_lm, prompt, residual_norm):
+    neutral = steering.neutral_vector(demo_lm).cpu()
+    result = steering.sweep(demo_lm, prompt, neutral[None], [1.0 / residual_norm, 1.0], INSERT_LAYER, 24, "replace",
+                            residual_norm, 8)
+    assert abs(float(result.ce[0, 0])) < 1e-4  # the steering vector is the neutral one
+    # an independent computation of H(p_steered, p_neutral) - H(p_neutral) at the other scale
+    tokens, _, mask = prompt.batch(1, demo_lm.device)
+    logp = [demo_lm.run_with_steering(tokens, INSERT_LAYER, mask, v[None], "replace", last_position_only=True)[0]
+            .float().log_softmax(-1)[0] for v in (neutral, neutral * residual_norm)]
+    expected = float(-(logp[1].exp() * logp[0]).sum() + (logp[0].exp() * logp[0]).sum())
+    assert float(result.ce[0, 1]) == pytest.approx(expected, abs=1e-3) and expected > 0.01
+
+
+# ---------------------------------------------------------------- scores, ranking, failure test
+
+
+def test_scoring_prefers_high_selfsim_and_low_criterion():
+    selfsim = torch.tensor([[0.0, 0.05, 0.08, 0.02]])
+    curve = torch.tensor([[0.0, -2.0, -1.0, -0.5]])
+    scores = explain.score_sweep(selfsim, curve, 0.4, 0.6)
+    assert scores.argmax().item() == 1
+    assert explain.best_scales(scores, [True, False, True, True], 2) == [[2, 3]]
+
+
+def test_specificity_and_ranking():
+    assert explain.specificity([-1.0, -2.0], [-3.0, -3.0]) == pytest.approx(1.5)
+    assert explain.specificity([], []) is None
+    assert explain.mean_logprob([-1.0, -2.0]) == pytest.approx(-1.5) and explain.mean_logprob([]) is None
+    texts = [RankedText(text="", scale=1, greedy=True, logprob=0.0, specificity=9.0),
+             RankedText(text="b", scale=1, greedy=True, logprob=-0.5, specificity=0.5),
+             RankedText(text="c", scale=2, greedy=False, logprob=-2.0, specificity=2.0),
+             RankedText(text="d", scale=2, greedy=False, logprob=None, specificity=None),
+             RankedText(text="e", scale=2, greedy=False, logprob=-0.5, specificity=0.5)]
+    assert [t.text for t in explain.rank_texts(texts, "specificity")] == ["c", "b", "e", "d", ""]
+    assert [t.text for t in explain.rank_texts(texts)] == ["b", "e", "c", "d", ""]
+
+
+def test_null_distribution_and_threshold_recomputed(demo_lm, prompt, residual_norm):
+    cfg = ExplainConfig(scales=[1.0, 4.0], n_null=8, seed=5)
+    null = explain.null_distribution(demo_lm, prompt, cfg, residual_norm, INSERT_LAYER, 24, key="k")
+    directions = explain.random_directions(8, demo_lm.d_model, 5)
+    assert torch.allclose(directions.norm(dim=-1), torch.ones(8)) and null.n == 8 and null.key == "k"
+    result = steering.sweep(demo_lm, prompt, directions, [1.0, 4.0], INSERT_LAYER, 24, "replace", residual_norm, 3)
+    assert null.best_selfsim == pytest.approx(result.selfsim.max(dim=-1).values.tolist(), abs=1e-4)
+    values = np.array(null.best_selfsim)
+    assert null.quantiles["q95"] == pytest.approx(np.quantile(values, 0.95)) and null.quantiles["max"] == values.max()
+    threshold, source = explain.failure_threshold(cfg, null)
+    assert threshold == pytest.approx(np.quantile(values, cfg.null_quantile)) and "null" in source
+    assert explain.failure_threshold(ExplainConfig(failed_selfsim=0.2), null) == (0.2, "fixed")
+    assert explain.is_failed(threshold, threshold) and not explain.is_failed(threshold + 1e-6, threshold)
 
 
 # ---------------------------------------------------------------- the stage
@@ -189,42 +306,42 @@ def test_selfsim_at_scale_zero_is_zero_and_batching_agrees(demo_lm, prompt, dire
 def test_planted_direction_explains_itself(paris_run, residual_norm):
     results, baseline, settings = paris_run
     paris = results[7]
-    print(f"\nParis explanations: {paris.explanations} at scale {paris.scale}; "
-          f"baselines: replace={baseline.replace_zero!r} add={baseline.add_zero!r}")
+    print(f"\nParis explanations: {paris.explanations} at scale {paris.scale}; baselines: "
+          f"replace={baseline.replace_zero!r} add={baseline.add_zero!r} neutral={baseline.neutral!r}")
     assert paris.fingerprint == "fp-7"
-    assert len(paris.explanations) == 2  # greedy, then one sample
-    assert paris.scale in (1.0, 2.0, 4.0) and paris.scales == [paris.scale]
+    assert len(paris.ranking) == 3 and sum(t.greedy for t in paris.ranking) == 1  # greedy + 2 samples
+    assert paris.explanations == [t.text for t in paris.ranking] == [t.text for t in explain.rank_texts(paris.ranking)]
+    for text in paris.ranking:  # each ranked text's scores recomputed from its tokens
+        assert text.logprob is not None and text.specificity is not None
+    assert paris.scale == paris.ranking[0].scale and paris.scales[0] in (1.0, 2.0, 4.0)
     assert [point.scale for point in paris.sweep] == [1.0, 2.0, 4.0]
-    assert all(point.score is not None for point in paris.sweep)
-    chosen = next(point for point in paris.sweep if point.scale == paris.scale)
-    assert chosen.selfsim > 0 and not paris.failed
-    assert paris.best_selfsim == pytest.approx(max(point.selfsim for point in paris.sweep))
-    assert paris.explanations[0] and paris.explanations[0] != baseline.replace_zero
-    assert baseline.replace_zero and baseline.add_zero  # both baselines recorded
-    assert settings.placeholder_positions == [32, 46] and settings.read_layer == 24
+    assert all(point.score is not None and point.ce is not None for point in paris.sweep)
+    assert paris.best_selfsim == pytest.approx(max(point.selfsim for point in paris.sweep)) and not paris.failed
+    assert "paris" in " ".join(paris.explanations).lower()
+    assert baseline.replace_zero and baseline.add_zero and baseline.neutral
+    assert settings.placeholder_positions == [32, 46] and settings.read_layer == 24 and settings.criterion == "ce"
     assert settings.residual_norm == residual_norm and settings.scales == [1.0, 2.0, 4.0]
 
 
-def test_scoring_prefers_high_selfsim_and_low_entropy():
-    selfsim = torch.tensor([[0.0, 0.05, 0.08, 0.02]])
-    entropy = torch.tensor([[0.0, -2.0, -1.0, -0.5]])
-    scores = explain.score_sweep(selfsim, entropy, 0.4, 0.6)
-    assert scores.argmax().item() == 1
-    assert explain.best_scales(scores, [True, False, True, True], 2) == [[2, 3]]
-
-
 def test_bench_explain_agrees(demo_lm, directions, residual_norm):
-    cfg = ExplainConfig(scales=[1.0, 2.0], max_new_tokens=4)
+    cfg = ExplainConfig(scales=[1.0, 2.0], max_new_tokens=4, n_samples=2)
     report = explain_speedup(demo_lm, {7: directions[7]}, cfg, residual_norm)
-    assert report["forwards"] == 2 and report["speedup"] > 0
-    assert report["max_abs_diff_selfsim"] < 1e-4 and report["max_abs_diff_entropy"] < 1e-4
-    assert report["same_texts"] and report["same_scales"]
+    assert report["forwards"] == 2 and report["speedup"] > 0 and report["sampled"] == 2
+    assert report["max_abs_diff_selfsim"] < 1e-4 and report["max_abs_diff_ce"] < 1e-3
+    assert report["same_greedy_texts"] and report["same_scales"]
 
 
-def test_add_mode_records_the_same_baselines(demo_lm, directions, residual_norm, paris_run):
-    cfg = ExplainConfig(mode="add", scales=[2.0], max_new_tokens=FEW_TOKENS)
-    results, baseline, settings = explain.explain_features(demo_lm, {7: directions[7]}, cfg, residual_norm)
+def test_public_explain_with_the_null_and_add_mode(demo_lm, directions, residual_norm, paris_run):
+    cfg = ExplainConfig(mode="add", scales=[2.0], max_new_tokens=FEW_TOKENS, n_samples=0, n_null=4)
+    sae = SimpleNamespace(W_dec=torch.stack([directions[7], directions[11]]), d_sae=2)
+    artifact = explain.explain(demo_lm, {"a": sae}, {"a": [0, 1]}, cfg, residual_norm)
     _, replace_baseline, _ = paris_run
-    assert settings.mode == "add" and results[7].scale == 2.0 and results[7].fingerprint == ""
-    assert (baseline.replace_zero, baseline.add_zero) == (replace_baseline.replace_zero, replace_baseline.add_zero)
-    assert results[7].sweep[0].selfsim > 0
+    assert artifact.settings.mode == "add" and set(artifact.features["a"]) == {"0", "1"}
+    assert artifact.null is not None and artifact.null.n == 4
+    assert artifact.threshold == pytest.approx(float(np.quantile(artifact.null.best_selfsim, 0.95)))
+    for feature in artifact.features["a"].values():
+        assert feature.failed == (feature.best_selfsim <= artifact.threshold) and len(feature.ranking) == 1
+    assert (artifact.baseline.replace_zero, artifact.baseline.add_zero) == \
+        (replace_baseline.replace_zero, replace_baseline.add_zero)
+    with pytest.raises(FaithcaseError, match="residual_norm"):
+        explain.explain(demo_lm, sae, [0], cfg)

@@ -96,8 +96,8 @@ def test_a_damaged_ledger_reruns_and_a_stage_that_writes_nothing_is_an_error(toy
 
 
 def test_the_pipeline_is_declared_once_in_run_order():
-    assert PIPELINE.order() == ["match", "explain", "windows", "embed", "assemble", "report"]
-    assert PIPELINE.upstream_of("embed") == ["match", "explain", "windows"]
+    assert PIPELINE.order() == ["match", "scan", "pairs", "explain", "windows", "embed", "assemble", "report"]
+    assert PIPELINE.upstream_of("embed") == ["match", "scan", "pairs", "explain", "windows"]
 
 
 def test_artifacts_honour_the_umask_and_stay_atomic(tmp_path):

@@ -25,23 +25,8 @@ def chat_prompt(model: lm.LanguageModel, question: str, answer_prefix: str = "")
 
 @pytest.fixture(scope="module")
 def prompts(demo_lm):
-    """Two prompts of different lengths; the first holds the placeholder X twice."""
-    return [chat_prompt(demo_lm, PLACEHOLDER_QUESTION, ANSWER_PREFIX), chat_prompt(demo_lm, "Name a color.")]
-
-
-@pytest.fixture(scope="module")
-def paris_vector(demo_lm):
-    """The model's own layer-2 residual of " Paris" in context, scaled to ~2x the residual norm."""
-    tokens = bos_tokens(demo_lm, ["We flew to Paris for the weekend."])
-    paris_id = demo_lm.tokenizer.encode(" Paris", add_special_tokens=False)[0]
-    resid = demo_lm.activations(tokens, f"blocks.{STEER_LAYER}.hook_resid_pre")[0]
-    direction = resid[(tokens[0] == paris_id).nonzero()[0, 0]]
-    return direction / direction.norm() * 150.0
-
-
-def placeholder_mask(model, tokens, attention_mask):
-    x_id = model.tokenizer.encode("X", add_special_tokens=False)[0]
-    return (tokens == x_id) & attention_mask.bool()
+    """The placeholder prompt, twice (rows of one length)."""
+    return [chat_prompt(demo_lm, PLACEHOLDER_QUESTION, ANSWER_PREFIX)] * 2
 
 
 # ---------------------------------------------------------------- loading
@@ -74,15 +59,6 @@ def test_bridge_logits_match_plain_hf(demo_lm, demo_plain_reference):
     max_diff = (logits - demo_plain_reference["logits"]).abs().max().item()
     print(f"\nbridge vs plain HF logits: max abs diff {max_diff:.3g}")
     assert max_diff <= 1e-4
-
-
-def test_right_and_left_padding(demo_lm):
-    tokens = bos_tokens(demo_lm, ["hello world", "a"])
-    assert tokens[:, 0].tolist() == [1, 1]
-    assert tokens[1, 2].item() == demo_lm.pad_token_id  # right-padded
-    ids, mask = demo_lm.batch_prompts([[5, 6, 7], [8]])
-    assert ids.tolist() == [[5, 6, 7], [demo_lm.pad_token_id] * 2 + [8]]
-    assert mask.tolist() == [[1, 1, 1], [0, 0, 1]]
 
 
 # ---------------------------------------------------------------- activations
@@ -156,80 +132,15 @@ def test_steering_hook_ignores_other_sequence_lengths():
 
 
 def test_last_position_logits(demo_lm, prompts):
-    tokens, attention = demo_lm.batch_prompts(prompts)
+    tokens = torch.tensor(prompts)
     mask = torch.zeros_like(tokens, dtype=torch.bool)
     zeros = torch.zeros(len(prompts), demo_lm.d_model)
     last, cache = demo_lm.run_with_steering(tokens, STEER_LAYER, mask, zeros, "add", ["blocks.29.hook_resid_post"],
-                                            attention_mask=attention, last_position_only=True)
-    full, _ = demo_lm.run_with_steering(tokens, STEER_LAYER, mask, zeros, "add", attention_mask=attention)
+                                            last_position_only=True)
+    full, _ = demo_lm.run_with_steering(tokens, STEER_LAYER, mask, zeros, "add")
     assert last.shape == (2, full.shape[-1])
     assert torch.allclose(last, full[:, -1], atol=1e-4)
     assert cache["blocks.29.hook_resid_post"].shape == (*tokens.shape, 576)
-
-
-# ---------------------------------------------------------------- generation
-
-NEW_TOKENS = 4
-
-
-@pytest.fixture(scope="module")
-def batched_runs(demo_lm, prompts, paris_vector):
-    """Left-padded batch of both prompts: plain and steered (Paris at the X positions) greedy runs."""
-    tokens, attention = demo_lm.batch_prompts(prompts)
-    mask = placeholder_mask(demo_lm, tokens, attention)
-    vectors = paris_vector.expand(len(prompts), -1)
-    plain = demo_lm.generate_greedy(tokens, attention, max_new_tokens=NEW_TOKENS)
-    steered = demo_lm.generate_steered(tokens, attention, STEER_LAYER, mask, vectors, "replace", NEW_TOKENS)
-    print("\nplain:", [demo_lm.tokenizer.decode(r) for r in plain],
-          "\nsteered:", [demo_lm.tokenizer.decode(r) for r in steered])
-    return {"tokens": tokens, "attention": attention, "mask": mask, "vectors": vectors,
-            "plain": plain, "steered": steered}
-
-
-def test_batched_greedy_equals_unbatched(demo_lm, prompts, paris_vector, batched_runs):
-    assert batched_runs["attention"][1].sum() < batched_runs["attention"][0].sum()  # really left-padded
-    for row, prompt in enumerate(prompts):
-        one, one_attention = demo_lm.batch_prompts([prompt])
-        assert demo_lm.generate_greedy(one, one_attention, NEW_TOKENS) == [batched_runs["plain"][row]]
-        one_mask = placeholder_mask(demo_lm, one, one_attention)
-        assert demo_lm.generate_steered(one, one_attention, STEER_LAYER, one_mask, paris_vector[None],
-                                        "replace", NEW_TOKENS) == [batched_runs["steered"][row]]
-    assert batched_runs["steered"][0] != batched_runs["plain"][0]  # the X prompt is steered
-    assert batched_runs["steered"][1] == batched_runs["plain"][1]  # no placeholder in the other prompt
-
-
-def test_steering_acts_on_prompt_pass_only(demo_lm, batched_runs):
-    """KV-cached steered generation equals an uncached reference that re-runs the whole
-    sequence each step, steering the prompt positions only."""
-    sequence, attention, mask = batched_runs["tokens"], batched_runs["attention"], batched_runs["mask"]
-    prompt_len = sequence.shape[1]
-    for _ in range(NEW_TOKENS):
-        last, _ = demo_lm.run_with_steering(sequence, STEER_LAYER, mask, batched_runs["vectors"], "replace",
-                                            attention_mask=attention, last_position_only=True)
-        next_token = last.argmax(dim=-1, keepdim=True)
-        sequence = torch.cat([sequence, next_token], dim=1)
-        attention = torch.cat([attention, torch.ones_like(next_token)], dim=1)
-        mask = torch.cat([mask, torch.zeros_like(next_token, dtype=torch.bool)], dim=1)
-    eos = {demo_lm.eos_token_id}
-    reference = [lm._cut_at_stop(row, eos) for row in sequence[:, prompt_len:].tolist()]
-    assert batched_runs["steered"] == reference
-
-
-def test_add_zero_vector_equals_plain_generation(demo_lm, batched_runs):
-    tokens, attention = batched_runs["tokens"], batched_runs["attention"]
-    zeros = torch.zeros(tokens.shape[0], demo_lm.d_model)
-    steered = demo_lm.generate_steered(tokens, attention, STEER_LAYER, attention.bool(), zeros, "add", NEW_TOKENS)
-    assert steered == batched_runs["plain"]
-
-
-def test_stop_ids_cut_the_output(demo_lm, batched_runs):
-    first = batched_runs["plain"][0]
-    assert len(first) == NEW_TOKENS
-    tokens, attention = batched_runs["tokens"][:1], batched_runs["attention"][:1]
-    cut = demo_lm.generate_greedy(tokens, attention, NEW_TOKENS, stop_ids=[first[2]])
-    assert cut == [first[:first.index(first[2])]]
-    quote_at = next(k for k in range(1, len(first) + 1) if '"' in demo_lm.tokenizer.decode(first[:k]))
-    assert demo_lm.generate_greedy(tokens, attention, NEW_TOKENS, stop_strings=['"']) == [first[:quote_at]]
 
 
 # ---------------------------------------------------------------- a local folder

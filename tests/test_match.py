@@ -11,7 +11,7 @@ from faithcase.bench import synthetic_decoders
 from faithcase.errors import FaithcaseError
 from faithcase.stages import match as match_module
 from faithcase.stages.assignment import cosine_similarity
-from faithcase.stages.match import HISTOGRAM_BINS, dead_rows, select_pairs
+from faithcase.stages.match import HISTOGRAM_BINS, dead_rows
 
 
 def match_features(*args, **kwargs):
@@ -230,72 +230,21 @@ def test_statistics_match_brute_force(n1, n2, solver):
     a = a[alive1] / np.linalg.norm(a[alive1], axis=1, keepdims=True)
     b = b / np.linalg.norm(b, axis=1, keepdims=True)
     sim = a @ b.T
-    best = sim.max(axis=1)
+    best1, best2 = sim.max(axis=1), sim.max(axis=0)  # per SAE 1 feature, per SAE 2 feature
     matched = sim[np.searchsorted(alive1, result.index1), result.index2]
     # no value sits so close to the threshold that float32 rounding could flip it
-    assert np.abs(np.concatenate([best, matched]) - threshold).min() > 1e-5
+    assert np.abs(np.concatenate([best1, best2, matched]) - threshold).min() > 1e-5
 
     assert result.shared_ratio == pytest.approx((matched > threshold).mean())
-    assert result.top1_ratio == pytest.approx((best > threshold).mean())
+    # FaithfulSAE's feat_match.py: for each SAE 2 feature, its best SAE 1 cosine
+    assert result.top1_ratio == pytest.approx((best2 > threshold).mean())
+    assert result.top1_ratio_sae1 == pytest.approx((best1 > threshold).mean())
     assert result.mean_similarity == pytest.approx(matched.mean(), abs=1e-6)
     counts = result.histogram.counts
     assert len(counts) == HISTOGRAM_BINS and len(result.histogram.edges) == HISTOGRAM_BINS + 1
     assert sum(counts) == result.n_matched
     assert counts == np.histogram(matched, bins=HISTOGRAM_BINS, range=(-1, 1))[0].tolist()
     assert result.solver.upper_bound >= result.solver.total - 1e-9
-
-
-# ----------------------------------------------------------------------------------------------
-# pair selection
-
-
-@pytest.fixture(scope="module")
-def matched_40():
-    W1, W2 = structured_pair(40, 45, seed=9)
-    return match_features(W1, W2)
-
-
-def test_select_pairs_orders_and_separates_kinds(matched_40):
-    pairs = select_pairs(matched_40.matching, n_pairs=10, seed=0)
-    assert set(pairs) == {"best", "worst", "random"}
-    best, worst, random = pairs["best"], pairs["worst"], pairs["random"]
-    assert [p.rank for p in best] == list(range(1, 11))
-    assert [p.rank for p in random] == list(range(1, 11))
-
-    sims = np.sort(matched_40.similarity)
-    assert [p.similarity for p in best] == pytest.approx(sims[::-1][:10].tolist())
-    assert [p.similarity for p in worst] == pytest.approx(sims[:10].tolist())
-    random_sims = [p.similarity for p in random]
-    assert random_sims == sorted(random_sims, reverse=True)
-
-    keys = [{(p.index1, p.index2) for p in pairs[kind]} for kind in ("best", "worst", "random")]
-    assert all(len(k) == 10 for k in keys)
-    assert not (keys[0] & keys[1]) and not (keys[0] & keys[2]) and not (keys[1] & keys[2])
-    matched = set(zip(matched_40.index1.tolist(), matched_40.index2.tolist()))
-    assert keys[0] | keys[1] | keys[2] <= matched
-
-
-def test_select_pairs_is_deterministic_by_seed(matched_40):
-    first = select_pairs(matched_40.matching, n_pairs=5, seed=1)
-    assert first == select_pairs(matched_40.matching, n_pairs=5, seed=1)
-    draws = {tuple(p.index1 for p in select_pairs(matched_40.matching, 5, seed)["random"]) for seed in range(5)}
-    assert len(draws) > 1
-    assert first["best"] == select_pairs(matched_40.matching, 5, seed=2)["best"]
-
-
-def test_select_pairs_with_few_pairs_left(matched_40):
-    pairs = select_pairs(matched_40.matching, n_pairs=15, seed=0)
-    assert len(pairs["best"]) == len(pairs["worst"]) == 15
-    assert len(pairs["random"]) == 40 - 30
-    pairs = select_pairs(matched_40.matching, n_pairs=40, seed=0)
-    assert len(pairs["best"]) == 40 and pairs["worst"] == [] and pairs["random"] == []
-
-
-def test_select_pairs_errors(matched_40):
-    with pytest.raises(FaithcaseError, match="--n-pairs 50 is larger than the 40 matched features"):
-        select_pairs(matched_40.matching, n_pairs=50, seed=0)
-    with pytest.raises(FaithcaseError, match="at least 1"):
-        select_pairs(matched_40.matching, n_pairs=0, seed=0)
 
 
 def test_certificate_with_crowded_rows(monkeypatch):

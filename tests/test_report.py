@@ -13,7 +13,7 @@ from fixtures_case import make_case_artifacts
 
 from faithcase.artifacts import CRITERIA, SAE_KEYS
 from faithcase.stages.assemble import assemble
-from faithcase.stages.plots import decoder_vs_explanation, make_plots
+from faithcase.stages.plots import decoder_vs_agreement, make_plots
 from faithcase.stages.report import render_report, write_report
 
 VOID_TAGS = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
@@ -79,9 +79,9 @@ def parse(html: str) -> TreeParser:
 @pytest.fixture(scope="module")
 def rendered():
     arts = make_case_artifacts()
-    cases, summary = assemble(arts.match, arts.explain, arts.windows, arts.embed, arts.config)
-    points = [(c.similarity, 0.9 - 0.1 * i, c.kind) for i, c in enumerate(cases)]
-    plots = make_plots(cases, summary, arts.explain, points)
+    cases, summary = assemble(arts.match, arts.scan, arts.pairs, arts.explain, arts.windows, arts.embed, arts.config)
+    background = (arts.match.assignment.similarity, arts.scan.agreement.pearson)
+    plots = make_plots(cases, summary, arts.explain, background)
     html = render_report(cases, summary, plots, arts.explain)
     return cases, summary, plots, html
 
@@ -150,16 +150,28 @@ def test_every_window_token_is_highlighted_by_activation(rendered):
     assert "</script>" in html and html.count("</script>") == 1  # only the page's own script
 
 
-def test_summary_table_and_sweeps(rendered):
-    _, summary, _, html = rendered
+def test_summary_tables_evidence_and_sweeps(rendered):
+    cases, summary, _, html = rendered
     tree = parse(html)
-    table = tree.root.find_all("table", "summary")[0]
-    rows = table.find_all("tr")[1:]
-    assert [r.find_all("td")[0].text() for r in rows] == ["best", "worst", "random"]
-    best = rows[0].find_all("td")
-    assert best[2].text() == f"{summary.groups['best']['mean_similarity']:.3f}"
-    assert best[3].text() == f"{summary.groups['best']['mean_own_auroc']:.3f}"
-    assert len(tree.root.find_all("table", "sweep")) == 2 * len(rendered[0])
+    table, correlations = tree.root.find_all("table", "summary")[:2]
+    rows = table.find_all("tr")[2:]
+    assert [r.find_all("td")[0].text() for r in rows] == ["best", "worst", "random", "stratified"]
+    for row, kind in zip(rows, ("best", "worst", "random", "stratified")):
+        cells = [c.text() for c in row.find_all("td")]
+        group = summary.groups[kind]
+        assert cells[1:5] == [str(group.n_pairs), str(group.n_left_out), f"{group.mean_similarity:.3f}",
+                              f"{group.mean_pearson:.3f}"]
+        assert cells[6:9] == [f"{group.own_auroc[n]:.3f}" for n in ("self", "baseline", "null")]
+        assert cells[9:12] == [f"{group.cross_auroc[n]:.3f}" for n in ("self", "baseline", "null")]
+    shown = [[c.text() for c in r.find_all("td")][:4] for r in correlations.find_all("tr")[1:]]
+    assert shown == [[c.score, c.pairs, str(c.n), "—" if c.rho is None else f"{c.rho:.3f}"]
+                     for c in summary.correlations]
+    for case in cases:
+        agree = pair_node(tree, case.kind, case.rank).find_all("div", "agree")[0].text()
+        assert f"{case.agreement.pearson:.3f}" in agree if case.agreement.pearson is not None else "—" in agree
+    assert len(tree.root.find_all("span", "silent")) == sum(sum(c.silent) for c in cases) == 1
+    assert "load check:" in html and "a &lt;warning&gt; about the load" in html
+    assert len(tree.root.find_all("table", "sweep")) == 2 * len(cases)
     assert escape(summary.model) in html
 
 
@@ -181,10 +193,13 @@ def test_write_report_writes_index_and_pngs(rendered, tmp_path):
     assert not [p for p in (tmp_path / "report").iterdir() if p.name.endswith(".tmp")]
 
 
-def test_plot_functions_return_and_save_png(tmp_path):
+def test_plot_functions_return_and_save_png(rendered, tmp_path):
+    cases, _, plots, _ = rendered
     path = tmp_path / "scatter.png"
-    png = decoder_vs_explanation([(0.9, 0.8, "best"), (0.1, 0.2, "worst"), (0.5, 0.4, "random")], path)
+    png = decoder_vs_agreement(cases, ([0.9, 0.1], [0.8, None]), path)
     assert png.startswith(b"\x89PNG\r\n\x1a\n") and path.read_bytes() == png
+    assert set(plots) == {f"{name}.png" for name in ("similarity_histogram", "decoder_vs_agreement", "auroc_by_group",
+                                                      "decoder_vs_scores", "null_selfsim", "scale_sweeps")}
 
 
 # ---------------------------------------------------------------- headless browser

@@ -7,7 +7,7 @@ artifacts; the CLI stages wrap the same functions with caching and files:
     cfg = fc.load_config()                       # the embedded demo, or a YAML path
     rt = fc.Runtime(cfg)                         # model, SAEs, corpus and embedder, loaded lazily
     m = fc.match(rt.sae("sae1"), rt.sae("sae2"), cfg.match)
-    ...
+    ...                                          # the README's "From a notebook" has the rest
 """
 
 __version__ = "0.1.0"
@@ -16,6 +16,8 @@ _API = {
     "load_config": "faithcase.config",
     "Runtime": "faithcase.runtime",
     "match": "faithcase.stages.match",
+    "scan": "faithcase.stages.scan",
+    "select_pairs": "faithcase.stages.pairs",
     "explain": "faithcase.stages.explain",
     "top_activated_windows": "faithcase.stages.windows",
     "eleuther": "faithcase.stages.embed",

@@ -1,4 +1,4 @@
-"""Pydantic models of every stage's artifact; atomic orjson read/write; input fingerprints."""
+"""Pydantic models of every stage's artifact, the run folder's file names, atomic orjson read/write, hashes."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from faithcase import __version__
 from faithcase.errors import FaithcaseError
 
-PairKind = Literal["best", "worst", "random"]
-PAIR_KINDS: tuple[PairKind, ...] = ("best", "worst", "random")
+PairKind = Literal["best", "worst", "random", "stratified"]
+PAIR_KINDS: tuple[PairKind, ...] = ("best", "worst", "random", "stratified")
 Criterion = Literal["mean", "density", "max"]
 CRITERIA: tuple[Criterion, ...] = ("mean", "density", "max")
 SAE_KEYS = ("sae1", "sae2")
@@ -24,6 +24,8 @@ SAE_KEYS = ("sae1", "sae2")
 # the files of a run folder
 MATCH_FILE = "match.json"
 MATCH_PLOT = "match_histogram.png"
+SCAN_FILE = "scan.json"
+PAIRS_FILE = "pairs.json"
 EXPLAIN_FILE = "explain.json"
 EMBED_FILE = "embed.json"
 CASE_STUDY_FILE = "case_study.json"
@@ -81,7 +83,8 @@ class MatchStats(Model):
     n_dead2: int
     n_matched: int
     shared_ratio: float  # share of matched pairs with similarity > threshold
-    top1_ratio: float  # share of alive SAE1 features whose best SAE2 cosine > threshold
+    top1_ratio: float  # FaithfulSAE's: share of alive SAE 2 features whose best SAE 1 cosine > threshold
+    top1_ratio_sae1: float  # the other direction: alive SAE 1 features whose best SAE 2 cosine > threshold
     mean_similarity: float
     histogram: Histogram
     dead1: list[int] = []  # indices of dead features (zero or non-finite decoder rows)
@@ -105,14 +108,6 @@ class SolverInfo(Model):
     message: str = ""
 
 
-class Pair(Model):
-    kind: PairKind
-    rank: int
-    index1: int
-    index2: int
-    similarity: float
-
-
 class Assignment(Model):
     """index1[i] (an SAE 1 feature) is matched to index2[i] with cosine similarity[i], sorted by index1."""
 
@@ -132,10 +127,76 @@ class Matching(Model):
 class MatchArtifact(Artifact, Matching):
     sae1: SAEInfo
     sae2: SAEInfo
+
+
+# ---------------------------------------------------------------- scan
+
+
+class SAEQuality(Model):
+    """The load check: how well the SAE reconstructs the model's activations on the corpus."""
+
+    fvu: float  # sum of squared errors / total variance of the kept tokens
+    l0: float  # mean number of active features per kept token
+    k: int | None  # the SAE's TopK k, None for other activations
+    n_silent: int  # features that never fire on the corpus
+    warnings: list[str] = []
+
+
+class PairAgreement(Model):
+    """Activation agreement of a matched pair over the same kept corpus tokens (the ground truth)."""
+
+    pearson: float | None  # correlation of the two activations (None when one never varies)
+    jaccard: float | None  # |fires in both| / |fires in either| (None when neither fires)
+    p2_given_1: float | None  # P(SAE 2's feature fires | SAE 1's fires)
+    p1_given_2: float | None
+    frequency1: float  # share of kept tokens on which each feature fires
+    frequency2: float
+
+
+class AgreementTable(Model):
+    """Agreement of every matched pair, aligned with match.json's assignment."""
+
+    pearson: list[float | None]
+    jaccard: list[float | None]
+    p2_given_1: list[float | None]
+    p1_given_2: list[float | None]
+    n1: list[int]  # tokens on which SAE 1's feature fires
+    n2: list[int]
+    n_both: list[int]
+
+    def pair(self, i: int, n_tokens: int) -> PairAgreement:
+        return PairAgreement(pearson=self.pearson[i], jaccard=self.jaccard[i], p2_given_1=self.p2_given_1[i],
+                             p1_given_2=self.p1_given_2[i], frequency1=self.n1[i] / max(n_tokens, 1),
+                             frequency2=self.n2[i] / max(n_tokens, 1))
+
+
+class ScanArtifact(Artifact):
+    n_sequences: int
+    n_tokens: int  # kept tokens: positions 1..T-1, BOS and massive activations left out
+    excluded_positions: int
+    quality: dict[str, SAEQuality]
+    firing: dict[str, list[int]]  # per SAE, the kept tokens each feature fires on
+    agreement: AgreementTable
+
+
+# ---------------------------------------------------------------- pairs
+
+
+class Pair(Model):
+    kind: PairKind
+    rank: int
+    index1: int
+    index2: int
+    similarity: float
+
+
+class PairsArtifact(Artifact):
     pairs: dict[PairKind, list[Pair]]
+    n_eligible: int  # matched pairs worst, random and stratified pairs were drawn from
+    strata_edges: list[float]  # equal-width bins of the matched cosines the stratified pairs span
 
     def all_pairs(self) -> list[Pair]:
-        """Best, then worst, then random; by rank within each kind."""
+        """Best, worst, random, then stratified; by rank within each kind."""
         return [p for kind in PAIR_KINDS for p in sorted(self.pairs.get(kind, []), key=lambda p: p.rank)]
 
     def selected_features(self) -> dict[str, list[int]]:
@@ -151,27 +212,48 @@ class SweepPoint(Model):
     scale: float
     selfsim: float  # cosine(read residual, direction) minus its value at scale 0
     entropy: float  # next-token entropy minus its value at scale 0
+    ce: float | None = None  # H(p_steered, p_neutral) minus its value at the neutral baseline
     score: float | None = None
+
+
+class RankedText(Model):
+    text: str
+    scale: float
+    greedy: bool
+    logprob: float | None = None  # mean per-token log p(text | steered prompt), closing quote included
+    specificity: float | None  # mean log p(text | steered) - mean log p(text | neutral placeholder)
 
 
 class FeatureExplanation(Model):
     feature: int
     fingerprint: str  # per-feature cache key (settings + SAE hash + direction)
-    explanations: list[str]  # greedy first, then samples
+    explanations: list[str]  # every generated text, ranked (see `ranking`): the first is the explanation
+    ranking: list[RankedText] = []
     scale: float | None  # the chosen scale (None when no scale could be chosen)
     scales: list[float] = []  # every scale explanations were generated at (best first)
     sweep: list[SweepPoint]
-    failed: bool
+    failed: bool  # best self-similarity <= the failure threshold
     best_selfsim: float
 
 
 class ExplainBaseline(Model):
-    """What the model says with the placeholder zeroed (replace mode) and unsteered (add mode)."""
+    """What the model says with the placeholder zeroed (replace mode), unsteered (add mode) and neutral."""
 
     replace_zero: str
     add_zero: str
+    neutral: str = ""  # the placeholder holding the unit mean token embedding
     selfsim_zero: float
     entropy_zero: float
+
+
+class NullDistribution(Model):
+    """Best self-similarities of random unit directions through the same prompt and sweep."""
+
+    key: str  # what it was computed from (settings, model, residual norm)
+    n: int
+    seed: int
+    best_selfsim: list[float]
+    quantiles: dict[str, float]  # q05, q25, q50, q75, q95, max
 
 
 class ExplainSettings(Model):
@@ -183,11 +265,15 @@ class ExplainSettings(Model):
     mode: str
     residual_norm: float  # median residual norm at the insert layer, the unit of the scales
     scales: list[float]
+    criterion: str = "ce"
 
 
 class ExplainArtifact(Artifact):
     settings: ExplainSettings
     baseline: ExplainBaseline
+    null: NullDistribution | None = None
+    threshold: float | None = None  # failed = best self-similarity <= threshold
+    threshold_source: str = ""  # "null q0.95" or "fixed"
     features: dict[str, dict[str, FeatureExplanation]]  # sae key -> str(feature) -> explanation
 
 
@@ -243,41 +329,48 @@ class WindowsArtifact(Artifact):
 
 # ---------------------------------------------------------------- embed
 
+EXPLAINERS = ("self", "baseline", "null")  # the explanation, the top-token baseline, another feature's
 
-class ScoredContext(Model):
+
+class Document(Model):
     text: str
     label: int  # 1 activating, 0 non-activating: from activations only
-    similarity: float
     quantile: int | None = None
 
 
-class FeatureScore(Model):
-    feature: int
+class ExplanationScore(Model):
     explanation: str | None
     auroc: float | None
     reason: str | None = None  # why auroc is None
-    n_activating: int
-    n_non_activating: int
     auroc_per_quantile: list[float | None] = []
-    contexts: list[ScoredContext] = []
+    similarities: list[float] = []  # cosine of the query with each document, in document order
 
 
-class CrossScore(Model):
+class ScoredFeature(Model):
+    """One feature's documents (its activating and non-activating contexts), scored by several
+    explanations: its own (`own`) and those of its matched partner in the other SAE (`partner`)."""
+
+    feature: int
+    documents: list[Document]
+    own: dict[str, ExplanationScore]  # EXPLAINERS -> score
+    partner: dict[str, ExplanationScore] = {}
+
+
+class PairSimilarity(Model):
     kind: PairKind
     rank: int
     index1: int
     index2: int
-    sae1_on_sae2: FeatureScore  # SAE1's explanation scored on SAE2's feature's contexts
-    sae2_on_sae1: FeatureScore
-    explanation_similarity: float | None = None  # cosine of the two explanations' embeddings
+    explanation_similarity: float | None  # cosine of the two explanations' embeddings
 
 
 class EmbedArtifact(Artifact):
     embedder: str
     query_template: str
-    scores: dict[str, dict[str, FeatureScore]]  # sae key -> str(feature) -> own score
-    cross: list[CrossScore]
-    baseline: dict[str, dict[str, FeatureScore]] | None = None
+    features: dict[str, dict[str, ScoredFeature]]  # sae key -> str(feature)
+    pairs: list[PairSimilarity]
+    nulls: dict[str, dict[str, int]]  # sae key -> str(feature) -> the feature whose explanation is its null
+    templates: dict[str, float | None] = {}  # query template -> mean own AUROC of the self-explanations
 
 
 # ---------------------------------------------------------------- assemble
@@ -288,14 +381,41 @@ class PairCase(Model):
     rank: int
     similarity: float
     indices: list[int]
+    agreement: PairAgreement
+    silent: list[bool]  # the feature never fires on the corpus: the pair is left out of the group means
     self_explanations: list[str | None]
     eleuthers: list[float | None]
-    cross_eleuthers: list[float | None]
+    cross_eleuthers: list[float | None]  # each explanation on the partner's contexts
+    controls: dict[str, dict[str, list[float | None]]]  # own|cross -> baseline|null -> [sae1, sae2]
     explanation_similarity: float | None
     windows: list[dict[Criterion, list[ActExample]]]
     scales: list[float | None]
     failed: list[bool]
     stats: list[FeatureStats]
+
+
+class GroupSummary(Model):
+    n_pairs: int
+    n_left_out: int  # pairs with a feature that never fires
+    mean_similarity: float | None
+    mean_pearson: float | None
+    mean_jaccard: float | None
+    own_auroc: dict[str, float | None]  # EXPLAINERS -> mean
+    cross_auroc: dict[str, float | None]
+    pass_rate: float | None  # share of explanations that pass the self-similarity test
+    mean_explanation_similarity: float | None
+
+
+class Correlation(Model):
+    """Spearman's rho of decoder cosine with a score over a set of pairs, with a bootstrap interval."""
+
+    score: str
+    pairs: str  # which pairs
+    n: int
+    rho: float | None
+    ci_low: float | None
+    ci_high: float | None
+    p_value: float | None
 
 
 class CaseStudySummary(Artifact):
@@ -304,7 +424,12 @@ class CaseStudySummary(Artifact):
     sae1: SAEInfo
     sae2: SAEInfo
     match: MatchStats
-    groups: dict[str, dict[str, float | None]]
+    quality: dict[str, SAEQuality]
+    groups: dict[str, GroupSummary]
+    correlations: list[Correlation]
+    failure: dict[str, Any]  # the self-similarity threshold, where it came from, the null's quantiles
+    templates: dict[str, float | None]
+    n_left_out: int
     config: dict[str, Any]
 
 
@@ -381,14 +506,3 @@ def _digest_file(digest, path: Path):
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
     return digest
-
-
-def is_up_to_date(path: Path, expected_fingerprint: str) -> bool:
-    """True when the artifact exists, parses, and was made from the same inputs."""
-    if not path.is_file():
-        return False
-    try:
-        meta = orjson.loads(path.read_bytes()).get("meta", {})
-    except orjson.JSONDecodeError:
-        return False
-    return meta.get("fingerprint") == expected_fingerprint

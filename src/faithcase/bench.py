@@ -234,7 +234,7 @@ def _features(rt, n_features: int) -> dict[str, list[int]]:
     """The features a run would select: the match stage's pairs, topped up to n_features."""
     from faithcase.pipeline import pipeline_run
 
-    selected = pipeline_run(rt).get("match").selected_features()
+    selected = pipeline_run(rt).get("pairs").selected_features()
     out = {}
     for key in SAE_KEYS:
         chosen = list(selected[key])[:n_features]
@@ -336,40 +336,47 @@ def bench_explain(rt, n_features: int = 4, n_scales: int = 8) -> dict:
 
 def explain_speedup(lm, directions: dict[int, torch.Tensor], cfg, residual_norm: float,
                     sae_layer: int | None = None) -> dict:
-    """Batched explain (sweep with a shared prefix cache + batched generation) against a loop of
-    plain single forwards per (feature, scale) and one generation per feature, in the same run;
-    reports the speed ratio and the agreement (max abs diffs, same chosen scales, same texts)."""
+    """The explain stage's steered passes, batched (shared prefix cache, batched sweep, batched
+    decoding that drops finished rows) against a loop of plain single forwards per (feature, scale)
+    and one decoding per text, in the same run, sampling on (cfg.n_samples per feature). Reports the
+    speed ratio and the agreement: curves, chosen scales and greedy texts (sampled texts differ by
+    batch composition, so only their count is compared)."""
     from faithcase.errors import FaithcaseError
     from faithcase.stages import explain as ex
+    from faithcase.stages import steering
+    from faithcase.stages.prompt import build_prompt
 
     insert, read = ex.resolve_layers(lm, cfg, sae_layer)
     scales = ex.scale_grid(cfg)
-    prompt = ex.build_prompt(lm, cfg)
+    prompt = build_prompt(lm, cfg)
     features, matrix = ex._stack(directions, lm.d_model)
     if not features:
         raise FaithcaseError("bench explain needs at least one feature.")
     eligible = ex.eligible_scales(cfg, len(scales))
 
     def run(batch_size: int):
-        selfsim, entropy, _ = ex.sweep(lm, prompt, matrix, scales, insert, read, cfg.mode, residual_norm,
-                                       batch_size, share_prefix=batch_size > 1)
-        scores = ex.score_sweep(selfsim, entropy, cfg.selfsim_weight, cfg.entropy_weight)
+        result = steering.sweep(lm, prompt, matrix, scales, insert, read, cfg.mode, residual_norm, batch_size,
+                                share_prefix=batch_size > 1)
+        scores = ex.score_sweep(result.selfsim, ex.criterion_curve(result, cfg.criterion), cfg.selfsim_weight,
+                                cfg.criterion_weight)
         picks = [p[0] for p in ex.best_scales(scores, eligible, 1)]
         vectors = torch.stack([matrix[i] * scales[j] * residual_norm for i, j in enumerate(picks)])
-        texts = ex.generate_explanations(lm, prompt, vectors, insert, cfg.mode, cfg.max_new_tokens, batch_size)
-        return selfsim, entropy, picks, texts
+        greedy = steering.generate(lm, prompt, vectors, insert, cfg.mode, cfg.max_new_tokens, batch_size)
+        sampled = steering.generate(lm, prompt, vectors.repeat_interleave(cfg.n_samples, dim=0), insert, cfg.mode,
+                                    cfg.max_new_tokens, batch_size, temperature=cfg.temperature, seed=cfg.seed)
+        steering.neutral_logprobs(lm, prompt, [t.ids for t in greedy + sampled], insert, cfg.mode, batch_size)
+        return result, picks, [t.text for t in greedy], len(sampled)
 
-    ex.sweep(lm, prompt, matrix[:1], scales[:1], insert, read, cfg.mode, residual_norm, 2)  # warm-up
-    (s_b, e_b, picks_b, texts_b), batched_s = timed(lambda: run(cfg.batch_size), lm.device)
-    (s_l, e_l, picks_l, texts_l), loop_s = timed(lambda: run(1), lm.device)
+    steering.sweep(lm, prompt, matrix[:1], scales[:1], insert, read, cfg.mode, residual_norm, 2)  # warm-up
+    (batched, picks_b, texts_b, n_sampled), batched_s = timed(lambda: run(cfg.batch_size), lm.device)
+    (loop, picks_l, texts_l, _), loop_s = timed(lambda: run(1), lm.device)
     return {
         "device": str(lm.device), "features": len(features), "scales": len(scales),
-        "forwards": len(features) * len(scales), "max_new_tokens": cfg.max_new_tokens,
-        "batch_size": cfg.batch_size, "batched_s": batched_s, "loop_s": loop_s,
-        "speedup": loop_s / batched_s,
-        "max_abs_diff_selfsim": float((s_b - s_l).abs().max()),
-        "max_abs_diff_entropy": float((e_b - e_l).abs().max()),
-        "same_scales": picks_b == picks_l, "same_texts": texts_b == texts_l,
+        "forwards": len(features) * len(scales), "sampled": n_sampled, "max_new_tokens": cfg.max_new_tokens,
+        "batch_size": cfg.batch_size, "batched_s": batched_s, "loop_s": loop_s, "speedup": loop_s / batched_s,
+        "max_abs_diff_selfsim": float((batched.selfsim - loop.selfsim).abs().max()),
+        "max_abs_diff_ce": float((batched.ce - loop.ce).abs().max()),
+        "same_scales": picks_b == picks_l, "same_greedy_texts": texts_b == texts_l,
         "texts": {f: t for f, t in zip(features, texts_b)},
     }
 
@@ -391,35 +398,41 @@ def bench_embed(rt) -> dict:
 def embed_cache_speedup(embedder, windows, explanations, settings) -> dict:
     """Contexts scored per second without and with the text cache, on the stage's workload: every
     feature scored by its own explanation, then by another feature's (as cross-scoring does)."""
-    from faithcase.stages.embed import _check_template, _plan, _score, _score_jobs, context_text
+    import numpy as np
 
-    e = settings
-    _check_template(e.query_template)
+    from faithcase.stages.embed import _why_not, documents, eleuther, make_query, score
+
     keys = list(windows)
     rotated = {key: explanations.get(keys[(i + 1) % len(keys)]) for i, key in enumerate(keys)}
-    passes = [_plan(windows, texts, e.query_template, e.min_activating, e.min_non_activating)
-              for texts in (explanations, rotated)]
-    n_contexts = sum(len(job.contexts) for jobs in passes for job in jobs if job.reason is None)
+    passes = [explanations, rotated]
+    docs = {key: documents(feature) for key, feature in windows.items()}
+    n_contexts = sum(len(docs[key]) for texts in passes for key in keys
+                     if _why_not(texts.get(key), docs[key], settings) is None)
 
-    def uncached(jobs, embedder, n_quantiles):
-        scores = {}
-        for job in jobs:
-            vectors = None if job.reason else embedder.embed([job.query or "", *map(context_text, job.contexts)],
-                                                               use_cache=False)
-            scores[job.key] = _score(job, None if vectors is None else vectors[0],
-                                     None if vectors is None else vectors[1:], n_quantiles)
-        return scores
+    def uncached():
+        results = []
+        for texts in passes:
+            found = {}
+            for key in keys:
+                why = _why_not(texts.get(key), docs[key], settings)
+                vectors = None if why else embedder.embed([make_query(settings.template, texts[key]),
+                                                           *(d.text for d in docs[key])], use_cache=False)
+                found[key] = score(docs[key], None if why else vectors[1:], texts.get(key),
+                                   None if why else vectors[0], why, None)
+            results.append(found)
+        return results
 
     def run(scorer):
         embedder.clear_cache()
         encoded_before = embedder.n_encoded_texts
         start = time.perf_counter()
-        results = [scorer(jobs, embedder, None) for jobs in passes]
+        results = scorer()
         return time.perf_counter() - start, embedder.n_encoded_texts - encoded_before, results
 
     embedder.embed(["warm-up"], use_cache=False)
     seconds_uncached, encoded_uncached, results_uncached = run(uncached)
-    seconds_cached, encoded_cached, results_cached = run(_score_jobs)
+    seconds_cached, encoded_cached, results_cached = run(
+        lambda: [eleuther(windows, texts, embedder, settings) for texts in passes])
     embedder.clear_cache()
     diffs = [abs(a[k].auroc - b[k].auroc) for a, b in zip(results_uncached, results_cached) for k in a
              if a[k].auroc is not None and b[k].auroc is not None]
@@ -429,5 +442,5 @@ def embed_cache_speedup(embedder, windows, explanations, settings) -> dict:
         "seconds_uncached": seconds_uncached, "seconds_cached": seconds_cached,
         "contexts_per_s_uncached": n_contexts / seconds_uncached,
         "contexts_per_s_cached": n_contexts / seconds_cached,
-        "speedup": seconds_uncached / seconds_cached, "max_auroc_diff": max(diffs, default=0.0),
+        "speedup": seconds_uncached / seconds_cached, "max_auroc_diff": float(np.max(diffs)) if diffs else 0.0,
     }

@@ -56,6 +56,7 @@ class RunOptions:
     scales: Optional[str] = None
     force: bool = False
     force_all: bool = False
+    strict: bool = False
     set_: Optional[list[str]] = None
 
 
@@ -69,6 +70,7 @@ RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
     "scales": (Optional[str], typer.Option("--scales", help="auto, or a list like 4,8,16 (× residual norm).")),
     "force": (bool, typer.Option("--force", help="Rerun this stage even when it is up to date.")),
     "force_all": (bool, typer.Option("--force-all", help="Rerun this stage and every stage upstream of it.")),
+    "strict": (bool, typer.Option("--strict", help="A failed load check is an error (exit 2), not a warning.")),
     "set_": (Optional[list[str]], typer.Option("--set", help="Override any config key: --set windows.top=5")),
 }
 
@@ -122,7 +124,7 @@ def runtime(opts: RunOptions):
     from faithcase.runtime import Runtime
 
     overrides = {"out_dir": _absolute(opts.out_dir), "match.n_pairs": opts.n_pairs, "device": opts.device,
-                 "explain.scales": parse_scales(opts.scales)}
+                 "explain.scales": parse_scales(opts.scales), "scan.strict": opts.strict or None}
     for key in ("sae1", "sae2"):
         path = getattr(opts, key)
         if path is not None:  # a new SAE: its format is detected again
@@ -170,14 +172,19 @@ def _print_windows(found, graph) -> None:
         console.print(f"{key}: {len(artifact.features)} features, {artifact.n_tokens:,} tokens")
 
 
-_stage_command("match", "Match the two SAEs' features (Hungarian on decoder cosine similarity); select best/worst/random "
-               "pairs.", lambda artifact, graph: print_match(artifact))
+_stage_command("match", "Match the two SAEs' features: Hungarian assignment on decoder cosine similarity, and the "
+               "paper's statistics.", lambda artifact, graph: print_match(artifact))
+_stage_command("scan", "The first corpus pass: each SAE's load check (FVU, L0) and the activation agreement of "
+               "every matched pair.", lambda artifact, graph: print_scan(artifact, graph.get("match")))
+_stage_command("pairs", "The pairs of the case study: best, worst, random and stratified over the cosine range.",
+               lambda artifact, graph: print_pairs(artifact, graph.get("match"), graph.get("scan")))
 _stage_command("explain", "Self-explanations by steering the placeholder token, with automatic scale search "
-               "(--scales auto).", lambda artifact, graph: print_explain(artifact, graph.get("match")))
+               "(--scales auto) and a failure test calibrated on random directions.",
+               lambda artifact, graph: print_explain(artifact, graph.get("pairs")))
 _stage_command("windows", "Top-activating windows (mean, density, max), statistics and scoring contexts: one pass for "
                "both SAEs.", _print_windows)
-_stage_command("embed", "Eleuther embedding score (AUROC) of every explanation, own and across the pair.",
-               lambda artifact, graph: print_embed(artifact))
+_stage_command("embed", "Eleuther embedding score (AUROC) of every explanation, its baseline and null, own and "
+               "across the pair.", lambda artifact, graph: print_embed(artifact, graph.get("pairs")))
 
 
 @app.command()
@@ -187,7 +194,8 @@ def assemble(opts: RunOptions,
     """Join every stage into case_study.json (one entry per pair) and summary.json."""
     from faithcase.artifacts import CASE_STUDY_FILE, write_bytes_atomic
 
-    _, graph = stage(opts, "assemble")
+    (_, summary), graph = stage(opts, "assemble")
+    print_summary(summary)
     path = graph.ctx.path(CASE_STUDY_FILE)
     if out is not None:
         target = graph.ctx.out_dir / out if not out.is_absolute() and out.parent == Path(".") else out
@@ -216,7 +224,7 @@ def report(opts: RunOptions, case_study: Annotated[Optional[Path], typer.Option(
 @app.command()
 @with_run_options
 def run(opts: RunOptions):
-    """Every stage in order: match, explain, windows, embed, assemble, report."""
+    """Every stage in order: match, scan, pairs, explain, windows, embed, assemble, report."""
     from faithcase.pipeline import STAGES, pipeline_run
 
     rt = runtime(opts)
@@ -224,6 +232,7 @@ def run(opts: RunOptions):
     for i, name in enumerate(STAGES, start=1):
         console.rule(f"[bold]{i}/{len(STAGES)} {name}")
         graph.get(name)
+    print_summary(graph.get("assemble")[1])
     console.print(f"[bold]case study[/bold] → {rt.path('case_study.json')}")
     console.print(f"[bold]report[/bold]     → {graph.get('report')}")
 
@@ -241,30 +250,101 @@ def diff(first: Path, second: Path):
     raise typer.Exit(1 if differences else 0)
 
 
+@app.command()
+def rehearse(
+    work_dir: Annotated[Path, typer.Option("--work-dir", help="Model, SAEs, corpus, config and run folder.")] = Path("build/rehearsal"),
+    tokens: Annotated[Optional[int], typer.Option(help="Corpus tokens of the passes (default 4000).")] = None,
+    n_pairs: Annotated[Optional[int], typer.Option("--n-pairs", help="Best, worst and random pairs each (2).")] = None,
+    n_stratified: Annotated[Optional[int], typer.Option("--n-stratified", help="Stratified pairs (4).")] = None,
+    n_scales: Annotated[Optional[int], typer.Option("--n-scales", help="Steering scales (4).")] = None,
+    n_null: Annotated[Optional[int], typer.Option("--n-null", help="Random directions of the failure test (8).")] = None,
+    n_samples: Annotated[Optional[int], typer.Option("--n-samples", help="Sampled texts per feature (4).")] = None,
+):
+    """Every stage at the paper's shapes (random-weight Llama-3.2-1B architecture, two 14,336-feature
+    BatchTopK SAEs, bfloat16) on a reduced workload: time, peak RSS and projected full-size time per stage."""
+    from faithcase.rehearse import FULL, REDUCED
+    from faithcase.rehearse import rehearse as run_rehearsal
+
+    given = {"tokens": tokens, "n_pairs": n_pairs, "n_stratified": n_stratified, "n_scales": n_scales,
+             "n_null": n_null, "n_samples": n_samples}
+    workload = REDUCED | {name: value for name, value in given.items() if value is not None}
+    with user_errors():
+        for name in ("tokens", "n_pairs", "n_scales"):
+            if workload[name] < 1:
+                raise FaithcaseError(f"--{name.replace('_', '-')} must be at least 1, got {workload[name]}")
+        _set_threads()
+        rows = run_rehearsal(work_dir, workload, err_console)
+    table = _table(f"rehearsal at paper shapes: {workload['tokens']:,} tokens, {workload['n_pairs']} pairs per group + "
+                   f"{workload['n_stratified']} stratified, {workload['n_scales']} scales, {workload['n_null']} null "
+                   f"directions; projected to {FULL['tokens']:,} tokens, {FULL['n_pairs']} + {FULL['n_stratified']} "
+                   f"pairs, {FULL['n_scales']} scales, {FULL['n_null']} null",
+                   ["stage", "time s", "of which loading s", "peak RSS GiB", "× work", "projected s"])
+    for row in rows:
+        table.add_row(row["stage"], f"{row['seconds']:.1f}", f"{row['load']:.1f}", f"{row['peak_rss_gib']:.2f}",
+                      f"{row['factor']:.0f}", f"{row['projected']:,.0f}")
+    console.print(table)
+    console.print(f"the planted pairs came back as the best pairs; total projected on this machine: "
+                  f"{sum(r['projected'] for r in rows) / 3600:.1f} h")
+
+
 # ================================================================ printing
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _table(title: str, columns: list[str]) -> Table:
+    table = Table(title=title)
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    return table
 
 
 def print_match(artifact) -> None:
     s = artifact.stats
-    table = Table(title=f"{s.n_matched} matched pairs · shared ratio (>{s.threshold}) {s.shared_ratio:.3f} · "
-                        f"top-1 ratio {s.top1_ratio:.3f} · mean {s.mean_similarity:.3f}")
-    for column in ("kind", "rank", "sae1", "sae2", "cosine"):
-        table.add_column(column, justify="right" if column != "kind" else "left")
-    for kind in ("best", "worst"):
-        for p in artifact.pairs.get(kind, [])[:10]:
-            table.add_row(kind, str(p.rank), str(p.index1), str(p.index2), f"{p.similarity:.3f}")
+    a = artifact.assignment
+    order = sorted(range(len(a.similarity)), key=lambda i: -a.similarity[i])
+    table = _table(f"{s.n_matched} matched pairs · shared ratio (>{s.threshold}) {s.shared_ratio:.3f} · top-1 ratio "
+                   f"{s.top1_ratio:.3f} (SAE 1 → 2: {s.top1_ratio_sae1:.3f}) · mean {s.mean_similarity:.3f}",
+                   ["", "sae1", "sae2", "cosine"])
+    for label, positions in (("highest", order[:5]), ("lowest", order[::-1][:5])):
+        for i in positions:
+            table.add_row(label, str(a.index1[i]), str(a.index2[i]), f"{a.similarity[i]:.3f}")
     console.print(table)
     solver = artifact.solver
     proof = "exact" if solver.exact else ("certified" if solver.certified else "not certified")
-    console.print(f"solver {solver.name} ({proof}), {solver.seconds:.2f} s; dead features "
-                  f"{s.n_dead1} / {s.n_dead2}")
+    console.print(f"solver {solver.name} ({proof}), {solver.seconds:.2f} s; dead features {s.n_dead1} / {s.n_dead2}")
 
 
-def print_explain(artifact, match_artifact) -> None:
-    table = Table(title="self-explanations")
-    for column in ("kind", "rank", "sae1 explanation", "scale", "sae2 explanation", "scale "):
-        table.add_column(column)
-    for p in match_artifact.all_pairs():
+def print_scan(artifact, match) -> None:
+    table = _table(f"load check on {artifact.n_tokens:,} kept tokens", ["SAE", "FVU", "L0", "k", "never fire"])
+    for key, q in artifact.quality.items():
+        table.add_row(key, f"{q.fvu:.3f}", f"{q.l0:.1f}", str(q.k or "—"), str(q.n_silent))
+    console.print(table)
+    agreement = [(s, p) for s, p in zip(match.assignment.similarity, artifact.agreement.pearson) if p is not None]
+    for label, keep in (("cos > 0.9", lambda s: s > 0.9), ("cos < 0.3", lambda s: s < 0.3)):
+        values = [p for s, p in agreement if keep(s)]
+        if values:
+            console.print(f"mean activation Pearson of matched pairs with {label}: {sum(values) / len(values):.3f} "
+                          f"({len(values)} pairs)")
+
+
+def print_pairs(artifact, match, scan) -> None:
+    position = {index: i for i, index in enumerate(match.assignment.index1)}
+    table = _table(f"selected pairs ({artifact.n_eligible} matched pairs have two firing features)",
+                   ["kind", "rank", "sae1", "sae2", "cosine", "activation Pearson"])
+    for p in artifact.all_pairs():
+        table.add_row(p.kind, str(p.rank), str(p.index1), str(p.index2), f"{p.similarity:.3f}",
+                      _fmt(scan.agreement.pearson[position[p.index1]]))
+    console.print(table)
+
+
+def print_explain(artifact, pairs) -> None:
+    table = _table(f"self-explanations (failed: best self-similarity ≤ {_fmt(artifact.threshold, 4)}, "
+                   f"{artifact.threshold_source})", ["kind", "rank", "sae1 explanation", "scale", "sae2 explanation",
+                                                     "scale "])
+    for p in pairs.all_pairs():
         e1 = artifact.features["sae1"].get(str(p.index1))
         e2 = artifact.features["sae2"].get(str(p.index2))
         table.add_row(p.kind, str(p.rank), _explanation(e1), _scale(e1), _explanation(e2), _scale(e2))
@@ -282,20 +362,33 @@ def _scale(e) -> str:
     return "—" if e is None or e.scale is None else f"{e.scale:g}"
 
 
-def print_embed(artifact) -> None:
-    table = Table(title="embedding scores (AUROC)")
-    for column in ("kind", "rank", "sae1", "sae2", "own 1", "own 2", "cross 1→2", "cross 2→1"):
-        table.add_column(column)
-    for c in artifact.cross:
-        own1 = artifact.scores["sae1"][str(c.index1)].auroc
-        own2 = artifact.scores["sae2"][str(c.index2)].auroc
-        table.add_row(c.kind, str(c.rank), str(c.index1), str(c.index2), _fmt(own1), _fmt(own2),
-                      _fmt(c.sae1_on_sae2.auroc), _fmt(c.sae2_on_sae1.auroc))
+def print_embed(artifact, pairs) -> None:
+    table = _table("embedding scores (AUROC): self / baseline / null",
+                   ["kind", "rank", "sae1", "sae2", "own 1", "own 2", "cross 1→2", "cross 2→1"])
+
+    def three(scores) -> str:
+        return " / ".join(_fmt(scores[name].auroc, 2) for name in ("self", "baseline", "null"))
+
+    for p in pairs.all_pairs():
+        f1, f2 = artifact.features["sae1"][str(p.index1)], artifact.features["sae2"][str(p.index2)]
+        table.add_row(p.kind, str(p.rank), str(p.index1), str(p.index2), three(f1.own), three(f2.own),
+                      three(f2.partner), three(f1.partner))
     console.print(table)
 
 
-def _fmt(value) -> str:
-    return "—" if value is None else f"{value:.3f}"
+def print_summary(summary) -> None:
+    table = _table("case study by group (pairs with a silent feature left out)",
+                   ["group", "pairs", "left out", "cos", "act. Pearson", "own self/base/null", "cross self/base/null",
+                    "passing"])
+    for kind, g in summary.groups.items():
+        own = " / ".join(_fmt(g.own_auroc[n], 2) for n in ("self", "baseline", "null"))
+        cross = " / ".join(_fmt(g.cross_auroc[n], 2) for n in ("self", "baseline", "null"))
+        table.add_row(kind, str(g.n_pairs), str(g.n_left_out), _fmt(g.mean_similarity), _fmt(g.mean_pearson), own,
+                      cross, _fmt(g.pass_rate, 2))
+    console.print(table)
+    for c in summary.correlations:
+        console.print(f"Spearman ρ(decoder cos, {c.score}) over {c.pairs} pairs (n={c.n}): {_fmt(c.rho)} "
+                      f"[{_fmt(c.ci_low)}, {_fmt(c.ci_high)}]")
 
 
 def print_dict(title: str, result: dict) -> None:

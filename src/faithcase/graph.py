@@ -32,6 +32,7 @@ class Stage:
     run: Callable[[Any, dict[str, Any], str], Any]  # (ctx, upstream values, fingerprint) -> value; writes files
     load: Callable[[Any], Any] | None = None  # ctx -> value read back (default: the ledger's note)
     note: Callable[[Any], Any] | None = None  # value -> small JSON kept in the ledger (default: none)
+    check: Callable[[Any], None] | None = None  # ctx -> raises on bad settings, before any stage runs
 
 
 class Ledger:
@@ -102,6 +103,7 @@ class GraphRun:
     values: dict[str, Any] = field(default_factory=dict)
     fingerprints: dict[str, str] = field(default_factory=dict)
     ran: list[str] = field(default_factory=list)
+    checked: set[str] = field(default_factory=set)
 
     def fingerprint(self, name: str) -> str:
         if name not in self.fingerprints:
@@ -115,10 +117,19 @@ class GraphRun:
         return (self.ledger.fingerprint(name) == self.fingerprint(name)
                 and all(Path(p).exists() for p in stage.files(self.ctx)))
 
+    def check(self, name: str) -> None:
+        """Run the settings checks of the stage and everything upstream of it, before anything runs."""
+        for upstream in self.graph.order([name]):
+            stage = self.graph.stages[upstream]
+            if stage.check and upstream not in self.checked:
+                stage.check(self.ctx)
+                self.checked.add(upstream)
+
     def get(self, name: str) -> Any:
         """The stage's value: computed this run, read back when up to date, else run (upstream first)."""
         if name in self.values:
             return self.values[name]
+        self.check(name)
         stage = self.graph.stages[name]
         if name not in self.force and self.is_fresh(name):
             self.report(f"[green]cached[/green] {name} is up to date")

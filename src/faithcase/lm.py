@@ -1,9 +1,9 @@
 """The language model: loading (HF id, local folder, GGUF file), hook names, activations, steering.
 
 Every model is wrapped by TransformerLens' TransformerBridge, which swaps the HF model's
-submodules for hooked components in place. So `hf_model(...)` and `hf_model.generate(...)`
-run through the same hook points as `bridge(...)`: hooks added with `bridge.hooks(...)`
-also act during HF generation (used for steered, KV-cached, left-padded generation).
+submodules for hooked components in place. So `hf_model(...)` runs through the same hook points
+as `bridge(...)`: hooks added with `bridge.hooks(...)` also act on HF forwards with a KV cache
+(the steered, cached passes of `stages/steering.py`).
 """
 
 from __future__ import annotations
@@ -184,28 +184,6 @@ def steering_hook(positions_mask: torch.Tensor, vectors: torch.Tensor,
     return hook_fn
 
 
-def pad_token_lists(token_lists: list[list[int]], pad_id: int,
-                    side: Literal["left", "right"] = "left") -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad lists of token ids into (tokens [B, T], attention_mask [B, T])."""
-    if not token_lists or any(len(row) == 0 for row in token_lists):
-        raise ValueError("pad_token_lists needs at least one non-empty sequence")
-    width = max(len(row) for row in token_lists)
-    tokens = torch.full((len(token_lists), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(token_lists), width), dtype=torch.long)
-    for i, row in enumerate(token_lists):
-        span = slice(width - len(row), width) if side == "left" else slice(0, len(row))
-        tokens[i, span] = torch.tensor(row, dtype=torch.long)
-        mask[i, span] = 1
-    return tokens, mask
-
-
-def _cut_at_stop(row: list[int], stop_ids: set[int]) -> list[int]:
-    for i, token in enumerate(row):
-        if token in stop_ids:
-            return row[:i]
-    return row
-
-
 # ---------------------------------------------------------------- the model
 
 @dataclass(eq=False, repr=False)
@@ -272,11 +250,6 @@ class LanguageModel:
 
     # -- tokens
 
-    def batch_prompts(self, token_lists: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-pad prompts for batched generation: (tokens, attention_mask) on the model device."""
-        tokens, mask = pad_token_lists(token_lists, self.pad_token_id, side="left")
-        return tokens.to(self.device), mask.to(self.device)
-
     def _forward_kwargs(self, attention_mask: torch.Tensor | None) -> dict:
         kwargs = {"use_cache": False}
         if attention_mask is not None:
@@ -337,39 +310,6 @@ class LanguageModel:
         with self.bridge.hooks(fwd_hooks=hooks):
             logits = self.bridge(tokens.to(self.device), **kwargs)
         return (logits[:, -1] if last_position_only else logits), cache
-
-    @torch.no_grad()
-    def generate_greedy(self, tokens: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int,
-                        stop_ids: list[int] | None = None,
-                        stop_strings: list[str] | None = None) -> list[list[int]]:
-        """Batched greedy generation with a KV cache (HF generate on the bridged model).
-
-        Prompts are left-padded (see batch_prompts). Returns the new tokens of each row,
-        cut before the first stop id (default: EOS). Stop strings end a row too; their
-        tokens stay in the output.
-        """
-        from transformers import GenerationConfig
-
-        stop_ids = list(stop_ids) if stop_ids else [self.eos_token_id]
-        config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens,
-                                  eos_token_id=stop_ids, pad_token_id=stop_ids[0],
-                                  stop_strings=stop_strings or None)
-        tokens = tokens.to(self.device)
-        out = self.hf_model.generate(
-            input_ids=tokens, attention_mask=attention_mask.to(self.device), generation_config=config,
-            tokenizer=self.tokenizer if stop_strings else None)
-        new_tokens = out[:, tokens.shape[1]:].tolist()
-        return [_cut_at_stop(row, set(stop_ids)) for row in new_tokens]
-
-    def generate_steered(self, tokens: torch.Tensor, attention_mask: torch.Tensor, layer: int,
-                         positions_mask: torch.Tensor, vectors: torch.Tensor, mode: SteerMode,
-                         max_new_tokens: int, stop_ids: list[int] | None = None,
-                         stop_strings: list[str] | None = None) -> list[list[int]]:
-        """generate_greedy with the steering hook at `blocks.{layer}.hook_resid_pre`; it acts on
-        the prompt pass only (the cached steps see one token at a time)."""
-        hook = steering_hook(positions_mask, vectors, mode)
-        with self.bridge.hooks(fwd_hooks=[(self._resid_pre(layer), hook)]):
-            return self.generate_greedy(tokens, attention_mask, max_new_tokens, stop_ids, stop_strings)
 
     def _resid_pre(self, layer: int) -> str:
         if not 0 <= layer < self.n_layers:

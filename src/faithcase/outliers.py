@@ -23,3 +23,11 @@ def excluded_positions(resid: torch.Tensor, norm_ratio: float | None, exclude_bo
         if candidates.numel():
             excluded |= norms > norm_ratio * candidates.median()
     return excluded
+
+
+def counted_positions(excluded: torch.Tensor | None, shape: tuple[int, int]) -> torch.Tensor:
+    """Bool mask [B, T] of the positions that count as activations: 1..T-1 (position 0 is BOS and
+    never counts), minus the excluded ones."""
+    counted = torch.ones(shape, dtype=torch.bool) if excluded is None else ~excluded.cpu()
+    counted[:, 0] = False
+    return counted

@@ -8,6 +8,7 @@ kept in memory while they fit `corpus.memory_mib`, so the stages that read the s
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from functools import cached_property
 from pathlib import Path
@@ -31,7 +32,10 @@ class Runtime:
         self.out_dir = cfg.output_dir()
         self._saes: dict[str, object] = {}
         self._sae_hashes: dict[str, str] = {}
+        self._sae_paths: dict[str, Path] = {}
         self._passes: dict[str, list[tuple]] = {}
+        self.load_seconds: dict[str, float] = {}  # what loading the model and the embedder took
+        self.forced: set[str] = set()  # the stages this run reruns even when up to date
 
     # ---------------------------------------------------------------- files
 
@@ -48,10 +52,20 @@ class Runtime:
     # ---------------------------------------------------------------- SAEs
 
     def sae_path(self, key: str) -> Path:
-        path = resolve_path(getattr(self.cfg, key).path, self.base_dir())
-        if not path.exists():
-            raise FaithcaseError(f"{key} folder not found: {path}")
-        return path
+        """The SAE's local folder; a hub SAE is fetched into the Hugging Face cache first."""
+        if key not in self._sae_paths:
+            sae_cfg = getattr(self.cfg, key)
+            if sae_cfg.hf is not None:
+                from faithcase.saes.hub import hub_sae_folder
+
+                with self.console.status(f"fetching {key} from the hub ({sae_cfg.hf}) …"):
+                    path = hub_sae_folder(sae_cfg.hf, sae_cfg.id, sae_cfg.revision)
+            else:
+                path = resolve_path(sae_cfg.path, self.base_dir())
+            if not path.exists():
+                raise FaithcaseError(f"{key} folder not found: {path}")
+            self._sae_paths[key] = path
+        return self._sae_paths[key]
 
     def sae(self, key: str):
         if key not in self._saes:
@@ -64,6 +78,14 @@ class Runtime:
             if len(self._saes) == 2:
                 check_compatible(self._saes["sae1"], self._saes["sae2"])
         return self._saes[key]
+
+    def sae_for_model(self, key: str):
+        """The SAE, checked to read vectors as wide as the model's residual stream."""
+        sae = self.sae(key)
+        if sae.d_in != self.lm.d_model:
+            raise FaithcaseError(f"{key} reads vectors of d_in={sae.d_in} but {self.cfg.model.name} has d_model="
+                                 f"{self.lm.d_model} at {self.cfg.hook}: the SAE was not trained on this model")
+        return sae
 
     def sae_hash(self, key: str) -> str:
         """Hash of the SAE's files, without loading its weights into torch."""
@@ -91,17 +113,24 @@ class Runtime:
         from faithcase.lm import load_model
 
         model = self.cfg.model
+        start = time.perf_counter()
         with self.console.status(f"loading {model.name} …"):
-            return load_model(model.name, path=_resolved(model.path, self.base_dir()),
-                              gguf=_resolved(model.gguf, self.base_dir()), device=self.device, dtype=model.dtype)
+            loaded = load_model(model.name, path=_resolved(model.path, self.base_dir()),
+                                gguf=_resolved(model.gguf, self.base_dir()), device=self.device, dtype=model.dtype)
+        self.load_seconds["lm"] = time.perf_counter() - start
+        return loaded
 
     @cached_property
     def embedder(self):
         from faithcase.stages.embed import load_embedder
 
-        with self.console.status(f"loading embedder {self.cfg.embed.model} …"):
-            return load_embedder(self.cfg.embed.model, device=self.device, batch_size=self.cfg.embed.batch_size,
-                                 base_dir=self.base_dir())
+        embed = self.cfg.embed
+        start = time.perf_counter()
+        with self.console.status(f"loading embedder {embed.model} …"):
+            loaded = load_embedder(embed.model, device=self.device, batch_size=embed.batch_size,
+                                   base_dir=self.base_dir(), trust_remote_code=embed.trust_remote_code)
+        self.load_seconds["embedder"] = time.perf_counter() - start
+        return loaded
 
     # ---------------------------------------------------------------- what fingerprints cover
 

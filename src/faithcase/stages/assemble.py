@@ -1,4 +1,13 @@
-"""Assemble stage: join match, explain, windows and embed artifacts into one case study, one entry per pair."""
+"""Assemble stage: join every artifact into one case study, one entry per pair, and its summary.
+
+Each entry puts the scores of a pair beside their ground truth (the activation agreement of its two
+features, from the scan) and their controls (the top-token baseline and the null explanation).
+The summary gives per group (best, worst, random, stratified) the mean agreement, the mean own and
+cross AUROC of self-explanation, baseline and null, and the explanation pass rate, leaving out the
+pairs with a feature that never fires; and the Spearman correlation of decoder cosine with each
+score, with a bootstrap interval, over the stratified pairs (and over every matched pair for the
+activation agreement).
+"""
 
 from __future__ import annotations
 
@@ -14,24 +23,31 @@ from faithcase.artifacts import (
     CRITERIA,
     EMBED_FILE,
     EXPLAIN_FILE,
+    EXPLAINERS,
     MATCH_FILE,
     PAIR_KINDS,
+    PAIRS_FILE,
     SAE_KEYS,
+    SCAN_FILE,
     SUMMARY_FILE,
     ActExample,
     CaseStudySummary,
-    CrossScore,
+    Correlation,
     EmbedArtifact,
     ExplainArtifact,
+    GroupSummary,
     MatchArtifact,
     Meta,
     Pair,
     PairCase,
+    PairsArtifact,
+    ScanArtifact,
     WindowsArtifact,
     windows_file,
     write_json,
 )
 from faithcase.errors import FaithcaseError
+from faithcase.stages.statistics import spearman
 
 CASES_ADAPTER = TypeAdapter(list[PairCase])
 
@@ -39,16 +55,8 @@ CASES_ADAPTER = TypeAdapter(list[PairCase])
 # ---------------------------------------------------------------- completeness
 
 
-def find_cross(embed: EmbedArtifact, pair: Pair) -> CrossScore | None:
-    for cross in embed.cross:
-        if (cross.kind, cross.rank, cross.index1, cross.index2) == (pair.kind, pair.rank, pair.index1, pair.index2):
-            return cross
-    return None
-
-
-def check_complete(
-    match: MatchArtifact, explain: ExplainArtifact, windows: dict[str, WindowsArtifact], embed: EmbedArtifact
-) -> None:
+def check_complete(pairs: PairsArtifact, explain: ExplainArtifact, windows: dict[str, WindowsArtifact],
+                   embed: EmbedArtifact) -> None:
     """Refuse artifacts that lack a selected pair or feature, naming the stage to rerun (freshness
     is the graph's job: `graph.py`)."""
     for sae in SAE_KEYS:
@@ -57,25 +65,29 @@ def check_complete(
             raise FaithcaseError(f"{name} is missing: run `faithcase windows`")
         if windows[sae].sae != sae:
             raise FaithcaseError(f"{name} holds the windows of {windows[sae].sae}: run `faithcase windows --force`")
-
-    for sae, features in match.selected_features().items():
+    for sae, features in pairs.selected_features().items():
         for feature in features:
             key = str(feature)
             if key not in explain.features.get(sae, {}):
                 raise FaithcaseError(f"{EXPLAIN_FILE} lacks feature {feature} of {sae}: run `faithcase explain`")
             if key not in windows[sae].features:
                 raise FaithcaseError(f"{windows_file(sae)} lacks feature {feature} of {sae}: run `faithcase windows`")
-            if key not in embed.scores.get(sae, {}):
+            if key not in embed.features.get(sae, {}):
                 raise FaithcaseError(f"{EMBED_FILE} lacks feature {feature} of {sae}: run `faithcase embed`")
-    for pair in match.all_pairs():
-        if find_cross(embed, pair) is None:
-            raise FaithcaseError(
-                f"{EMBED_FILE} lacks the cross scores of {pair.kind} pair {pair.rank} "
-                f"({pair.index1}, {pair.index2}): run `faithcase embed`"
-            )
+    for pair in pairs.all_pairs():
+        if find_similarity(embed, pair) is None:
+            raise FaithcaseError(f"{EMBED_FILE} lacks {pair.kind} pair {pair.rank} ({pair.index1}, {pair.index2}): "
+                                 "run `faithcase embed`")
 
 
-# ---------------------------------------------------------------- assemble
+def find_similarity(embed: EmbedArtifact, pair: Pair):
+    for item in embed.pairs:
+        if (item.kind, item.rank, item.index1, item.index2) == (pair.kind, pair.rank, pair.index1, pair.index2):
+            return item
+    return None
+
+
+# ---------------------------------------------------------------- cases
 
 
 def mean_or_none(values: list[float | None]) -> float | None:
@@ -83,52 +95,88 @@ def mean_or_none(values: list[float | None]) -> float | None:
     return fmean(present) if present else None
 
 
-def group_summary(cases: list[PairCase]) -> dict[str, dict[str, float | None]]:
-    """Per pair kind: pair count, mean decoder similarity, mean own / cross AUROC, share of failed explanations."""
-    groups: dict[str, dict[str, float | None]] = {}
-    for kind in PAIR_KINDS:
-        members = [c for c in cases if c.kind == kind]
-        failed = [f for c in members for f in c.failed]
-        groups[kind] = {
-            "n_pairs": len(members),
-            "mean_similarity": mean_or_none([c.similarity for c in members]),
-            "mean_own_auroc": mean_or_none([a for c in members for a in c.eleuthers]),
-            "mean_cross_auroc": mean_or_none([a for c in members for a in c.cross_eleuthers]),
-            "failed_share": sum(failed) / len(failed) if failed else None,
-        }
-    return groups
-
-
-def build_case(pair: Pair, explain: ExplainArtifact, windows: dict[str, WindowsArtifact], embed: EmbedArtifact) -> PairCase:
+def build_case(pair: Pair, position: int, scan: ScanArtifact, explain: ExplainArtifact,
+               windows: dict[str, WindowsArtifact], embed: EmbedArtifact) -> PairCase:
+    """One pair's entry; `position` is the pair's place in the match assignment (its agreement row)."""
     indices = {"sae1": pair.index1, "sae2": pair.index2}
     explained = [explain.features[sae][str(indices[sae])] for sae in SAE_KEYS]
     featured = [windows[sae].features[str(indices[sae])] for sae in SAE_KEYS]
-    cross = find_cross(embed, pair)
-    assert cross is not None  # guaranteed by check_complete
+    scored = [embed.features[sae][str(indices[sae])] for sae in SAE_KEYS]
+    partner = scored[::-1]  # each explanation's cross score sits on the partner's documents
+    similarity = find_similarity(embed, pair)
     return PairCase(
         kind=pair.kind,
         rank=pair.rank,
         similarity=pair.similarity,
         indices=[pair.index1, pair.index2],
+        agreement=scan.agreement.pair(position, scan.n_tokens),
+        silent=[scan.firing[sae][indices[sae]] == 0 for sae in SAE_KEYS],
         self_explanations=[e.explanations[0] if e.explanations else None for e in explained],
-        eleuthers=[embed.scores[sae][str(indices[sae])].auroc for sae in SAE_KEYS],
-        cross_eleuthers=[cross.sae1_on_sae2.auroc, cross.sae2_on_sae1.auroc],
-        explanation_similarity=cross.explanation_similarity,
-        windows=[
-            {
-                criterion: [ActExample(tokens=w.tokens, texts=w.texts, acts=w.acts) for w in f.windows.get(criterion, [])]
-                for criterion in CRITERIA
-            }
-            for f in featured
-        ],
+        eleuthers=[s.own["self"].auroc for s in scored],
+        cross_eleuthers=[s.partner["self"].auroc for s in partner],
+        controls={"own": {name: [s.own[name].auroc for s in scored] for name in EXPLAINERS[1:]},
+                  "cross": {name: [s.partner[name].auroc for s in partner] for name in EXPLAINERS[1:]}},
+        explanation_similarity=similarity.explanation_similarity if similarity else None,
+        windows=[{criterion: [ActExample(tokens=w.tokens, texts=w.texts, acts=w.acts)
+                              for w in f.windows.get(criterion, [])] for criterion in CRITERIA} for f in featured],
         scales=[e.scale for e in explained],
         failed=[e.failed for e in explained],
         stats=[f.stats for f in featured],
     )
 
 
+def own_scores(case: PairCase, name: str) -> list[float | None]:
+    return case.eleuthers if name == "self" else case.controls["own"][name]
+
+
+def cross_scores(case: PairCase, name: str) -> list[float | None]:
+    return case.cross_eleuthers if name == "self" else case.controls["cross"][name]
+
+
+def group_summary(cases: list[PairCase]) -> dict[str, GroupSummary]:
+    """Per pair kind, over the pairs whose features both fire (the others are counted in n_left_out)."""
+    groups = {}
+    for kind in PAIR_KINDS:
+        everyone = [c for c in cases if c.kind == kind]
+        members = [c for c in everyone if not any(c.silent)]
+        failed = [f for c in members for f in c.failed]
+        groups[kind] = GroupSummary(
+            n_pairs=len(everyone), n_left_out=len(everyone) - len(members),
+            mean_similarity=mean_or_none([c.similarity for c in members]),
+            mean_pearson=mean_or_none([c.agreement.pearson for c in members]),
+            mean_jaccard=mean_or_none([c.agreement.jaccard for c in members]),
+            own_auroc={name: mean_or_none([a for c in members for a in own_scores(c, name)]) for name in EXPLAINERS},
+            cross_auroc={name: mean_or_none([a for c in members for a in cross_scores(c, name)])
+                         for name in EXPLAINERS},
+            pass_rate=1 - sum(failed) / len(failed) if failed else None,
+            mean_explanation_similarity=mean_or_none([c.explanation_similarity for c in members]))
+    return groups
+
+
+def correlations(cases: list[PairCase], match: MatchArtifact, scan: ScanArtifact, seed: int = 0) -> list[Correlation]:
+    """Spearman's rho of decoder cosine with each score: over the stratified pairs (one score per pair:
+    the mean over its two features where a score is per feature), and over every matched pair for the
+    activation agreement."""
+    stratified = [c for c in cases if c.kind == "stratified" and not any(c.silent)]
+    cosine = [c.similarity for c in stratified]
+    per_pair = {
+        "activation correlation": [c.agreement.pearson for c in stratified],
+        "activation Jaccard": [c.agreement.jaccard for c in stratified],
+        "explanation similarity": [c.explanation_similarity for c in stratified],
+        "own AUROC": [mean_or_none(c.eleuthers) for c in stratified],
+        "cross AUROC": [mean_or_none(c.cross_eleuthers) for c in stratified],
+    }
+    rows = [spearman(cosine, values, score, "stratified", seed=seed) for score, values in per_pair.items()]
+    everything = match.assignment.similarity
+    rows.append(spearman(everything, scan.agreement.pearson, "activation correlation", "all matched", seed=seed))
+    rows.append(spearman(everything, scan.agreement.jaccard, "activation Jaccard", "all matched", seed=seed))
+    return rows
+
+
 def assemble(
     match: MatchArtifact,
+    scan: ScanArtifact,
+    pairs: PairsArtifact,
     explain: ExplainArtifact,
     windows: dict[str, WindowsArtifact],
     embed: EmbedArtifact,
@@ -136,29 +184,30 @@ def assemble(
     summary_fingerprint: str = "",
 ) -> tuple[list[PairCase], CaseStudySummary]:
     """One PairCase per selected pair and the run's summary; FaithcaseError if an artifact lacks a pair."""
-    check_complete(match, explain, windows, embed)
-    cases = [build_case(pair, explain, windows, embed) for pair in match.all_pairs()]
-
-    recorded = {
-        MATCH_FILE: match.meta.fingerprint,
-        EXPLAIN_FILE: explain.meta.fingerprint,
-        **{windows_file(sae): windows[sae].meta.fingerprint for sae in SAE_KEYS},
-        EMBED_FILE: embed.meta.fingerprint,
-    }
+    check_complete(pairs, explain, windows, embed)
+    position = {index: i for i, index in enumerate(match.assignment.index1)}
+    cases = [build_case(p, position[p.index1], scan, explain, windows, embed) for p in pairs.all_pairs()]
+    recorded = {MATCH_FILE: match.meta.fingerprint, SCAN_FILE: scan.meta.fingerprint,
+                PAIRS_FILE: pairs.meta.fingerprint, EXPLAIN_FILE: explain.meta.fingerprint,
+                **{windows_file(sae): windows[sae].meta.fingerprint for sae in SAE_KEYS},
+                EMBED_FILE: embed.meta.fingerprint}
     model_section = config.get("model")
     model_name = model_section.get("name") if isinstance(model_section, dict) else model_section
+    null = explain.null
     summary = CaseStudySummary(
-        meta=Meta(
-            stage="assemble",
-            fingerprint=summary_fingerprint,
-            upstream=recorded,
-        ),
+        meta=Meta(stage="assemble", fingerprint=summary_fingerprint, upstream=recorded),
         model=str(model_name or "unknown model"),
         hook=str(config.get("hook") or match.sae1.hook_name or "unknown hook"),
         sae1=match.sae1,
         sae2=match.sae2,
         match=match.stats,
+        quality=scan.quality,
         groups=group_summary(cases),
+        correlations=correlations(cases, match, scan, seed=int(config.get("match", {}).get("seed", 0))),
+        failure={"threshold": explain.threshold, "source": explain.threshold_source,
+                 "null_quantiles": null.quantiles if null else None, "n_null": null.n if null else 0},
+        templates=embed.templates,
+        n_left_out=sum(any(c.silent) for c in cases),
         config=config,
     )
     return cases, summary

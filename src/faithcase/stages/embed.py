@@ -1,10 +1,16 @@
-"""The embed stage: the Eleuther embedding score of an explanation.
+"""The embed stage: the Eleuther embedding score of an explanation, with its controls.
 
-Paulo et al. 2024, "Automatically Interpreting Millions of Features in LLMs", §3.3.4:
-the explanation is a retrieval query, the feature's contexts are documents, a
-sentence-embedding model gives query-document cosine similarities, and the score is the
-AUROC of separating activating from non-activating contexts. A context's label is the
-list it came from (activating / non-activating), i.e. from activations only.
+Paulo et al. 2024, "Automatically Interpreting Millions of Features in LLMs", §3.3.4, as delphi's
+`scorers/embedding` does it: the explanation is a retrieval query, the feature's contexts (its
+activating contexts across activation quantiles and random non-activating ones) are documents,
+plain text; a sentence-embedding model gives query-document cosine similarities, and the score is
+the AUROC of separating activating from non-activating contexts. A context's label comes from
+activations only. The query template is the embedder's own (`config.default_query_template`):
+delphi's retrieval instruction for embedders trained with one, the bare explanation otherwise.
+
+Every feature's documents are scored by three explanations: its self-explanation, a top-token
+baseline (its most frequent peak tokens) and a null (another selected feature's self-explanation,
+seeded); and by the same three of its matched partner in the other SAE (cross scores).
 """
 
 from __future__ import annotations
@@ -12,8 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,20 +26,22 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from faithcase.artifacts import (
+    EXPLAINERS,
     SAE_KEYS,
     Context,
-    CrossScore,
+    Document,
     EmbedArtifact,
     ExplainArtifact,
+    ExplanationScore,
     FeatureExplanation,
-    FeatureScore,
     FeatureWindows,
     Meta,
     Pair,
-    ScoredContext,
+    PairSimilarity,
+    ScoredFeature,
     WindowsArtifact,
 )
-from faithcase.config import EmbedConfig
+from faithcase.config import BARE_TEMPLATE, RETRIEVAL_INSTRUCTION, EmbedConfig
 from faithcase.errors import FaithcaseError
 from faithcase.lm import resolve_device
 from faithcase.paths import resolve_path
@@ -68,32 +75,35 @@ class Embedder:
     def clear_cache(self) -> None:
         self._cache.clear()
 
-    def _encode(self, texts: list[str]) -> np.ndarray:
+    def _encode(self, texts: list[str], prompt_name: str | None = None) -> np.ndarray:
         self.n_calls += 1
         self.n_encoded_texts += len(texts)
+        extra = {"prompt_name": prompt_name} if prompt_name else {}
         vectors = self.model.encode(
             texts,
             batch_size=self.batch_size,
             normalize_embeddings=True,
             convert_to_numpy=True,
             show_progress_bar=False,
+            **extra,
         )
         return np.asarray(vectors, dtype=np.float32)
 
-    def embed(self, texts: Sequence[str], use_cache: bool = True) -> np.ndarray:
-        """Unit-norm embeddings, shape (len(texts), dim); one batched encode of the texts not yet cached."""
+    def embed(self, texts: Sequence[str], use_cache: bool = True, prompt_name: str | None = None) -> np.ndarray:
+        """Unit-norm embeddings, shape (len(texts), dim); one batched encode of the texts not yet cached.
+        `prompt_name` names one of the model's own prompts (sentence-transformers), for queries."""
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         if not use_cache:
-            return self._encode(texts)
-        keys = [_text_key(t) for t in texts]
+            return self._encode(texts, prompt_name)
+        keys = [_text_key(f"{prompt_name or ''}\x00{t}") for t in texts]
         missing: dict[bytes, str] = {}
         for key, text in zip(keys, texts):
             if key not in self._cache and key not in missing:
                 missing[key] = text
         if missing:
-            vectors = self._encode(list(missing.values()))
+            vectors = self._encode(list(missing.values()), prompt_name)
             self._cache.update(zip(missing.keys(), vectors))
         return np.stack([self._cache[k] for k in keys])
 
@@ -116,19 +126,22 @@ def _resolve_model_spec(spec: str, base_dir: Path | None) -> tuple[str, bool]:
 
 def load_embedder(
     spec: str = EmbedConfig().model, device: str = "auto", batch_size: int = EmbedConfig().batch_size,
-    base_dir: Path | None = None,
+    base_dir: Path | None = None, trust_remote_code: bool = False,
 ) -> Embedder:
     """Load a sentence-transformers model from a name, a local folder or `pkg:<package>/<folder>`."""
     target, is_local = _resolve_model_spec(spec, base_dir)
     hint = "give a sentence-transformers model name or folder"
     if is_local and not Path(target).is_dir():
         raise FaithcaseError(f"embedding model not found: {target} ({hint})")
+    if not is_local and os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0", "false", "False"):
+        hint = "HF_HUB_OFFLINE=1 is set: download it once online, or give a local folder"
     from sentence_transformers import SentenceTransformer
 
     try:
-        model = SentenceTransformer(target, device=resolve_device(device), local_files_only=is_local)
+        model = SentenceTransformer(target, device=resolve_device(device), local_files_only=is_local,
+                                    trust_remote_code=trust_remote_code)
     except Exception as err:  # noqa: BLE001 - any load failure is the user's model spec
-        detail = (str(err).splitlines() or [""])[0][:200]
+        detail = " ".join(str(err).split())[:200]
         raise FaithcaseError(f"embedding model not found: {spec} ({hint}; {type(err).__name__}: {detail})") from None
     return Embedder(model, name=spec, batch_size=batch_size)
 
@@ -136,36 +149,34 @@ def load_embedder(
 # ---------------------------------------------------------------- explanations
 
 
-def explanation_texts(
-    features: Mapping[str, FeatureExplanation], skip_failed: bool = False
-) -> dict[str, str | None]:
-    """One explanation per feature (the greedy one, listed first); None when there is none."""
-    texts: dict[str, str | None] = {}
-    for key, feature in features.items():
-        first = next((e for e in feature.explanations if e.strip()), None)
-        texts[key] = None if (skip_failed and feature.failed) else first
-    return texts
+def explanation_texts(features: Mapping[str, FeatureExplanation]) -> dict[str, str | None]:
+    """One explanation per feature (the first ranked non-empty text); None when there is none."""
+    return {key: next((e for e in feature.explanations if e.strip()), None) for key, feature in features.items()}
 
 
-def baseline_explanations(
-    windows: Mapping[str, FeatureWindows], criterion: str = "max", n_tokens: int = 5
-) -> dict[str, str]:
-    """A bag-of-tokens explanation: the tokens carrying the most activation in the feature's top windows.
+def top_token_explanation(feature: FeatureWindows, n_tokens: int = 3) -> str | None:
+    """The top-token baseline: the tokens at the peak of the feature's top `max` windows, the n most
+    frequent joined by ", " (ties: the larger summed peak activation, then first seen). None when no
+    window peaks on a visible token."""
+    count: Counter[str] = Counter()
+    weight: Counter[str] = Counter()
+    for window in feature.windows.get("max", []):
+        if not window.acts:
+            continue
+        peak = max(range(len(window.acts)), key=window.acts.__getitem__)
+        token = window.texts[peak].strip()
+        if window.acts[peak] > 0 and token:
+            count[token] += 1
+            weight[token] += window.acts[peak]
+    ranked = sorted(count, key=lambda t: (-count[t], -weight[t]))
+    return ", ".join(ranked[:n_tokens]) or None
 
-    Features whose top windows activate on no token are left out (they score as "no explanation").
-    """
-    baselines: dict[str, str] = {}
-    for key, feature in windows.items():
-        weight: Counter[str] = Counter()
-        for window in feature.windows.get(criterion, []):  # type: ignore[call-overload]
-            for text, act in zip(window.texts, window.acts):
-                token = text.strip()
-                if act > 0 and token:
-                    weight[token] += act
-        top = [token for token, _ in weight.most_common(n_tokens)]
-        if top:
-            baselines[key] = ", ".join(top)
-    return baselines
+
+def null_partners(features: Sequence[str], seed: int) -> dict[str, str]:
+    """Each feature's null: another feature, by a seeded cyclic shift of a random order (no feature
+    is its own null; with one feature there is none)."""
+    order = [features[i] for i in np.random.default_rng(seed).permutation(len(features))]
+    return {order[i]: order[(i + 1) % len(order)] for i in range(len(order))} if len(order) > 1 else {}
 
 
 # ---------------------------------------------------------------- scoring
@@ -174,6 +185,12 @@ def baseline_explanations(
 def context_text(context: Context) -> str:
     """The document for a context: its token texts joined, plain (no activation markers)."""
     return "".join(context.texts)
+
+
+def documents(feature: FeatureWindows) -> list[Document]:
+    """A feature's documents: its activating contexts (label 1), then its non-activating ones (label 0)."""
+    return ([Document(text=context_text(c), label=1, quantile=c.quantile) for c in feature.activating]
+            + [Document(text=context_text(c), label=0) for c in feature.non_activating])
 
 
 def make_query(template: str, explanation: str) -> str:
@@ -185,184 +202,78 @@ def _check_template(template: str) -> None:
         raise FaithcaseError(f"embed.query_template must contain {PLACEHOLDER}, got {template!r}")
 
 
-@dataclass
-class _Job:
-    """One feature to score: its contexts, and (when scorable) its query."""
-
-    key: str
-    feature: FeatureWindows
-    explanation: str | None
-    reason: str | None
-    query: str | None = None
-
-    @property
-    def contexts(self) -> list[Context]:
-        return [*self.feature.activating, *self.feature.non_activating]
-
-    @property
-    def labels(self) -> np.ndarray:
-        return np.array([1] * len(self.feature.activating) + [0] * len(self.feature.non_activating))
-
-
-def _plan(
-    windows: Mapping[str, FeatureWindows],
-    explanations: Mapping[str, str | None],
-    query_template: str,
-    min_activating: int,
-    min_non_activating: int,
-) -> list[_Job]:
-    jobs = []
-    for key, feature in windows.items():
-        explanation = explanations.get(key)
-        if explanation is not None and not explanation.strip():
-            explanation = None
-        n_act, n_non = len(feature.activating), len(feature.non_activating)
-        if explanation is None:
-            reason = "no explanation"
-        elif n_act < min_activating:
-            reason = f"only {n_act} activating contexts (need {min_activating})"
-        elif n_non < min_non_activating:
-            reason = f"only {n_non} non-activating contexts (need {min_non_activating})"
-        else:
-            reason = None
-        query = make_query(query_template, explanation) if reason is None else None
-        jobs.append(_Job(key, feature, explanation, reason, query))
-    return jobs
-
-
 def _auroc(labels: np.ndarray, sims: np.ndarray) -> float | None:
-    if labels.min() == labels.max():
+    if len(labels) == 0 or labels.min() == labels.max():
         return None
     return float(roc_auc_score(labels, sims))
 
 
-def _quantile_aurocs(job: _Job, sims: np.ndarray, n_quantiles: int | None) -> list[float | None]:
-    """Per activation quantile: that quantile's activating contexts vs all non-activating ones."""
-    quantiles = [c.quantile for c in job.feature.activating]
-    known = [q for q in quantiles if q is not None]
-    count = n_quantiles if n_quantiles is not None else (max(known) + 1 if known else 0)
-    n_act = len(job.feature.activating)
-    non_sims = sims[n_act:]
-    result: list[float | None] = []
-    for q in range(count):
-        rows = [i for i, qi in enumerate(quantiles) if qi == q]
-        if not rows or len(non_sims) == 0:
-            result.append(None)
-            continue
-        labels = np.array([1] * len(rows) + [0] * len(non_sims))
-        result.append(_auroc(labels, np.concatenate([sims[rows], non_sims])))
-    return result
+def _why_not(explanation: str | None, docs: list[Document], settings: EmbedConfig) -> str | None:
+    n_act = sum(d.label for d in docs)
+    if explanation is None or not explanation.strip():
+        return "no explanation"
+    if n_act < settings.min_activating:
+        return f"only {n_act} activating contexts (need {settings.min_activating})"
+    if len(docs) - n_act < settings.min_non_activating:
+        return f"only {len(docs) - n_act} non-activating contexts (need {settings.min_non_activating})"
+    return None
 
 
-def _score(
-    job: _Job, query_vec: np.ndarray | None, doc_vecs: np.ndarray | None, n_quantiles: int | None
-) -> FeatureScore:
-    feature = job.feature
-    base = dict(
-        feature=feature.feature,
-        explanation=job.explanation,
-        n_activating=len(feature.activating),
-        n_non_activating=len(feature.non_activating),
-    )
-    if job.reason is not None or query_vec is None or doc_vecs is None:
-        return FeatureScore(**base, auroc=None, reason=job.reason)
+def score(docs: list[Document], doc_vecs: np.ndarray, explanation: str | None, query_vec: np.ndarray | None,
+          reason: str | None, n_quantiles: int | None) -> ExplanationScore:
+    """AUROC of the query's similarities separating activating from non-activating documents, overall and
+    per activation quantile (that quantile's activating documents vs every non-activating one)."""
+    if reason is not None or query_vec is None:
+        return ExplanationScore(explanation=explanation, auroc=None, reason=reason)
     sims = doc_vecs @ query_vec
-    labels = job.labels
-    contexts = [
-        ScoredContext(text=context_text(c), label=int(label), similarity=float(sim), quantile=c.quantile)
-        for c, label, sim in zip(job.contexts, labels, sims)
-    ]
-    return FeatureScore(
-        **base,
-        auroc=_auroc(labels, sims),
-        auroc_per_quantile=_quantile_aurocs(job, sims, n_quantiles),
-        contexts=contexts,
-    )
+    labels = np.array([d.label for d in docs])
+    known = [d.quantile for d in docs if d.quantile is not None]
+    count = n_quantiles if n_quantiles is not None else (max(known) + 1 if known else 0)
+    negatives = labels == 0
+    per_quantile = []
+    for q in range(count):
+        rows = np.array([d.quantile == q for d in docs]) | negatives
+        chosen = labels[rows]
+        per_quantile.append(_auroc(chosen, sims[rows]) if chosen.any() and negatives.any() else None)
+    return ExplanationScore(explanation=explanation, auroc=_auroc(labels, sims), auroc_per_quantile=per_quantile,
+                            similarities=[float(s) for s in sims])
 
 
-def _score_jobs(jobs: list[_Job], embedder: Embedder, n_quantiles: int | None) -> dict[str, FeatureScore]:
-    """The real path: every query and document of every feature in one cached, batched embed call."""
-    scorable = [j for j in jobs if j.reason is None]
-    texts: list[str] = []
-    spans: dict[str, tuple[int, int]] = {}  # key -> (query row, first doc row)
-    for job in scorable:
-        spans[job.key] = (len(texts), len(texts) + 1)
-        texts.append(job.query or "")
-        texts.extend(context_text(c) for c in job.contexts)
-    vectors = embedder.embed(texts)
-    scores = {}
-    for job in jobs:
-        if job.key in spans:
-            q_row, d_row = spans[job.key]
-            docs = vectors[d_row : d_row + len(job.contexts)]
-            scores[job.key] = _score(job, vectors[q_row], docs, n_quantiles)
-        else:
-            scores[job.key] = _score(job, None, None, n_quantiles)
-    return scores
+class _Batch:
+    """Queries and documents of many scores, embedded together (each distinct text once)."""
+
+    def __init__(self, embedder: Embedder, settings: EmbedConfig, template: str):
+        self.embedder, self.settings, self.template = embedder, settings, template
+        self.jobs: list[tuple[list[Document], str | None, str | None]] = []
+
+    def add(self, docs: list[Document], explanation: str | None) -> int:
+        self.jobs.append((docs, explanation, _why_not(explanation, docs, self.settings)))
+        return len(self.jobs) - 1
+
+    def run(self, n_quantiles: int | None) -> list[ExplanationScore]:
+        queries = [make_query(self.template, e) for _, e, why in self.jobs if why is None]
+        texts = list(dict.fromkeys(d.text for docs, _, why in self.jobs if why is None for d in docs))
+        query_vecs = iter(self.embedder.embed(queries, prompt_name=self.settings.prompt_name))
+        doc_vecs = dict(zip(texts, self.embedder.embed(texts)))
+        return [score(docs, np.stack([doc_vecs[d.text] for d in docs]) if why is None else None, e,
+                      next(query_vecs) if why is None else None, why, n_quantiles)
+                for docs, e, why in self.jobs]
 
 
-def eleuther(
-    windows: Mapping[str, FeatureWindows],
-    explanations: Mapping[str, str | None],
-    embedder: Embedder,
-    settings: EmbedConfig | None = None,
-    n_quantiles: int | None = None,
-) -> dict[str, FeatureScore]:
-    """The Eleuther embedding score of every feature of one SAE, keyed like `windows`.
+def eleuther(windows: Mapping[str, FeatureWindows], explanations: Mapping[str, str | None], embedder: Embedder,
+             settings: EmbedConfig | None = None, n_quantiles: int | None = None) -> dict[str, ExplanationScore]:
+    """The Eleuther embedding score of each feature of `windows` (keyed like it) by its explanation.
 
-    Features with no explanation or too few contexts get auroc None and a reason.
-    `n_quantiles` fixes the length of `auroc_per_quantile` (default: highest quantile seen + 1).
+    Similarities are in the order of `documents(windows[key])`. Features with no explanation or too
+    few contexts get auroc None and a reason. `n_quantiles` fixes the length of auroc_per_quantile
+    (default: highest quantile seen + 1).
     """
     settings = settings or EmbedConfig()
-    _check_template(settings.query_template)
-    jobs = _plan(windows, explanations, settings.query_template, settings.min_activating,
-                 settings.min_non_activating)
-    return _score_jobs(jobs, embedder, n_quantiles)
-
-
-def _feature_windows(windows: Mapping[str, FeatureWindows], index: int, sae: str) -> FeatureWindows:
-    try:
-        return windows[str(index)]
-    except KeyError:
-        raise FaithcaseError(
-            f"the windows of {sae} have no feature {index}: rerun `faithcase windows --force`"
-        ) from None
-
-
-def cross_scores(
-    pairs: Iterable[Pair],
-    windows1: Mapping[str, FeatureWindows],
-    windows2: Mapping[str, FeatureWindows],
-    explanations1: Mapping[str, str | None],
-    explanations2: Mapping[str, str | None],
-    embedder: Embedder,
-    settings: EmbedConfig | None = None,
-    n_quantiles: int | None = None,
-) -> list[CrossScore]:
-    """Each pair's SAE1 explanation scored on SAE2's feature's contexts, and vice versa."""
-    pairs = list(pairs)
-    # keyed by pair position: the same feature may sit in several pairs
-    swapped_windows1, swapped_windows2 = {}, {}
-    explanations_on_2, explanations_on_1 = {}, {}
-    for i, pair in enumerate(pairs):
-        key = str(i)
-        swapped_windows2[key] = _feature_windows(windows2, pair.index2, "sae2")
-        swapped_windows1[key] = _feature_windows(windows1, pair.index1, "sae1")
-        explanations_on_2[key] = explanations1.get(str(pair.index1))
-        explanations_on_1[key] = explanations2.get(str(pair.index2))
-    one_on_two = eleuther(swapped_windows2, explanations_on_2, embedder, settings, n_quantiles)
-    two_on_one = eleuther(swapped_windows1, explanations_on_1, embedder, settings, n_quantiles)
-    return [
-        CrossScore(
-            kind=pair.kind,
-            rank=pair.rank,
-            index1=pair.index1,
-            index2=pair.index2,
-            sae1_on_sae2=one_on_two[str(i)],
-            sae2_on_sae1=two_on_one[str(i)],
-        )
-        for i, pair in enumerate(pairs)
-    ]
+    _check_template(settings.template)
+    batch = _Batch(embedder, settings, settings.template)
+    jobs = {key: batch.add(documents(feature), explanations.get(key)) for key, feature in windows.items()}
+    scores = batch.run(n_quantiles)
+    return {key: scores[job] for key, job in jobs.items()}
 
 
 def explanation_similarity(embedder: Embedder, text1: str | None, text2: str | None) -> float | None:
@@ -376,20 +287,55 @@ def explanation_similarity(embedder: Embedder, text1: str | None, text2: str | N
 def embed_case_study(pairs: list[Pair], explain: ExplainArtifact, windows: Mapping[str, WindowsArtifact],
                      embedder: Embedder, settings: EmbedConfig | None = None,
                      n_quantiles: int | None = None) -> EmbedArtifact:
-    """Every selected feature scored by its own explanation, and each pair's explanations across;
-    `n_quantiles` is windows.n_quantiles (the length of each auroc_per_quantile)."""
+    """Every selected feature's documents scored by its own self-explanation, top-token baseline and
+    null, and by those of its matched partner; `n_quantiles` is windows.n_quantiles."""
     settings = settings or EmbedConfig()
-    texts = {key: explanation_texts(explain.features[key]) for key in SAE_KEYS}
-    scores = {key: eleuther(windows[key].features, texts[key], embedder, settings, n_quantiles) for key in SAE_KEYS}
-    cross = cross_scores(pairs, windows["sae1"].features, windows["sae2"].features, texts["sae1"], texts["sae2"],
-                         embedder, settings, n_quantiles)
-    for item in cross:
-        item.explanation_similarity = explanation_similarity(
-            embedder, texts["sae1"].get(str(item.index1)), texts["sae2"].get(str(item.index2)))
-    baseline = None
-    if settings.baseline:
-        baseline = {key: eleuther(windows[key].features, baseline_explanations(windows[key].features), embedder,
-                                  settings, n_quantiles) for key in SAE_KEYS}
-    return EmbedArtifact(meta=Meta(stage="embed", fingerprint=""), embedder=settings.model,
-                         query_template=settings.query_template, scores=scores, cross=cross, baseline=baseline)
+    _check_template(settings.template)
+    found = {key: windows[key].features for key in SAE_KEYS}
+    for pair in pairs:
+        for key, index in (("sae1", pair.index1), ("sae2", pair.index2)):
+            if str(index) not in found[key]:
+                raise FaithcaseError(f"the windows of {key} have no feature {index}: rerun `faithcase windows --force`")
+    explained = {key: explanation_texts(explain.features[key]) for key in SAE_KEYS}
+    nulls = {key: null_partners(sorted(found[key], key=int), settings.seed + i) for i, key in enumerate(SAE_KEYS)}
+    texts = {key: {f: {"self": explained[key].get(f), "baseline": top_token_explanation(w, settings.n_peak_tokens),
+                       "null": explained[key].get(nulls[key].get(f, ""))} for f, w in found[key].items()}
+             for key in SAE_KEYS}
+    docs = {key: {f: documents(w) for f, w in found[key].items()} for key in SAE_KEYS}
+    partner_of = {("sae1", str(p.index1)): ("sae2", str(p.index2)) for p in pairs}
+    partner_of |= {b: a for a, b in partner_of.items()}
 
+    batch = _Batch(embedder, settings, settings.template)
+    own = {(key, f, name): batch.add(docs[key][f], texts[key][f][name]) for key in SAE_KEYS for f in found[key]
+           for name in EXPLAINERS}
+    partner = {(key, f, name): batch.add(docs[key][f], texts[other][g][name])
+               for (key, f), (other, g) in partner_of.items() for name in EXPLAINERS}
+    scores = batch.run(n_quantiles)
+    features = {key: {f: ScoredFeature(feature=int(f), documents=docs[key][f],
+                                       own={n: scores[own[key, f, n]] for n in EXPLAINERS},
+                                       partner={n: scores[partner[key, f, n]] for n in EXPLAINERS
+                                                if (key, f, n) in partner})
+                      for f in sorted(found[key], key=int)} for key in SAE_KEYS}
+    similarities = [PairSimilarity(kind=p.kind, rank=p.rank, index1=p.index1, index2=p.index2,
+                                   explanation_similarity=explanation_similarity(
+                                       embedder, explained["sae1"].get(str(p.index1)),
+                                       explained["sae2"].get(str(p.index2)))) for p in pairs]
+    return EmbedArtifact(meta=Meta(stage="embed", fingerprint=""), embedder=settings.model,
+                         query_template=settings.template, features=features, pairs=similarities,
+                         nulls={key: {f: int(g) for f, g in nulls[key].items()} for key in SAE_KEYS},
+                         templates=_template_check(embedder, settings, docs, explained, n_quantiles)
+                         if settings.compare_templates else {})
+
+
+def _template_check(embedder: Embedder, settings: EmbedConfig, docs, explained, n_quantiles) -> dict[str, float | None]:
+    """Mean own AUROC of the self-explanations with the bare explanation and with the retrieval
+    instruction as the query (the embedder's default is one of them)."""
+    means: dict[str, float | None] = {}
+    for template in dict.fromkeys([settings.template, BARE_TEMPLATE, RETRIEVAL_INSTRUCTION]):
+        batch = _Batch(embedder, settings, template)
+        for key in SAE_KEYS:
+            for f, feature_docs in docs[key].items():
+                batch.add(feature_docs, explained[key].get(f))
+        aurocs = [s.auroc for s in batch.run(n_quantiles) if s.auroc is not None]
+        means[template] = float(np.mean(aurocs)) if aurocs else None
+    return means

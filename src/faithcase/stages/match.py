@@ -4,8 +4,8 @@ The matching is the optimal one-to-one assignment that maximizes the total cosin
 (Hungarian; the solvers are in `assignment.py`), over alive features only: a decoder row that is
 all zero or holds a non-finite value is a dead feature, counted and never matched. The statistics
 are FaithfulSAE's (`scripts/feat_match.py`): rows L2-normalized, the shared ratio is the share of
-matched pairs above the threshold, the top-1 ratio the share of features whose best cosine on the
-other side is above it.
+matched pairs above the threshold, the top-1 ratio the share of SAE 2 features whose best SAE 1
+cosine is above it (`top1_ratio_sae1` is the other direction).
 """
 
 from __future__ import annotations
@@ -15,17 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from faithcase.artifacts import (
-    PAIR_KINDS,
-    Assignment,
-    Histogram,
-    MatchArtifact,
-    Matching,
-    MatchStats,
-    Meta,
-    Pair,
-    SAEInfo,
-)
+from faithcase.artifacts import Assignment, Histogram, MatchArtifact, Matching, MatchStats, Meta, SAEInfo
 from faithcase.config import MatchConfig
 from faithcase.errors import FaithcaseError
 from faithcase.stages import assignment as solvers
@@ -80,9 +70,9 @@ def match_features(
 
     rows = np.arange(len(solution.cols))
     if transposed:
-        local1, local2, best1 = solution.cols, rows, solution.col_best
+        local1, local2, best1, best2 = solution.cols, rows, solution.col_best, solution.row_best
     else:
-        local1, local2, best1 = rows, solution.cols, solution.row_best
+        local1, local2, best1, best2 = rows, solution.cols, solution.row_best, solution.col_best
     order = np.argsort(local1)
     similarity = solution.sims[order].astype(np.float32)
     sims = similarity.astype(np.float64)
@@ -98,7 +88,8 @@ def match_features(
         n_dead2=len(dead[1]),
         n_matched=len(similarity),
         shared_ratio=float((sims > threshold).mean()),
-        top1_ratio=float((np.asarray(best1, dtype=np.float64) > threshold).mean()),
+        top1_ratio=float((np.asarray(best2, dtype=np.float64) > threshold).mean()),
+        top1_ratio_sae1=float((np.asarray(best1, dtype=np.float64) > threshold).mean()),
         mean_similarity=float(sims.mean()),
         histogram=Histogram(edges=edges.tolist(), counts=counts.tolist()),
         dead1=dead[0],
@@ -117,59 +108,18 @@ def _check_matrix(W: torch.Tensor, name: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Pair selection
-
-
-def select_pairs(matching: Matching, n_pairs: int, seed: int) -> dict[str, list[Pair]]:
-    """The n best, n worst and n random matched pairs (random: a control drawn from the rest).
-
-    "best" is sorted by similarity descending, "worst" ascending; "worst" skips pairs already in
-    "best" and "random" draws uniformly without replacement from pairs in neither, sorted by
-    similarity descending, so the three kinds are disjoint (and may be shorter than n).
-    """
-    n_matched = matching.stats.n_matched
-    if n_pairs < 1:
-        raise FaithcaseError(f"--n-pairs must be at least 1 (got {n_pairs})")
-    if n_pairs > n_matched:
-        raise FaithcaseError(
-            f"--n-pairs {n_pairs} is larger than the {n_matched} matched features: choose at most {n_matched}"
-        )
-    index1 = np.asarray(matching.assignment.index1)
-    sims = np.asarray(matching.assignment.similarity, dtype=np.float64)
-    by_similarity = np.lexsort((index1, -sims))  # descending, ties by SAE 1 index
-    best = by_similarity[:n_pairs].tolist()
-    in_best = set(best)
-    worst = [i for i in by_similarity[::-1].tolist() if i not in in_best][:n_pairs]
-    taken = in_best | set(worst)
-    rest = np.array([i for i in range(n_matched) if i not in taken], dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    drawn = rng.choice(rest, size=min(n_pairs, len(rest)), replace=False) if len(rest) else rest
-    drawn = sorted(drawn.tolist(), key=lambda i: (-sims[i], index1[i]))
-    return {kind: _pairs(matching.assignment, kind, chosen) for kind, chosen in zip(PAIR_KINDS, (best, worst, drawn))}
-
-
-def _pairs(assignment: Assignment, kind: str, positions) -> list[Pair]:
-    return [Pair(kind=kind, rank=rank, index1=assignment.index1[i], index2=assignment.index2[i],
-                 similarity=assignment.similarity[i]) for rank, i in enumerate(positions, start=1)]
-
-
-# ----------------------------------------------------------------------------------------------
 # The public entry point
 
 
 def match(sae1, sae2, settings: MatchConfig | None = None, sae_infos: tuple[SAEInfo, SAEInfo] | None = None,
           progress: Callable[[str, int, int], None] | None = None) -> MatchArtifact:
-    """Match two SAEs (anything with a `W_dec` [d_sae, d_in]) and select the pairs of the case study.
-
-    Returns the match artifact: statistics, solver report, the full assignment and the selected pairs.
-    """
+    """Match two SAEs (anything with a `W_dec` [d_sae, d_in]): statistics, solver report and the
+    full assignment. Which pairs the case study follows is the pairs stage's (`stages/pairs.py`)."""
     settings = settings or MatchConfig()
     matching = match_features(sae1.W_dec.float(), sae2.W_dec.float(), threshold=settings.threshold,
                               solver=settings.solver, progress=progress)
-    pairs = select_pairs(matching, settings.n_pairs, settings.seed)
     infos = sae_infos or (_info(sae1), _info(sae2))
-    return MatchArtifact(meta=Meta(stage="match", fingerprint=""), sae1=infos[0], sae2=infos[1],
-                         pairs=pairs, **dict(matching))
+    return MatchArtifact(meta=Meta(stage="match", fingerprint=""), sae1=infos[0], sae2=infos[1], **dict(matching))
 
 
 def _info(sae) -> SAEInfo:

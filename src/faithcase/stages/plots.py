@@ -22,16 +22,15 @@ from faithcase.artifacts import (  # noqa: E402
     write_bytes_atomic,
 )
 
-KIND_COLORS = {"best": "#2b7bba", "worst": "#d1495b", "random": "#8c8c8c"}
+KIND_COLORS = {"best": "#2b7bba", "worst": "#d1495b", "random": "#8c8c8c", "stratified": "#3a9d5d"}
 SELFSIM_COLOR = "#2b7bba"
-ENTROPY_COLOR = "#e8871e"
+CRITERION_COLOR = "#e8871e"
+EXPLAINER_STYLES = {"self": (0.8, None), "baseline": (0.45, "//"), "null": (0.2, "..")}  # alpha, hatch
+SWEEP_KINDS = ("best", "worst", "random")  # stratified pairs are many; their sweeps stay in explain.json
 
-PLOT_FILES = {
-    "similarity_histogram": "similarity_histogram.png",
-    "scale_sweeps": "scale_sweeps.png",
-    "auroc_by_group": "auroc_by_group.png",
-    "decoder_vs_explanation": "decoder_vs_explanation.png",
-}
+PLOT_FILES = {name: f"{name}.png" for name in (
+    "similarity_histogram", "decoder_vs_agreement", "auroc_by_group", "decoder_vs_scores", "null_selfsim",
+    "scale_sweeps")}
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -74,11 +73,13 @@ def similarity_histogram(stats: MatchStats, path: Path | None = None) -> bytes:
 
 
 def scale_sweeps(cases: list[PairCase], explain: ExplainArtifact, path: Path | None = None, columns: int = 4) -> bytes:
-    """Small multiples, one panel per feature of each selected pair: selfsim and entropy vs steering scale."""
-    panels = [(case, slot) for case in cases for slot in range(2)]
+    """Small multiples, one panel per feature of the best, worst and random pairs: the change of
+    self-similarity and the criterion curve against the steering scale."""
+    panels = [(case, slot) for case in cases if case.kind in SWEEP_KINDS for slot in range(2)]
     columns = max(2, columns - columns % 2)  # keep the two features of a pair on one row
     rows = max(1, math.ceil(len(panels) / columns))
     fig = new_figure(2.6 * columns, 2.0 * rows + 0.4)
+    criterion = explain.settings.criterion
     for number, (case, slot) in enumerate(panels):
         sae = SAE_KEYS[slot]
         feature = case.indices[slot]
@@ -95,84 +96,139 @@ def scale_sweeps(cases: list[PairCase], explain: ExplainArtifact, path: Path | N
         scales = [p.scale for p in sweep]
         ax.plot(scales, [p.selfsim for p in sweep], color=SELFSIM_COLOR, marker="o", markersize=2.5, linewidth=1.2)
         ax.set_ylabel("Δ selfsim", fontsize=7, color=SELFSIM_COLOR)
-        entropy_ax = ax.twinx()
-        entropy_ax.plot(scales, [p.entropy for p in sweep], color=ENTROPY_COLOR, marker="s", markersize=2.5,
-                        linewidth=1.0, linestyle="--")
-        entropy_ax.tick_params(labelsize=7, colors=ENTROPY_COLOR)
-        entropy_ax.spines[["top"]].set_visible(False)
+        curve_ax = ax.twinx()
+        values = [(p.ce if criterion == "ce" else p.entropy) for p in sweep]
+        curve_ax.plot(scales, [v if v is not None else math.nan for v in values], color=CRITERION_COLOR,
+                      marker="s", markersize=2.5, linewidth=1.0, linestyle="--")
+        curve_ax.tick_params(labelsize=7, colors=CRITERION_COLOR)
+        curve_ax.spines[["top"]].set_visible(False)
         if all(s > 0 for s in scales):
             ax.set_xscale("log", base=2)
         if entry.scale is not None:
             ax.axvline(entry.scale, color="#222222", linewidth=1.0, linestyle=":")
         ax.tick_params(labelsize=7)
-    fig.suptitle("Scale sweeps (blue: Δ self-similarity, orange dashed: Δ entropy, dotted: chosen scale)", fontsize=9)
+    fig.suptitle(f"Scale sweeps (blue: Δ self-similarity, orange dashed: {criterion}, dotted: the explanation's scale)",
+                 fontsize=9)
     return to_png(fig, path)
 
 
 def auroc_by_group(cases: list[PairCase], path: Path | None = None) -> bytes:
-    """Own vs cross embedding AUROC per pair group: mean bars and every value as a jittered point; 0.5 = chance."""
-    fig = new_figure(5.2, 3.4)
+    """Mean own and cross AUROC per pair group of the self-explanation, the top-token baseline and the
+    null, each value a point; pairs with a feature that never fires are left out. 0.5 = chance."""
+    fig = new_figure(7.6, 3.6)
     ax = fig.add_subplot()
     jitter = random.Random(0)
-    width = 0.36
-    for position, kind in enumerate(PAIR_KINDS):
-        members = [c for c in cases if c.kind == kind]
-        for offset, label, values in (
-            (-width / 2, "own", [a for c in members for a in c.eleuthers if a is not None]),
-            (width / 2, "cross", [a for c in members for a in c.cross_eleuthers if a is not None]),
-        ):
-            x = position + offset
-            color = KIND_COLORS[kind]
-            if values:
-                mean = sum(values) / len(values)
-                ax.bar(x, mean, width=width * 0.92, color=color, alpha=0.35 if label == "cross" else 0.7,
-                       hatch="//" if label == "cross" else None, edgecolor=color)
-                ax.scatter([x + jitter.uniform(-width / 4, width / 4) for _ in values], values, s=10,
-                           color="#222222", zorder=3, linewidths=0)
-            else:
-                ax.text(x, 0.02, "n/a", ha="center", fontsize=7)
+    width = 0.13
+    for label, offset in (("own", -0.21), ("cross", 0.21)):
+        for position, kind in enumerate(PAIR_KINDS):
+            members = [c for c in cases if c.kind == kind and not any(c.silent)]
+            for e, (name, (alpha, hatch)) in enumerate(EXPLAINER_STYLES.items()):
+                x = position + offset + (e - 1) * width
+                values = [a for c in members for a in _aurocs(c, label, name) if a is not None]
+                if not values:
+                    continue
+                ax.bar(x, sum(values) / len(values), width=width * 0.92, color=KIND_COLORS[kind], alpha=alpha,
+                       hatch=hatch, edgecolor=KIND_COLORS[kind], label=f"{label} {name}" if position == 0 else None)
+                ax.scatter([x + jitter.uniform(-width / 4, width / 4) for _ in values], values, s=4, color="#222222",
+                           zorder=3, linewidths=0)
     ax.axhline(0.5, color="#444444", linestyle="--", linewidth=1.0)
-    ax.text(len(PAIR_KINDS) - 0.5, 0.505, "chance", fontsize=7, ha="right", va="bottom", color="#444444")
     ax.set_xticks(range(len(PAIR_KINDS)), [f"{k}\nown | cross" for k in PAIR_KINDS], fontsize=8)
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("embedding AUROC", fontsize=9)
-    ax.set_title("Own vs partner's explanation (cross)", fontsize=10)
+    ax.set_title("Self-explanation (solid) vs top-token baseline (//) vs null (..)", fontsize=10)
     style_axes(ax)
     return to_png(fig, path)
 
 
-def decoder_vs_explanation(points: list[tuple[float, float, str]], path: Path | None = None) -> bytes:
-    """Scatter of (decoder cosine, cosine of the two explanations' embeddings), coloured by pair kind."""
+def _aurocs(case: PairCase, side: str, name: str) -> list[float | None]:
+    if name == "self":
+        return case.eleuthers if side == "own" else case.cross_eleuthers
+    return case.controls[side][name]
+
+
+def decoder_vs_agreement(cases: list[PairCase], background: tuple[list, list] | None, path: Path | None = None) -> bytes:
+    """Decoder cosine against the activation correlation of every matched pair (grey) and of the selected ones."""
+    fig = new_figure(5.6, 3.8)
+    ax = fig.add_subplot()
+    if background is not None:
+        points = [(x, y) for x, y in zip(*background) if y is not None]
+        ax.scatter([x for x, _ in points], [y for _, y in points], s=3, color="#c8c8c8", linewidths=0,
+                   label=f"all matched ({len(points)})")
+    for kind in PAIR_KINDS:
+        chosen = [(c.similarity, c.agreement.pearson) for c in cases if c.kind == kind and c.agreement.pearson is not None]
+        if chosen:
+            ax.scatter(*zip(*chosen), s=16, color=KIND_COLORS[kind], label=kind, edgecolors="white", linewidths=0.4)
+    ax.set_xlabel("decoder cosine similarity", fontsize=9)
+    ax.set_ylabel("activation Pearson correlation", fontsize=9)
+    ax.set_title("Do matched directions fire together?", fontsize=10)
+    ax.legend(fontsize=7, frameon=False, loc="upper left")
+    style_axes(ax)
+    return to_png(fig, path)
+
+
+def decoder_vs_scores(cases: list[PairCase], summary: CaseStudySummary, path: Path | None = None) -> bytes:
+    """Decoder cosine against each score, every selected pair coloured by kind; rho over the stratified pairs."""
+    def mean(values):
+        present = [v for v in values if v is not None]
+        return sum(present) / len(present) if present else None
+
+    scores = {"activation correlation": lambda c: c.agreement.pearson,
+              "explanation similarity": lambda c: c.explanation_similarity,
+              "own AUROC": lambda c: mean(c.eleuthers), "cross AUROC": lambda c: mean(c.cross_eleuthers)}
+    rho = {c.score: c for c in summary.correlations if c.pairs == "stratified"}
+    fig = new_figure(10.0, 2.8)
+    for i, (name, value) in enumerate(scores.items()):
+        ax = fig.add_subplot(1, len(scores), i + 1)
+        for kind in PAIR_KINDS:
+            points = [(c.similarity, value(c)) for c in cases if c.kind == kind and not any(c.silent)]
+            points = [p for p in points if p[1] is not None]
+            if points:
+                ax.scatter(*zip(*points), s=10, color=KIND_COLORS[kind], label=kind, linewidths=0)
+        r = rho.get(name)
+        title = name if r is None or r.rho is None else f"{name}\nρ {r.rho:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]"
+        ax.set_title(title, fontsize=8)
+        ax.set_xlabel("decoder cosine", fontsize=8)
+        if "AUROC" in name:
+            ax.axhline(0.5, color="#444444", linestyle="--", linewidth=0.8)
+        style_axes(ax)
+    fig.axes[0].legend(fontsize=6, frameon=False)
+    return to_png(fig, path)
+
+
+def null_selfsim(cases: list[PairCase], explain: ExplainArtifact, path: Path | None = None) -> bytes:
+    """Histogram of the null's best self-similarities beside the selected features', and the threshold."""
     fig = new_figure(5.2, 3.4)
     ax = fig.add_subplot()
-    for kind in PAIR_KINDS:
-        chosen = [(d, e) for d, e, k in points if k == kind and d is not None and e is not None]
-        if chosen:
-            ax.scatter([d for d, _ in chosen], [e for _, e in chosen], s=22, color=KIND_COLORS[kind],
-                       label=kind, alpha=0.85, edgecolors="white", linewidths=0.5)
-    if not points:
-        ax.text(0.5, 0.5, "no pairs", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("decoder cosine similarity", fontsize=9)
-    ax.set_ylabel("explanation embedding cosine", fontsize=9)
-    ax.set_title("Do matched directions get matching explanations?", fontsize=10)
-    ax.legend(fontsize=8, frameon=False)
+    features = [explain.features[sae][str(c.indices[slot])].best_selfsim for c in cases
+                for slot, sae in enumerate(SAE_KEYS) if str(c.indices[slot]) in explain.features.get(sae, {})]
+    null = explain.null.best_selfsim if explain.null else []
+    values = null + features
+    if values:
+        bins = [min(values) + (max(values) - min(values) + 1e-9) * k / 30 for k in range(31)]
+        if null:
+            ax.hist(null, bins=bins, color="#9e9e9e", alpha=0.7, density=True, label=f"random directions ({len(null)})")
+        ax.hist(features, bins=bins, color=SELFSIM_COLOR, alpha=0.55, density=True, label=f"features ({len(features)})")
+    if explain.threshold is not None:
+        ax.axvline(explain.threshold, color="#d1495b", linestyle="--", linewidth=1.2,
+                   label=f"threshold {explain.threshold:.3f} ({explain.threshold_source})")
+    ax.set_xlabel("best Δ self-similarity over the scales", fontsize=9)
+    ax.set_ylabel("density", fontsize=9)
+    ax.set_title("Failure test: features against random directions", fontsize=10)
+    ax.legend(fontsize=7, frameon=False)
     style_axes(ax)
     return to_png(fig, path)
 
 
-def make_plots(
-    cases: list[PairCase],
-    summary: CaseStudySummary,
-    explain: ExplainArtifact | None = None,
-    explanation_similarities: list[tuple[float, float, str]] | None = None,
-) -> dict[str, bytes]:
+def make_plots(cases: list[PairCase], summary: CaseStudySummary, explain: ExplainArtifact | None = None,
+               background: tuple[list, list] | None = None) -> dict[str, bytes]:
     """Every figure the inputs allow, keyed by file name (see PLOT_FILES)."""
     plots = {
         PLOT_FILES["similarity_histogram"]: similarity_histogram(summary.match),
+        PLOT_FILES["decoder_vs_agreement"]: decoder_vs_agreement(cases, background),
         PLOT_FILES["auroc_by_group"]: auroc_by_group(cases),
+        PLOT_FILES["decoder_vs_scores"]: decoder_vs_scores(cases, summary),
     }
     if explain is not None:
         plots[PLOT_FILES["scale_sweeps"]] = scale_sweeps(cases, explain)
-    if explanation_similarities is not None:
-        plots[PLOT_FILES["decoder_vs_explanation"]] = decoder_vs_explanation(explanation_similarities)
+        plots[PLOT_FILES["null_selfsim"]] = null_selfsim(cases, explain)
     return plots

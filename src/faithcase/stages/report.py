@@ -18,6 +18,8 @@ from faithcase.artifacts import (
     PairCase,
     write_bytes_atomic,
 )
+from faithcase.stages.report_style import CSS, JS
+
 CRITERION_HELP = {
     "mean": "highest mean activation over the window",
     "density": "highest share of active tokens in the window",
@@ -25,123 +27,24 @@ CRITERION_HELP = {
 }
 PLOT_CAPTIONS = {
     "similarity_histogram": "Decoder cosine similarity of the Hungarian-matched pairs; dashed line: shared-feature threshold.",
-    "auroc_by_group": "Embedding AUROC of each feature's own explanation and of its matched partner's explanation "
-                      "(cross), by pair group; dashed line: chance.",
-    "scale_sweeps": "Steering scale sweeps of every selected feature: change of self-similarity and of next-token "
-                    "entropy against scale; dotted line: the chosen scale.",
+    "decoder_vs_agreement": "The ground truth: decoder cosine of every matched pair (grey) against the Pearson "
+                            "correlation of its two features' activations on the corpus; the selected pairs in colour.",
+    "auroc_by_group": "Embedding AUROC by pair group: each feature's self-explanation, its top-token baseline and a "
+                      "null (another feature's explanation), on its own contexts and on its partner's (cross); "
+                      "dashed line: chance.",
+    "decoder_vs_scores": "Decoder cosine against each score, over the stratified pairs (Spearman rho in the titles).",
+    "null_selfsim": "Best self-similarity of random directions (the null) and of the selected features; dashed line: "
+                    "the failure threshold.",
+    "scale_sweeps": "Steering scale sweeps of every selected feature: change of self-similarity and the criterion "
+                    "curve against scale; dotted line: the scale of the explanation.",
     "decoder_vs_explanation": "Decoder cosine of each pair against the cosine of its two explanations' embeddings.",
 }
-PLOT_ORDER = ("similarity_histogram", "auroc_by_group", "decoder_vs_explanation")
+PLOT_ORDER = ("similarity_histogram", "decoder_vs_agreement", "auroc_by_group", "decoder_vs_scores", "null_selfsim",
+              "decoder_vs_explanation")
 SWEEP_PLOT = "scale_sweeps"
 TOKEN_GLYPHS = {"\n": "↵", "\r": "␍", "\t": "⇥"}
 
-CSS = """
-:root { --ink:#1d1d1f; --muted:#6b6b70; --line:#e4e4e7; --bg:#f6f6f4; --card:#fff;
-  --best:#2b7bba; --worst:#d1495b; --random:#7a7a7a; --hot:249,115,22; }
-* { box-sizing:border-box; }
-html { -webkit-text-size-adjust:100%; }
-body { margin:0; background:var(--bg); color:var(--ink);
-  font:14px/1.45 -apple-system,BlinkMacSystemFont,"Segoe UI",Inter,"Helvetica Neue",Arial,sans-serif; }
-main { max-width:1320px; margin:0 auto; padding:24px 28px 48px; }
-h1 { font-size:22px; margin:0 0 4px; letter-spacing:-.01em; }
-h2 { font-size:16px; margin:28px 0 10px; text-transform:uppercase; letter-spacing:.06em; color:var(--muted); }
-code, .mono { font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,"DejaVu Sans Mono",monospace; font-size:12.5px; }
-.sub { color:var(--muted); margin:0 0 14px; }
-.saes { display:grid; grid-template-columns:1fr 1fr; gap:12px; }
-.box { background:var(--card); border:1px solid var(--line); border-radius:8px; padding:10px 14px; }
-.box b { font-size:12px; text-transform:uppercase; letter-spacing:.05em; color:var(--muted); }
-.kv { display:flex; flex-wrap:wrap; gap:6px 16px; margin-top:4px; }
-.kv span { white-space:nowrap; } .kv em { font-style:normal; color:var(--muted); margin-right:4px; }
-.chips { display:flex; flex-wrap:wrap; gap:8px; margin-top:12px; }
-.chip { background:var(--card); border:1px solid var(--line); border-radius:999px; padding:3px 11px; font-size:13px; }
-.chip em { font-style:normal; color:var(--muted); margin-right:4px; }
-table { border-collapse:collapse; background:var(--card); font-variant-numeric:tabular-nums; }
-table.summary { border:1px solid var(--line); border-radius:8px; overflow:hidden; min-width:640px; }
-th, td { padding:6px 14px; text-align:right; border-bottom:1px solid var(--line); }
-th { font-size:12px; color:var(--muted); font-weight:600; background:#fafafa; }
-th:first-child, td:first-child { text-align:left; }
-tr:last-child td { border-bottom:none; }
-.badge { display:inline-block; color:#fff; border-radius:4px; padding:1px 7px; font-size:11.5px; font-weight:600;
-  text-transform:uppercase; letter-spacing:.04em; }
-.badge.best { background:var(--best); } .badge.worst { background:var(--worst); } .badge.random { background:var(--random); }
-.plots { display:grid; grid-template-columns:repeat(auto-fill,minmax(380px,1fr)); gap:14px; }
-figure { margin:0; background:var(--card); border:1px solid var(--line); border-radius:8px; padding:10px; }
-figure.wide { grid-column:1/-1; }
-figure img { width:100%; height:auto; display:block; }
-figcaption { color:var(--muted); font-size:12.5px; margin-top:6px; }
-details.config { margin-top:8px; }
-details.config summary { cursor:pointer; color:var(--muted); font-size:12.5px; }
-details.config pre { background:var(--card); border:1px solid var(--line); border-radius:8px; padding:10px;
-  overflow:auto; max-height:360px; font-size:12px; }
-.toc { display:flex; flex-wrap:wrap; gap:6px; align-items:center; margin:8px 0 14px; }
-.toc a { text-decoration:none; color:var(--ink); background:var(--card); border:1px solid var(--line);
-  border-left:4px solid var(--random); border-radius:5px; padding:2px 8px; font-size:12.5px; }
-.toc a.best { border-left-color:var(--best); } .toc a.worst { border-left-color:var(--worst); }
-.toolbar { display:flex; gap:8px; align-items:center; color:var(--muted); font-size:12.5px; margin-bottom:10px; }
-.pair { background:var(--card); border:1px solid var(--line); border-left:4px solid var(--random); border-radius:8px;
-  margin:0 0 16px; padding:12px 16px 14px; scroll-margin-top:12px; }
-.pair[data-kind=best] { border-left-color:var(--best); } .pair[data-kind=worst] { border-left-color:var(--worst); }
-.pair-head { display:flex; flex-wrap:wrap; align-items:center; gap:10px; margin-bottom:10px; }
-.pair-head .title { font-weight:600; font-size:15px; }
-.pair-head .sim { color:var(--muted); }
-.tabs { margin-left:auto; display:inline-flex; border:1px solid var(--line); border-radius:6px; overflow:hidden; }
-.tab { border:0; background:#fafafa; padding:3px 12px; font:inherit; font-size:12.5px; cursor:pointer; color:var(--muted); }
-.tab + .tab { border-left:1px solid var(--line); }
-.tab.active { background:var(--ink); color:#fff; }
-.features { display:grid; grid-template-columns:1fr 1fr; gap:18px; }
-.feature { min-width:0; }
-.feature-head { display:flex; align-items:baseline; gap:8px; font-size:13px; color:var(--muted); margin-bottom:4px; }
-.feature-head b { color:var(--ink); font-size:13.5px; }
-.flag { color:#fff; background:var(--worst); border-radius:4px; padding:0 6px; font-size:11px; font-weight:600; }
-.explanation { margin:0 0 6px; padding:7px 10px; background:#f3f6fa; border-left:3px solid var(--best);
-  border-radius:4px; font-size:14px; white-space:pre-wrap; overflow-wrap:anywhere; }
-.explanation.failed { background:#fbf1f2; border-left-color:var(--worst); }
-.explanation.none { color:var(--muted); font-style:italic; }
-.metrics { display:flex; flex-wrap:wrap; gap:4px 14px; font-size:12.5px; margin-bottom:8px; font-variant-numeric:tabular-nums; }
-.metrics em { font-style:normal; color:var(--muted); margin-right:3px; }
-.good { color:#1f7a3f; font-weight:600; } .muted { color:var(--muted); } .bad { color:var(--worst); font-weight:600; }
-.crit-label { font-size:11.5px; text-transform:uppercase; letter-spacing:.05em; color:var(--muted); margin:8px 0 2px; }
-.js .crit-label { display:none; }
-.js .windows:not(.shown) { display:none; }
-.win { display:flex; gap:8px; padding:3px 0; border-top:1px dashed var(--line); }
-.win:first-of-type { border-top:none; }
-.wv { flex:0 0 44px; text-align:right; color:var(--muted); font-size:11.5px; padding-top:2px; font-variant-numeric:tabular-nums; }
-.toks { font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,"DejaVu Sans Mono",monospace; font-size:12px;
-  line-height:1.75; white-space:pre-wrap; overflow-wrap:anywhere; min-width:0; }
-.tok { border-radius:2px; padding:1px 0; }
-.tok.on { background:rgba(var(--hot),var(--a,.5)); }
-.tok:hover { outline:1px solid #333; }
-.glyph { color:#a0a0a6; }
-.empty { color:var(--muted); font-style:italic; font-size:12.5px; }
-details.more { margin-top:6px; font-size:12.5px; }
-details.more summary { cursor:pointer; color:var(--muted); }
-details.more ul { margin:4px 0; padding-left:18px; }
-table.sweep { margin-top:4px; font-size:12px; border:1px solid var(--line); }
-table.sweep td, table.sweep th { padding:2px 10px; }
-table.sweep tr.chosen td { font-weight:700; background:#fff4e8; }
-.legend { display:flex; align-items:center; gap:6px; font-size:12px; color:var(--muted); }
-.ramp { width:120px; height:10px; border-radius:2px; background:linear-gradient(90deg,rgba(var(--hot),0),rgba(var(--hot),.9)); }
-footer { margin-top:28px; color:var(--muted); font-size:12px; }
-@media (max-width:900px) { .features, .saes { grid-template-columns:1fr; } .plots { grid-template-columns:1fr; } }
-"""
 
-JS = """
-document.documentElement.classList.add('js');
-function showCriterion(scope, criterion) {
-  scope.querySelectorAll('.tab').forEach(function (tab) {
-    tab.classList.toggle('active', tab.dataset.criterion === criterion);
-  });
-  scope.querySelectorAll('.windows').forEach(function (panel) {
-    panel.classList.toggle('shown', panel.dataset.criterion === criterion);
-  });
-}
-document.addEventListener('click', function (event) {
-  var tab = event.target.closest('.tab');
-  if (!tab) return;
-  var pair = tab.closest('.pair');
-  showCriterion(pair || document, tab.dataset.criterion);
-});
-"""
 
 
 def fmt(value: float | None, digits: int = 3) -> str:
@@ -198,21 +101,22 @@ def sweep_html(explain: ExplainArtifact, sae: str, feature: int) -> str:
     if entry is None:
         return ""
     parts = []
-    if len(entry.explanations) > 1:
-        items = "".join(f"<li>{escape(text)}</li>" for text in entry.explanations[1:])
-        n_more = len(entry.explanations) - 1
-        label = f"{n_more} more generation{'s' if n_more > 1 else ''}"
-        parts.append(f'<details class="more"><summary>{label}</summary><ul>{items}</ul></details>')
+    if entry.ranking:
+        items = "".join(f"<li>{escape(t.text) or '<i>empty</i>'} <span class=\"muted\">(scale {t.scale:g}, "
+                        f"{'greedy' if t.greedy else 'sampled'}, specificity {fmt(t.specificity, 2)})</span></li>"
+                        for t in entry.ranking)
+        parts.append(f'<details class="more"><summary>{len(entry.ranking)} ranked texts</summary><ol>{items}</ol></details>')
     if entry.sweep:
         rows = "".join(
             f'<tr class="{"chosen" if entry.scale is not None and p.scale == entry.scale else ""}">'
-            f"<td>{p.scale:g}</td><td>{p.selfsim:+.4f}</td><td>{p.entropy:+.3f}</td><td>{fmt(p.score)}</td></tr>"
+            f"<td>{p.scale:g}</td><td>{p.selfsim:+.4f}</td><td>{fmt(p.ce)}</td><td>{p.entropy:+.3f}</td>"
+            f"<td>{fmt(p.score)}</td></tr>"
             for p in sorted(entry.sweep, key=lambda p: p.scale)
         )
         parts.append(
             '<details class="more sweep"><summary>scale sweep '
             f"(best Δselfsim {entry.best_selfsim:+.4f})</summary>"
-            '<table class="sweep"><tr><th>scale</th><th>Δ selfsim</th><th>Δ entropy</th><th>score</th></tr>'
+            '<table class="sweep"><tr><th>scale</th><th>Δ selfsim</th><th>CE</th><th>Δ entropy</th><th>score</th></tr>'
             f"{rows}</table></details>"
         )
     return "".join(parts)
@@ -226,13 +130,21 @@ def feature_html(case: PairCase, slot: int, explain: ExplainArtifact | None) -> 
     stats = case.stats[slot]
     classes = "explanation" + (" failed" if failed else "") + ("" if explanation is not None else " none")
     text = escape(explanation) if explanation is not None else "no explanation"
-    flag = ' <span class="flag" title="best self-similarity under the threshold">failed</span>' if failed else ""
+    flag = ' <span class="flag" title="best self-similarity at most the failure threshold">failed</span>' \
+        if failed else ""
+    if case.silent[slot]:
+        flag += ' <span class="silent" title="never fires on the corpus: left out of the group means">silent</span>'
     scale = case.scales[slot]
+    own, cross = case.controls["own"], case.controls["cross"]
     metrics = (
         f'<span><em>scale</em>{"—" if scale is None else f"{scale:g}"}</span>'
         f"<span><em>own AUROC</em>{auroc_html(case.eleuthers[slot])}</span>"
         f'<span title="this explanation scored on the partner feature\'s contexts"><em>cross AUROC</em>'
         f"{auroc_html(case.cross_eleuthers[slot])}</span>"
+        f'<span title="own AUROC of the top-token baseline / of the null"><em>baseline · null</em>'
+        f"{auroc_html(own['baseline'][slot])} · {auroc_html(own['null'][slot])}</span>"
+        f'<span title="cross AUROC of the baseline / null"><em>cross b · n</em>'
+        f"{auroc_html(cross['baseline'][slot])} · {auroc_html(cross['null'][slot])}</span>"
         f"<span><em>freq</em>{stats.frequency:.2%}</span><span><em>max act</em>{stats.max:.2f}</span>"
     )
     feature_max = feature_max_of(case, slot)
@@ -258,6 +170,15 @@ def pair_id(case: PairCase) -> str:
     return f"pair-{case.kind}-{case.rank}"
 
 
+def agreement_html(case: PairCase) -> str:
+    a = case.agreement
+    return (f'<div class="agree" title="activation agreement of the two features on the same corpus tokens">'
+            f"<span><em>activation Pearson</em><b>{fmt(a.pearson)}</b></span><span><em>Jaccard</em>{fmt(a.jaccard)}</span>"
+            f"<span><em>P(2 fires | 1 fires)</em>{fmt(a.p2_given_1)}</span><span><em>P(1 | 2)</em>{fmt(a.p1_given_2)}</span>"
+            f"<span><em>frequencies</em>{a.frequency1:.2%} · {a.frequency2:.2%}</span>"
+            f"<span><em>explanation similarity</em>{fmt(case.explanation_similarity)}</span></div>")
+
+
 def pair_html(case: PairCase, explain: ExplainArtifact | None) -> str:
     tabs = "".join(
         f'<button type="button" class="tab{" active" if c == CRITERIA[0] else ""}" data-criterion="{c}" '
@@ -269,61 +190,86 @@ def pair_html(case: PairCase, explain: ExplainArtifact | None) -> str:
         f'<div class="pair-head"><span class="badge {case.kind}">{case.kind}</span>'
         f'<span class="title">#{case.rank} · SAE1 f{case.indices[0]} ↔ SAE2 f{case.indices[1]}</span>'
         f'<span class="sim">decoder cos <b>{case.similarity:.3f}</b></span>'
-        f'<div class="tabs" role="tablist">{tabs}</div></div>'
+        f'<div class="tabs" role="tablist">{tabs}</div></div>{agreement_html(case)}'
         f'<div class="features">{feature_html(case, 0, explain)}{feature_html(case, 1, explain)}</div></div>'
     )
 
 
 def header_html(summary: CaseStudySummary, explain: ExplainArtifact | None) -> str:
-    def sae_box(label: str, info) -> str:
+    def sae_box(label: str, key: str, info) -> str:
+        quality = summary.quality.get(key)
+        load = "" if quality is None else (
+            f"<span><em>FVU</em>{quality.fvu:.3f}</span><span><em>L0</em>{quality.l0:.1f}"
+            f"{f' (k {quality.k})' if quality.k else ''}</span><span><em>never fire</em>{quality.n_silent}</span>")
         return (
             f'<div class="box"><b>{label}</b><div class="kv">'
             f"<span><em>path</em><code>{escape(info.path)}</code></span>"
             f"<span><em>format</em>{escape(info.format)}</span>"
-            f"<span><em>size</em>{info.d_in} → {info.d_sae}</span>"
+            f"<span><em>size</em>{info.d_in} → {info.d_sae}</span>{load}"
             f"<span><em>sha256</em><code>{escape(info.sha256[:12])}</code></span></div></div>"
         )
 
     stats = summary.match
+    failure = summary.failure
     chips = [
         ("matched pairs", str(stats.n_matched)),
         (f"shared (cos > {stats.threshold:g})", pct(stats.shared_ratio)),
-        ("top-1 ratio", pct(stats.top1_ratio)),
+        ("top-1 ratio (SAE 2 → 1)", pct(stats.top1_ratio)),
+        ("top-1 ratio (SAE 1 → 2)", pct(stats.top1_ratio_sae1)),
         ("mean cos", fmt(stats.mean_similarity)),
         ("dead features", f"{stats.n_dead1} / {stats.n_dead2}"),
+        ("failure threshold", f"{fmt(failure.get('threshold'), 4)} ({failure.get('source', '')})"),
+        ("pairs left out (silent feature)", str(summary.n_left_out)),
     ]
     chip_html = "".join(f'<span class="chip"><em>{escape(k)}</em>{escape(v)}</span>' for k, v in chips)
+    warnings = [w for quality in summary.quality.values() for w in quality.warnings]
+    warning_html = "".join(f'<div class="warn"><b>load check:</b> {escape(w)}</div>' for w in warnings)
     baseline = ""
     if explain is not None:
         baseline = (
             f'<p class="sub">Steering: insert layer {explain.settings.insert_layer}, read layer '
-            f"{explain.settings.read_layer}, mode {escape(explain.settings.mode)}. "
-            f"Unsteered answer: <q>{escape(explain.baseline.replace_zero)}</q></p>"
+            f"{explain.settings.read_layer}, mode {escape(explain.settings.mode)}, criterion "
+            f"{escape(explain.settings.criterion)}. Zeroed placeholder: <q>{escape(explain.baseline.replace_zero)}</q>; "
+            f"neutral placeholder: <q>{escape(explain.baseline.neutral)}</q></p>"
         )
     return (
         "<header><h1>Matched-feature case study</h1>"
         f'<p class="sub">model <code>{escape(summary.model)}</code> · hook <code>{escape(summary.hook)}</code>'
         f" · {escape(summary.meta.created)}</p>"
-        f'<div class="saes">{sae_box("SAE 1", summary.sae1)}{sae_box("SAE 2", summary.sae2)}</div>'
-        f'<div class="chips">{chip_html}</div>{baseline}</header>'
+        f'<div class="saes">{sae_box("SAE 1", "sae1", summary.sae1)}{sae_box("SAE 2", "sae2", summary.sae2)}</div>'
+        f'{warning_html}<div class="chips">{chip_html}</div>{baseline}</header>'
     )
 
 
 def summary_table_html(summary: CaseStudySummary) -> str:
     rows = []
-    for kind in [k for k in PAIR_KINDS if k in summary.groups] + [k for k in summary.groups if k not in PAIR_KINDS]:
-        group = summary.groups[kind]
-        n_pairs = group.get("n_pairs")
+    for kind in [k for k in PAIR_KINDS if k in summary.groups]:
+        g = summary.groups[kind]
         rows.append(
-            f'<tr><td><span class="badge {escape(kind)}">{escape(kind)}</span></td>'
-            f"<td>{'—' if n_pairs is None else int(n_pairs)}</td>"
-            f"<td>{fmt(group.get('mean_similarity'))}</td><td>{auroc_html(group.get('mean_own_auroc'))}</td>"
-            f"<td>{auroc_html(group.get('mean_cross_auroc'))}</td><td>{pct(group.get('failed_share'))}</td></tr>"
+            f'<tr><td><span class="badge {escape(kind)}">{escape(kind)}</span></td><td>{g.n_pairs}</td>'
+            f"<td>{g.n_left_out}</td><td>{fmt(g.mean_similarity)}</td><td><b>{fmt(g.mean_pearson)}</b></td>"
+            f"<td>{fmt(g.mean_jaccard)}</td>"
+            + "".join(f"<td>{auroc_html(g.own_auroc.get(n))}</td>" for n in ("self", "baseline", "null"))
+            + "".join(f"<td>{auroc_html(g.cross_auroc.get(n))}</td>" for n in ("self", "baseline", "null"))
+            + f"<td>{pct(g.pass_rate)}</td><td>{fmt(g.mean_explanation_similarity)}</td></tr>"
         )
-    return (
-        '<table class="summary"><tr><th>group</th><th>pairs</th><th>mean decoder cos</th>'
-        "<th>own AUROC</th><th>cross AUROC</th><th>failed explanations</th></tr>" + "".join(rows) + "</table>"
-    )
+    head = ('<table class="summary"><tr><th rowspan="2">group</th><th rowspan="2">pairs</th><th rowspan="2">left out</th>'
+            '<th rowspan="2">decoder cos</th><th colspan="2">activation agreement</th><th colspan="3">own AUROC</th>'
+            '<th colspan="3">cross AUROC</th><th rowspan="2">explanations passing</th><th rowspan="2">explanation '
+            'similarity</th></tr><tr><th>Pearson</th><th>Jaccard</th><th>self</th><th>baseline</th><th>null</th>'
+            "<th>self</th><th>baseline</th><th>null</th></tr>")
+    return head + "".join(rows) + "</table>"
+
+
+def correlations_html(summary: CaseStudySummary) -> str:
+    rows = "".join(
+        f"<tr><td>{escape(c.score)}</td><td>{escape(c.pairs)}</td><td>{c.n}</td><td><b>{fmt(c.rho)}</b></td>"
+        f'<td class="ci">[{fmt(c.ci_low)}, {fmt(c.ci_high)}]</td><td>{"—" if c.p_value is None else f"{c.p_value:.2g}"}</td></tr>'
+        for c in summary.correlations)
+    templates = "; ".join(f"<code>{escape(t)}</code>: {fmt(v)}" for t, v in summary.templates.items())
+    note = f'<p class="sub">Mean own AUROC of the self-explanations by query template: {templates}</p>' if templates else ""
+    return ('<table class="summary"><tr><th>score</th><th>pairs</th><th>n</th><th>Spearman ρ with decoder cos</th>'
+            f"<th>95% bootstrap interval</th><th>p</th></tr>{rows}</table>{note}")
 
 
 def plot_stem(name: str) -> str:
@@ -375,6 +321,7 @@ def render_report(
         f'<link rel="icon" href="data:,"><title>{escape(title)}</title><style>{CSS}</style></head><body><main>'
         f"{header_html(summary, explain)}"
         f'<section id="summary"><h2>Summary by group</h2>{summary_table_html(summary)}'
+        f'<h2>Decoder cosine against the scores</h2>{correlations_html(summary)}'
         f'<details class="config"><summary>run configuration</summary><pre>{escape(config_json)}</pre></details></section>'
         f'<section id="figures"><h2>Figures</h2>{plots_html(plots)}</section>'
         f'<section id="pairs"><h2>Pairs</h2><nav class="toc">{toc}</nav>'
@@ -383,7 +330,9 @@ def render_report(
         f'{"".join(pair_html(c, explain) for c in cases)}</section>{sweep_section_html(plots)}'
         "<footer>Tokens are coloured by activation relative to the feature's maximum; hover a token for its value. "
         "↵ marks a newline. Own AUROC: the feature's explanation retrieving its own activating contexts; "
-        "cross AUROC: the same explanation on the matched partner's contexts.</footer>"
+        "cross AUROC: the same explanation on the matched partner's contexts; baseline: the feature's most frequent "
+        "peak tokens; null: another selected feature's explanation. Activation agreement is measured on the same "
+        "corpus tokens for both features. Group means leave out pairs with a feature that never fires.</footer>"
         f"</main><script>{JS}</script></body></html>\n"
     )
 
@@ -399,10 +348,10 @@ def write_report(out_dir: Path, html: str, plots: dict[str, bytes]) -> Path:
 
 
 def build_report(out_dir: Path, cases: list[PairCase], summary: CaseStudySummary,
-                 explain: ExplainArtifact | None = None) -> Path:
-    """Plots and the HTML page of a case study, written under out_dir/report; returns the index path."""
+                 explain: ExplainArtifact | None = None, background: tuple[list, list] | None = None) -> Path:
+    """Plots and the HTML page of a case study, written under out_dir/report; returns the index path.
+    `background` is (decoder cosine, activation Pearson) of every matched pair, for the ground-truth figure."""
     from faithcase.stages.plots import make_plots
 
-    points = [(c.similarity, c.explanation_similarity, c.kind) for c in cases if c.explanation_similarity is not None]
-    plots = make_plots(cases, summary, explain, points)
+    plots = make_plots(cases, summary, explain, background)
     return write_report(out_dir, render_report(cases, summary, plots, explain), plots)

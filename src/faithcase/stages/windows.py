@@ -26,6 +26,7 @@ import torch
 from faithcase.artifacts import CRITERIA, Context, FeatureStats, FeatureWindows, Histogram, Meta, Window, WindowsArtifact
 from faithcase.config import WindowsConfig
 from faithcase.errors import FaithcaseError
+from faithcase.outliers import counted_positions
 
 TokenTexts = Callable[[list[int]], list[str]]
 
@@ -255,9 +256,7 @@ class WindowCollector:
         device = self._device
         self.n_sequences += batch
         self.seq_len = length if self.seq_len is None else max(self.seq_len, length)
-        counted = torch.ones(batch, usable, dtype=torch.bool, device=device)
-        if excluded is not None:
-            counted = ~excluded[:, 1:].to(device)
+        counted = counted_positions(excluded, (batch, length))[:, 1:].to(device)
         n_counted = int(counted.sum())
         self.n_tokens += n_counted
         self.n_excluded += batch * length - n_counted

@@ -1,36 +1,17 @@
-"""SAE checkpoints of three formats → one in-memory `SAE` with our own encode/decode.
-
-Formats (auto-detected from the files in the folder, or named explicitly):
-- "saelens":   cfg.json + sae_weights.safetensors, read through sae-lens itself;
-- "sparsify":  cfg.json + sae.safetensors (EleutherAI sparsify), or a parent folder
-               holding one such subfolder per hook point, chosen by `hook`;
-- "batchtopk": config.json + sae.pt (bartbussmann/BatchTopK, as used by FaithfulSAE).
-
-`SAE.encode` is plain torch written from the weights, matching each format's definition:
-    x' = standardize(x)        if input_unit_norm (BatchTopK input_unit_norm, SAELens layer_norm)
-    x' = x' - b_dec            if apply_b_dec_to_input
-    pre = x' @ W_enc + b_enc   (× decoder row norms if rescale_acts_by_decoder_norm, SAELens TopK)
-    relu:     relu(pre)
-    topk:     keep the k largest `pre` per token, relu them, zero the rest
-    jumprelu: relu(pre) where pre > threshold, else 0
-
-The ReLU/top-k order differs between the libraries (SAELens: top-k then ReLU; sparsify and
-BatchTopK: ReLU then top-k) but gives the same dense result: every positive value kept by one
-is kept by the other, and the rest are zeros either way.
-"""
+"""The three checkpoint formats: their files, config checks and loaders into `SAE`."""
 
 from __future__ import annotations
 
 import json
 import re
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
 from faithcase.errors import FaithcaseError
+from faithcase.saes.model import SAE, layer_from_hook
 
 FORMATS = ("saelens", "sparsify", "batchtopk")
 FORMAT_ALIASES = {"sae_lens": "saelens", "sae-lens": "saelens", "eleuther": "sparsify"}
@@ -43,166 +24,6 @@ FORMAT_FILES = {"saelens": SAELENS_FILES, "sparsify": SPARSIFY_FILES, "batchtopk
 
 SAELENS_ARCHITECTURES = {"standard": "relu", "topk": "topk", "jumprelu": "jumprelu"}
 BATCHTOPK_TYPES = ("topk", "batchtopk", "vanilla", "jumprelu")
-
-# BatchTopK's input_unit_norm (and SAELens' "layer_norm"): (x - mean) / (std + 1e-5).
-STANDARDIZE_EPS = 1e-5
-
-
-@dataclass
-class SAE:
-    """One sparse autoencoder, whatever the file format it came from."""
-
-    W_enc: torch.Tensor  # [d_in, d_sae]
-    b_enc: torch.Tensor  # [d_sae]
-    W_dec: torch.Tensor  # [d_sae, d_in]
-    b_dec: torch.Tensor  # [d_in]
-    activation: str  # "topk" | "relu" | "jumprelu"
-    k: int | None = None
-    threshold: torch.Tensor | None = None  # jumprelu thresholds [d_sae]
-    input_unit_norm: bool = False
-    apply_b_dec_to_input: bool = True
-    rescale_acts_by_decoder_norm: bool = False  # SAELens TopK option
-    hook_name: str | None = None
-    hook_layer: int | None = None
-    format: str = ""  # "saelens" | "sparsify" | "batchtopk" ("" when built in memory)
-    path: str = ""  # the folder the weights came from
-
-    @property
-    def d_in(self) -> int:
-        return self.W_enc.shape[0]
-
-    @property
-    def d_sae(self) -> int:
-        return self.W_enc.shape[1]
-
-    @property
-    def device(self) -> torch.device:
-        return self.W_enc.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.W_enc.dtype
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Feature activations [..., d_sae] of inputs x [..., d_in]."""
-        self._check_input(x)
-        flat = x.reshape(-1, self.d_in).to(self.dtype)  # 2-D for one fused addmm
-        if self.input_unit_norm:
-            flat, _, _ = standardize(flat)
-        if self.apply_b_dec_to_input:
-            flat = flat - self.b_dec
-        pre = torch.addmm(self.b_enc, flat, self.W_enc)
-        if self.rescale_acts_by_decoder_norm:
-            pre = pre * self.W_dec.norm(dim=-1)
-        return self._activate(pre).reshape(*x.shape[:-1], self.d_sae)
-
-    def decode(self, z: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
-        """Reconstruction [..., d_in] of activations z [..., d_sae].
-
-        An SAE with input_unit_norm reconstructs in standardized space; pass the original
-        input x so its mean and std can be restored, as the format's forward pass does.
-        """
-        flat = z.reshape(-1, self.d_sae).to(self.dtype)
-        if self.rescale_acts_by_decoder_norm:
-            flat = flat * (1 / self.W_dec.norm(dim=-1))
-        out = torch.addmm(self.b_dec, flat, self.W_dec).reshape(*z.shape[:-1], self.d_in)
-        if self.input_unit_norm:
-            if x is None:
-                raise ValueError("this SAE standardizes its input: pass the input x to decode(z, x)")
-            _, mean, std = standardize(x.to(self.dtype))
-            out = out * std + mean
-        return out
-
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
-        """decode(encode(x)), the SAE's forward pass."""
-        return self.decode(self.encode(x), x)
-
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> SAE:
-        """A copy with every tensor on `device` and/or in `dtype`."""
-
-        def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(device=device, dtype=dtype)
-
-        return replace(
-            self,
-            W_enc=move(self.W_enc),
-            b_enc=move(self.b_enc),
-            W_dec=move(self.W_dec),
-            b_dec=move(self.b_dec),
-            threshold=move(self.threshold),
-        )
-
-    def _activate(self, pre: torch.Tensor) -> torch.Tensor:
-        if self.activation == "relu":
-            return pre.relu()
-        if self.activation == "jumprelu":
-            return torch.where(pre > self.threshold, pre, 0.0).relu_()
-        if self.activation == "topk":
-            return topk_relu(pre, self.k)
-        raise ValueError(f"unknown activation {self.activation!r}")
-
-    def _check_input(self, x: torch.Tensor) -> None:
-        if x.shape[-1] != self.d_in:
-            raise FaithcaseError(
-                f"SAE input has {x.shape[-1]} features but the SAE expects d_in={self.d_in}"
-                f" ({self.path or 'in-memory SAE'}); check the model and hook"
-            )
-
-
-def topk_relu(pre: torch.Tensor, k: int) -> torch.Tensor:
-    """Keep the k largest values per row (last dim), ReLU them, zero the rest."""
-    values, indices = pre.topk(k, dim=-1, sorted=False)
-    return torch.zeros_like(pre).scatter_(-1, indices, values.relu_())
-
-
-def standardize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x - mean) / (std + eps) over the last dim, with the mean and (unbiased) std used."""
-    mean = x.mean(dim=-1, keepdim=True)
-    centered = x - mean
-    std = centered.std(dim=-1, keepdim=True)
-    return centered / (std + STANDARDIZE_EPS), mean, std
-
-
-# ---------------------------------------------------------------------------------------
-# Loading
-
-
-def load_sae(
-    path: str | Path,
-    format: str | None = None,
-    hook: str | None = None,
-    device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
-) -> SAE:
-    """Load the SAE in folder `path`; `format` overrides detection, `hook` picks a
-    sparsify per-hook subfolder (see `select_hook_subfolder`; other formats ignore it:
-    their hook is read from their config into `hook_name`/`hook_layer`)."""
-    folder = _existing_folder(path)
-    fmt = _normalize_format(format) if format else detect_format(folder)
-    if fmt == "saelens":
-        _require_files(folder, fmt)
-        sae = _load_saelens(folder)
-    elif fmt == "sparsify":
-        sae = _load_sparsify(_sparsify_folder(folder, hook))
-    else:
-        _require_files(folder, fmt)
-        sae = _load_batchtopk(folder)
-    return sae.to(device=device, dtype=dtype)
-
-
-def detect_format(folder: Path) -> str:
-    """The format whose files the folder holds; FaithcaseError listing them if none."""
-    for fmt in FORMATS:
-        if _has_files(folder, FORMAT_FILES[fmt]):
-            return fmt
-    if _sparsify_subfolders(folder):
-        return "sparsify"
-    found = ", ".join(sorted(p.name for p in folder.iterdir())) or "nothing"
-    raise FaithcaseError(
-        f"no known SAE format in {folder}: expected SAELens (cfg.json + sae_weights.safetensors),"
-        f" sparsify (cfg.json + sae.safetensors, or one such subfolder per hook)"
-        f" or BatchTopK (config.json + sae.pt); found: {found}"
-    )
 
 
 def _existing_folder(path: str | Path) -> Path:
@@ -257,14 +78,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise FaithcaseError(f"SAE config {path} is not a JSON object")
     return data
-
-
-def layer_from_hook(hook_name: str | None) -> int | None:
-    """The layer number in a hook name: blocks.12.hook_resid_pre → 12, model.layers.3 → 3."""
-    if not hook_name:
-        return None
-    match = re.search(r"(?:^|\.)(?:blocks|layers|layer|h)\.(\d+)(?:\.|$)", hook_name)
-    return int(match.group(1)) if match else None
 
 
 def _check_shapes(sae: SAE, path: Path) -> SAE:
@@ -535,64 +348,3 @@ def _check_batchtopk_sizes(cfg: dict[str, Any], W_enc: torch.Tensor, folder: Pat
             f"BatchTopK SAE {folder}: W_enc has shape {tuple(W_enc.shape)} but config.json says"
             f" act_size={expected[0]}, dict_size={expected[1]}"
         )
-
-
-# ---------------------------------------------------------------------------------------
-# Compatibility, saving
-
-
-def check_compatible(sae1: SAE, sae2: SAE) -> None:
-    """Two SAEs can be matched only if they read vectors of the same width."""
-    if sae1.d_in != sae2.d_in:
-        raise FaithcaseError(
-            f"d_in mismatch: sae1 has {sae1.d_in}, sae2 has {sae2.d_in}; both SAEs must read the same model and hook"
-        )
-
-
-def save_saelens(sae: SAE, folder: str | Path) -> Path:
-    """Write `sae` as a SAELens folder (cfg.json + sae_weights.safetensors) via sae-lens' own
-    classes; load_sae of the folder gives back the same SAE."""
-    import sae_lens
-    from sae_lens.saes.sae import SAEMetadata
-
-    common = dict(
-        d_in=sae.d_in,
-        d_sae=sae.d_sae,
-        dtype=str(sae.dtype).removeprefix("torch."),
-        device="cpu",
-        apply_b_dec_to_input=sae.apply_b_dec_to_input,
-        normalize_activations="layer_norm" if sae.input_unit_norm else "none",
-        metadata=SAEMetadata(hook_name=sae.hook_name, hook_layer=sae.hook_layer),
-    )
-    state = {"W_enc": sae.W_enc, "b_enc": sae.b_enc, "W_dec": sae.W_dec, "b_dec": sae.b_dec}
-    if sae.activation == "topk":
-        cfg = sae_lens.TopKSAEConfig(k=sae.k, rescale_acts_by_decoder_norm=sae.rescale_acts_by_decoder_norm, **common)
-        lens = sae_lens.TopKSAE(cfg)
-    elif sae.rescale_acts_by_decoder_norm:
-        raise FaithcaseError("rescale_acts_by_decoder_norm is a SAELens TopK option; this SAE is not TopK")
-    elif sae.activation == "relu":
-        lens = sae_lens.StandardSAE(sae_lens.StandardSAEConfig(**common))
-    elif sae.activation == "jumprelu":
-        lens = sae_lens.JumpReLUSAE(sae_lens.JumpReLUSAEConfig(**common))
-        state["threshold"] = sae.threshold
-    else:
-        raise FaithcaseError(f"cannot save activation {sae.activation!r} in SAELens format")
-    lens.load_state_dict({name: t.detach().cpu() for name, t in state.items()})
-    out = Path(folder)
-    lens.save_model(out)
-    return out
-
-
-__all__ = [
-    "SAE",
-    "FORMATS",
-    "load_sae",
-    "detect_format",
-    "select_hook_subfolder",
-    "sparsify_names_for_hook",
-    "layer_from_hook",
-    "check_compatible",
-    "save_saelens",
-    "standardize",
-    "topk_relu",
-]

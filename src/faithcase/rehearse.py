@@ -1,0 +1,128 @@
+"""`faithcase rehearse`: every stage at the paper's shapes, on a reduced workload, timed.
+
+It builds (once, seeded; see `rehearse_build.py`) a random-weight model with Llama-3.2-1B's
+architecture, two BatchTopK SAEs of 14,336 × 2,048 (k=48) in FaithfulSAE's folder layout sharing
+planted rows, and a small corpus; writes a config with the paper config's dtype (bfloat16) and
+batch sizes; then runs each stage in its own process, recording its time, its model-loading time
+and its peak RSS, and projects its full-size time on this machine from its per-unit cost: corpus
+tokens for the passes (the paper's 2M), steered rows (sweep rows of the features and of the null,
+and generated texts) for explain, scored features for embed. The planted pairs must come back as
+the best pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from faithcase.errors import FaithcaseError
+
+PAPER_BATCHES = {"seq_len": 128, "corpus": 32, "explain": 128}  # as configs/llama-3.2-1b.yaml sets them
+# workloads: corpus tokens of the passes, pairs per group, stratified pairs, scales, null directions, samples
+FULL = {"tokens": 2_000_000, "n_pairs": 10, "n_stratified": 40, "n_scales": 16, "n_null": 64, "n_samples": 4}
+REDUCED = {"tokens": 4000, "n_pairs": 2, "n_stratified": 4, "n_scales": 4, "n_null": 8, "n_samples": 4}
+
+
+def units(stage: str, workload: dict) -> float:
+    """The work a stage does, in the unit its time scales with."""
+    features = 2 * (3 * workload["n_pairs"] + workload["n_stratified"])
+    if stage in ("scan", "windows"):
+        return workload["tokens"]
+    if stage == "explain":  # sweep rows of the features and the null, and generated texts
+        return (features + workload["n_null"]) * workload["n_scales"] + features * (1 + workload["n_samples"])
+    if stage in ("embed", "assemble", "report"):
+        return features
+    return 1.0  # match and pairs do the same work at any workload
+
+
+def build(work_dir: Path, workload: dict, console) -> tuple[Path, dict]:
+    """The rehearsal's model, SAEs, corpus and config under work_dir (each reused when already built)."""
+    from faithcase.rehearse_build import PAPER_HOOK, build_paper_model, build_paper_saes, build_rehearsal_corpus
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    with console.status("building the random-weight Llama-3.2-1B-shaped model (once) …"):
+        model = build_paper_model(work_dir / "model")
+    with console.status("building two 14,336 × 2,048 BatchTopK SAEs with planted rows (once) …"):
+        planted = build_paper_saes(work_dir / "saes", model_folder=model)
+    corpus = build_rehearsal_corpus(work_dir / "corpus.jsonl", n_tokens=workload["tokens"])
+    config = {
+        "run_name": "rehearsal", "out_dir": str(work_dir / "run"), "device": "cpu",
+        "model": {"name": "rehearsal/llama-3.2-1b-random", "path": str(model), "dtype": "bfloat16"},
+        "hook": PAPER_HOOK,
+        "sae1": {"path": str(work_dir / "saes" / planted["sae1"]), "format": "batchtopk"},
+        "sae2": {"path": str(work_dir / "saes" / planted["sae2"]), "format": "batchtopk"},
+        "corpus": {"source": str(corpus), "seq_len": PAPER_BATCHES["seq_len"], "max_tokens": workload["tokens"],
+                   "batch_size": PAPER_BATCHES["corpus"]},
+        "match": {"n_pairs": workload["n_pairs"], "n_stratified": workload["n_stratified"], "strata": 4},
+        "explain": {"n_scales": workload["n_scales"], "skip_lowest": 1, "n_null": workload["n_null"],
+                    "n_samples": workload["n_samples"], "batch_size": PAPER_BATCHES["explain"]},
+    }
+    path = work_dir / "rehearsal.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path, planted
+
+
+def run_stage(config: Path, stage: str, force: bool) -> dict:
+    """One stage in its own process: its seconds, its model-loading seconds and its peak RSS."""
+    code = ("import json, sys; from faithcase.rehearse import stage_in_process; "
+            "print(json.dumps(stage_in_process(sys.argv[1], sys.argv[2], sys.argv[3] == '1')))")
+    process = subprocess.Popen([sys.executable, "-c", code, str(config), stage, "1" if force else "0"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    start = time.perf_counter()
+    out, err = process.communicate()
+    wall = time.perf_counter() - start
+    if process.returncode != 0:
+        last = (err.strip().splitlines() or ["(no output)"])[-1]
+        raise FaithcaseError(f"rehearsal stage {stage} failed: {last}")
+    result = json.loads(out.strip().splitlines()[-1])
+    return result | {"wall": wall}
+
+
+def stage_in_process(config: str, stage: str, force: bool) -> dict:
+    """Run `stage` (its upstream stages are up to date) and report what it cost this process."""
+    import resource
+
+    from faithcase.config import load_config
+    from faithcase.pipeline import pipeline_run
+    from faithcase.runtime import Runtime
+
+    rt = Runtime(load_config(config))
+    graph = pipeline_run(rt, (stage,) if force else ())
+    start = time.perf_counter()
+    value = graph.get(stage)
+    seconds = time.perf_counter() - start
+    extra = {}
+    if stage == "pairs":
+        extra["best"] = [[p.index1, p.index2] for p in value.pairs["best"]]
+    return {"seconds": seconds, "load": sum(rt.load_seconds.values()),
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, **extra}
+
+
+def rehearse(work_dir: Path, workload: dict, console) -> list[dict]:
+    """Build, run every stage, check the planted pairs; returns one row per stage."""
+    from faithcase.pipeline import STAGES
+
+    config, planted = build(work_dir, workload, console)
+    rows = []
+    for stage in STAGES:
+        with console.status(f"rehearsing {stage} …"):
+            result = run_stage(config, stage, force=True)
+        work = result["seconds"] - result["load"]
+        factor = units(stage, FULL) / units(stage, workload)
+        rows.append({"stage": stage, "seconds": result["seconds"], "load": result["load"],
+                     "peak_rss_gib": result["peak_rss_gib"], "projected": result["load"] + work * factor,
+                     "factor": factor, **{k: v for k, v in result.items() if k == "best"}})
+        console.print(f"{stage}: {result['seconds']:.1f} s (loading {result['load']:.1f} s), peak RSS "
+                      f"{result['peak_rss_gib']:.2f} GiB")
+    best = next(r["best"] for r in rows if "best" in r)
+    planted_pairs = {tuple(p) for p in planted["planted"]}
+    found = {tuple(p) for p in best}
+    if not found <= planted_pairs:
+        raise FaithcaseError(f"the best pairs {sorted(found - planted_pairs)} are not planted pairs: the matching "
+                             "or the pair selection is broken")
+    return rows
