@@ -11,6 +11,7 @@ from pathlib import Path
 
 os.environ.setdefault("SPARSIFY_DISABLE_TRITON", "1")  # sparsify's eager decoder on CPU
 
+import orjson
 import pytest
 import torch
 from huggingface_hub import constants
@@ -314,3 +315,30 @@ def test_an_unknown_id_online_lists_the_repo_folders_from_the_hub(fake_hub, hub_
     message = assert_one_line(err)
     assert "no SAE folder 'layers.7' in hub repo 'owner/name'; folders present: layers.0, layers.1" in message
     assert not snapshot_of(hub_cache, REPO).exists()  # nothing downloaded: the listing came from the hub
+
+
+# ---------------------------------------------------------------- through the config and the CLI
+
+
+def test_config_hub_entries_run_the_match_stage_offline(tmp_path, hub_cache):
+    from typer.testing import CliRunner
+
+    from faithcase.cli import app
+
+    W1, W2 = random_decoder(1), random_decoder(2)
+    cache_repo(hub_cache, "owner/saes", {"seed42": write_batchtopk(tmp_path / "a", W1),
+                                         "seed49": write_saelens(tmp_path / "b", W2)})
+    config = tmp_path / "hub.yaml"
+    config.write_text("run_name: t\nhook: blocks.3.hook_resid_pre\nsae1: {hf: owner/saes, id: seed42}\n"
+                      "sae2: {hf: owner/saes, id: seed49}\ncorpus: {source: corpus.txt}\n")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["match", "-c", str(config), "--out-dir", str(out)])
+    assert result.exit_code == 0, result.output
+    match = orjson.loads((out / "match.json").read_bytes())
+    assert (match["sae1"]["format"], match["sae2"]["format"]) == ("batchtopk", "saelens")
+    assert match["sae1"]["path"] == str(snapshot_of(hub_cache, "owner/saes") / "seed42")
+    missing = tmp_path / "missing.yaml"
+    missing.write_text(config.read_text().replace("id: seed49", "id: seed77"))
+    result = CliRunner().invoke(app, ["match", "-c", str(missing), "--out-dir", str(out)])
+    assert result.exit_code == 2 and len(result.output.strip().splitlines()) == 1 and "seed77" in result.output
+    assert "seed42" in result.output  # the ids the cached repo holds

@@ -178,3 +178,13 @@ def test_corpus_holds_at_least_n_tokens(tmp_path, demo_tokenizer):
     assert list(corpus.load_texts(str(path))) == [row["text"] for row in rows]
     with pytest.raises(FaithcaseError, match="holds only"):
         rehearse_build.build_rehearsal_corpus(tmp_path / "big.jsonl", n_tokens=10**7)
+
+
+def test_projection_counts_the_work_each_stage_does():
+    from faithcase.rehearse import FULL, REDUCED, units
+
+    assert units("scan", FULL) / units("scan", REDUCED) == 2_000_000 / 4000
+    full_features, reduced_features = 2 * (3 * 10 + 40), 2 * (3 * 2 + 4)
+    assert units("explain", FULL) == (full_features + 64) * 16 + full_features * 5
+    assert units("explain", REDUCED) == (reduced_features + 8) * 4 + reduced_features * 5
+    assert units("embed", FULL) == full_features and units("match", FULL) == units("assemble", REDUCED) == 1

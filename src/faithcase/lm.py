@@ -311,6 +311,30 @@ class LanguageModel:
             logits = self.bridge(tokens.to(self.device), **kwargs)
         return (logits[:, -1] if last_position_only else logits), cache
 
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits (float32) of final hidden states [..., d], as one 2-D matmul: with a 3-D input and the
+        bias the bridge gives the unembedding, bfloat16 matmul on CPU copies the whole unembedding per row."""
+        head = self.hf_model.get_output_embeddings()
+        head = getattr(head, "original_component", head)
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        return torch.nn.functional.linear(flat, head.weight, head.bias).float().reshape(*hidden.shape[:-1], -1)
+
+    @torch.no_grad()
+    def decoder_pass(self, input_ids: torch.Tensor, cache=None) -> tuple[torch.Tensor, object]:
+        """(final hidden states [B, T, d], the updated KV cache) of a KV-cached pass through the
+        decoder; bridge hooks act on it as on any forward."""
+        decoder = self.hf_model.model
+        extra = {} if cache is None else {self.cache_keyword: cache}
+        out = decoder(input_ids=input_ids.to(self.device), use_cache=True, **extra)
+        return out.last_hidden_state, getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+
+    @property
+    def cache_keyword(self) -> str:
+        """The decoder's keyword for a KV cache: `cache` in transformers 5, `past_key_values` before."""
+        import inspect
+
+        return "cache" if "cache" in inspect.signature(self.hf_model.model.forward).parameters else "past_key_values"
+
     def _resid_pre(self, layer: int) -> str:
         if not 0 <= layer < self.n_layers:
             raise FaithcaseError(f"Layer {layer} out of range; {self.name} has layers 0..{self.n_layers - 1}.")

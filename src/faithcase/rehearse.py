@@ -6,8 +6,8 @@ planted rows, and a small corpus; writes a config with the paper config's dtype 
 batch sizes; then runs each stage in its own process, recording its time, its model-loading time
 and its peak RSS, and projects its full-size time on this machine from its per-unit cost: corpus
 tokens for the passes (the paper's 2M), steered rows (sweep rows of the features and of the null,
-and generated texts) for explain, scored features for embed. The planted pairs must come back as
-the best pairs.
+and generated texts) for explain, scored features for embed; the other stages do the same work at
+any workload. The planted pairs must come back as the best pairs.
 """
 
 from __future__ import annotations
@@ -35,15 +35,16 @@ def units(stage: str, workload: dict) -> float:
         return workload["tokens"]
     if stage == "explain":  # sweep rows of the features and the null, and generated texts
         return (features + workload["n_null"]) * workload["n_scales"] + features * (1 + workload["n_samples"])
-    if stage in ("embed", "assemble", "report"):
+    if stage == "embed":
         return features
-    return 1.0  # match and pairs do the same work at any workload
+    return 1.0  # match, pairs, assemble (its bootstrap runs over every matched pair) and report: the same work
 
 
 def build(work_dir: Path, workload: dict, console) -> tuple[Path, dict]:
     """The rehearsal's model, SAEs, corpus and config under work_dir (each reused when already built)."""
     from faithcase.rehearse_build import PAPER_HOOK, build_paper_model, build_paper_saes, build_rehearsal_corpus
 
+    work_dir = work_dir.resolve()  # the config's paths must not depend on where it is read from
     work_dir.mkdir(parents=True, exist_ok=True)
     with console.status("building the random-weight Llama-3.2-1B-shaped model (once) …"):
         model = build_paper_model(work_dir / "model")

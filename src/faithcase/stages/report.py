@@ -37,11 +37,10 @@ PLOT_CAPTIONS = {
                     "the failure threshold.",
     "scale_sweeps": "Steering scale sweeps of every selected feature: change of self-similarity and the criterion "
                     "curve against scale; dotted line: the scale of the explanation.",
-    "decoder_vs_explanation": "Decoder cosine of each pair against the cosine of its two explanations' embeddings.",
 }
-PLOT_ORDER = ("similarity_histogram", "decoder_vs_agreement", "auroc_by_group", "decoder_vs_scores", "null_selfsim",
-              "decoder_vs_explanation")
+PLOT_ORDER = ("similarity_histogram", "decoder_vs_agreement", "auroc_by_group", "null_selfsim", "decoder_vs_scores")
 SWEEP_PLOT = "scale_sweeps"
+WIDE_PLOTS = {"decoder_vs_scores"}  # a row of panels: the page's full width
 TOKEN_GLYPHS = {"\n": "↵", "\r": "␍", "\t": "⇥"}
 
 
@@ -264,7 +263,7 @@ def summary_table_html(summary: CaseStudySummary) -> str:
 def correlations_html(summary: CaseStudySummary) -> str:
     rows = "".join(
         f"<tr><td>{escape(c.score)}</td><td>{escape(c.pairs)}</td><td>{c.n}</td><td><b>{fmt(c.rho)}</b></td>"
-        f'<td class="ci">[{fmt(c.ci_low)}, {fmt(c.ci_high)}]</td><td>{"—" if c.p_value is None else f"{c.p_value:.2g}"}</td></tr>'
+        f'<td class="ci">[{fmt(c.ci_low)}, {fmt(c.ci_high)}]</td><td>{"—" if c.p_value is None else "&lt;1e-300" if c.p_value == 0 else f"{c.p_value:.2g}"}</td></tr>'
         for c in summary.correlations)
     templates = "; ".join(f"<code>{escape(t)}</code>: {fmt(v)}" for t, v in summary.templates.items())
     note = f'<p class="sub">Mean own AUROC of the self-explanations by query template: {templates}</p>' if templates else ""
@@ -291,7 +290,7 @@ def plots_html(plots: dict[str, bytes]) -> str:
     """Every figure except the tall scale sweeps (shown after the pairs)."""
     order = {name: i for i, name in enumerate(PLOT_ORDER)}
     names = sorted((n for n in plots if plot_stem(n) != SWEEP_PLOT), key=lambda n: (order.get(plot_stem(n), len(order)), n))
-    figures = "".join(figure_html(name, plots[name]) for name in names)
+    figures = "".join(figure_html(name, plots[name], wide=plot_stem(name) in WIDE_PLOTS) for name in names)
     return f'<div class="plots">{figures}</div>' if figures else '<p class="empty">no figures</p>'
 
 

@@ -18,7 +18,6 @@ Two reference rows anchor every sweep (Kharlapenko, Neverix, Nanda, Conmy 2024, 
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -48,16 +47,13 @@ def _entropy(log_probs: torch.Tensor) -> torch.Tensor:
 
 
 def _prefix_cache(lm, tokens: list[int], hooks: list | None = None):
-    """(KV cache, the forward's cache keyword, log-probs of the next token) of one row of tokens, or
-    None when the model's cache cannot be copied per row."""
-    model = lm.hf_model
+    """(KV cache, log-probs of the next token) of one row of tokens, or None when the model's cache
+    cannot be copied per row."""
     with lm.bridge.hooks(fwd_hooks=hooks or []):
-        out = model(input_ids=torch.tensor([tokens], device=lm.device), use_cache=True, logits_to_keep=1)
-    cache = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+        hidden, cache = lm.decoder_pass(torch.tensor([tokens], device=lm.device))
     if cache is None or not hasattr(cache, "batch_repeat_interleave"):
         return None
-    keyword = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    return cache, keyword, out.logits[0, -1].float().log_softmax(-1)
+    return cache, lm.logits(hidden[0, -1]).log_softmax(-1)
 
 
 def _repeat(cache, rows: int):
@@ -90,7 +86,7 @@ class SteeredRunner:
             logits, cache = self.lm.run_with_steering(tokens, self.layer, mask, vectors, mode=self.mode,
                                                       read_hooks=[self.read], last_position_only=True)
             return cache[self.read][:, -1].float(), logits.float().log_softmax(-1)
-        cache, keyword, _ = self.prefix
+        cache, _ = self.prefix
         start = self.prefix_len
         captured: dict[str, torch.Tensor] = {}
 
@@ -101,9 +97,8 @@ class SteeredRunner:
         hooks = [(f"blocks.{self.layer}.hook_resid_pre", steering_hook(mask[:, start:], vectors, self.mode)),
                  (self.read, read_last)]
         with self.lm.bridge.hooks(fwd_hooks=hooks):
-            out = self.lm.hf_model(input_ids=tokens[:, start:], use_cache=True, logits_to_keep=1,
-                                   **{keyword: _repeat(cache, len(vectors))})
-        return captured["resid"].float(), out.logits[:, -1].float().log_softmax(-1)
+            hidden, _ = self.lm.decoder_pass(tokens[:, start:], _repeat(cache, len(vectors)))
+        return captured["resid"].float(), self.lm.logits(hidden[:, -1]).log_softmax(-1)
 
 
 @dataclass
@@ -205,21 +200,17 @@ def generate(lm, prompt: PromptSpec, vectors: torch.Tensor, layer: int, mode: st
         tokens, _, mask = prompt.batch(len(chunk), lm.device)
         if steer_mask is not None:
             mask = mask & steer_mask[begin:begin + batch_size].to(lm.device)[:, None]
-        kwargs = {prefix[1]: _repeat(prefix[0], len(chunk))} if prefix else {}
         hook = (f"blocks.{layer}.hook_resid_pre", steering_hook(mask[:, start:], chunk, mode))
         with lm.bridge.hooks(fwd_hooks=[hook]):
-            out = lm.hf_model(input_ids=tokens[:, start:], use_cache=True, logits_to_keep=1, **kwargs)
-        cache = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
-        keyword = prefix[1] if prefix else ("cache" if "cache" in inspect.signature(lm.hf_model.forward).parameters
-                                            else "past_key_values")
-        rows = _decode(lm, out.logits[:, -1], cache, keyword, stops, max_new_tokens, temperature, generator)
+            hidden, cache = lm.decoder_pass(tokens[:, start:], _repeat(prefix[0], len(chunk)) if prefix else None)
+        rows = _decode(lm, lm.logits(hidden[:, -1]), cache, stops, max_new_tokens, temperature, generator)
         texts += [Text(explanation_text(lm, ids), ids, logprobs) for ids, logprobs in rows]
         if progress:
             progress("generate", min(begin + batch_size, len(vectors)), len(vectors))
     return texts
 
 
-def _decode(lm, logits: torch.Tensor, cache, keyword: str, stops: torch.Tensor, max_new_tokens: int,
+def _decode(lm, logits: torch.Tensor, cache, stops: torch.Tensor, max_new_tokens: int,
             temperature: float | None, generator: torch.Generator) -> list[tuple[list[int], list[float]]]:
     """Token by token from the prompt's last logits [R, V]: each row's tokens, up to and including its
     stop token, and their log-probabilities (temperature 1)."""
@@ -242,8 +233,8 @@ def _decode(lm, logits: torch.Tensor, cache, keyword: str, stops: torch.Tensor, 
             keep = writing.nonzero().squeeze(-1)
             cache.batch_select_indices(keep)
             alive, token = alive[keep], token[keep]
-        out = lm.hf_model(input_ids=token[:, None], use_cache=True, **{keyword: cache})
-        logits, cache = out.logits[:, -1], getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+        hidden, cache = lm.decoder_pass(token[:, None], cache)
+        logits = lm.logits(hidden[:, -1])
     return rows
 
 
@@ -259,7 +250,7 @@ def neutral_logprobs(lm, prompt: PromptSpec, id_lists: list[list[int]], layer: i
     prefix = _prefix_cache(lm, prompt.tokens, [(f"blocks.{layer}.hook_resid_pre", steering_hook(mask, neutral, mode))])
     if prefix is None:
         return [_neutral_row(lm, prompt, ids, layer, mode, neutral) for ids in id_lists]
-    cache, keyword, first = prefix
+    cache, first = prefix
     order = sorted(range(len(id_lists)), key=lambda i: len(id_lists[i]))  # similar lengths share a batch
     results: list[list[float]] = []
     for start in range(0, len(order), batch_size):
@@ -268,8 +259,8 @@ def neutral_logprobs(lm, prompt: PromptSpec, id_lists: list[list[int]], layer: i
         later = None
         if width > 1:
             padded = torch.tensor([ids + [lm.pad_token_id] * (width - len(ids)) for ids in chunk], device=lm.device)
-            out = lm.hf_model(input_ids=padded[:, :-1], use_cache=True, **{keyword: _repeat(cache, len(chunk))})
-            later = out.logits.float().log_softmax(-1).gather(-1, padded[:, 1:, None]).squeeze(-1)
+            hidden, _ = lm.decoder_pass(padded[:, :-1], _repeat(cache, len(chunk)))
+            later = lm.logits(hidden).log_softmax(-1).gather(-1, padded[:, 1:, None]).squeeze(-1)
         for row, ids in enumerate(chunk):
             head = [float(first[ids[0]])] if ids else []
             results.append(head + (later[row, :len(ids) - 1].tolist() if later is not None else []))
