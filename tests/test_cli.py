@@ -1,6 +1,5 @@
 """The command line: `faithcase match` on each SAE format, caching, config overrides and bad input."""
 
-import json
 import os
 from pathlib import Path
 
@@ -11,10 +10,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from faithcase.cli import app
-from faithcase.saes import SAE, save_saelens
+from sae_writers import D_IN, D_SAE, WRITERS, write_batchtopk, write_saelens
 
-D_IN, D_SAE, K = 24, 64, 4
+from faithcase.cli import app
+
 runner = CliRunner()
 
 
@@ -26,37 +25,6 @@ def planted_decoders(seed=0, noise=0.01):
     W2 = W1[perm] + noise * torch.randn(D_SAE, D_IN, generator=g)
     return W1, W2, perm
 
-
-def write_saelens(folder: Path, W_dec: torch.Tensor) -> Path:
-    sae = SAE(W_enc=W_dec.T.contiguous(), b_enc=torch.zeros(D_SAE), W_dec=W_dec.contiguous(),
-              b_dec=torch.zeros(D_IN), activation="topk", k=K, hook_name="blocks.3.hook_resid_pre", hook_layer=3)
-    save_saelens(sae, folder)
-    return folder
-
-
-def write_sparsify(folder: Path, W_dec: torch.Tensor) -> Path:
-    from sparsify import SparseCoder, SparseCoderConfig
-
-    coder = SparseCoder(D_IN, SparseCoderConfig(num_latents=D_SAE, k=K), dtype=torch.float32)
-    with torch.no_grad():
-        coder.W_dec.copy_(W_dec)
-        coder.encoder.weight.copy_(W_dec)
-    coder.save_to_disk(folder)
-    return folder
-
-
-def write_batchtopk(folder: Path, W_dec: torch.Tensor, W_enc: torch.Tensor | None = None) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {"W_enc": (W_dec.T if W_enc is None else W_enc).contiguous(), "W_dec": W_dec.contiguous(),
-             "b_enc": torch.zeros(W_dec.shape[0]), "b_dec": torch.zeros(W_dec.shape[1])}
-    torch.save(state, folder / "sae.pt")
-    config = {"sae_type": "topk", "act_size": W_dec.shape[1], "dict_size": W_dec.shape[0], "top_k": K,
-              "input_unit_norm": False, "hook_point": "blocks.3.hook_resid_pre", "layer": 3}
-    (folder / "config.json").write_text(json.dumps(config))
-    return folder
-
-
-WRITERS = {"saelens": write_saelens, "sparsify": write_sparsify, "batchtopk": write_batchtopk}
 
 
 @pytest.fixture

@@ -17,9 +17,10 @@ import torch
 from huggingface_hub import constants
 
 from faithcase.errors import FaithcaseError
-from faithcase.saes import SAE, hub_sae_folder, load_sae, save_saelens
+from sae_writers import D_IN, D_SAE, WRITERS, write_batchtopk, write_saelens
 
-D_IN, D_SAE, K = 24, 64, 4
+from faithcase.saes import hub_sae_folder, load_sae
+
 REPO = "owner/name"
 
 
@@ -28,36 +29,7 @@ def random_decoder(seed: int) -> torch.Tensor:
     return torch.nn.functional.normalize(torch.randn(D_SAE, D_IN, generator=g), dim=-1)
 
 
-def write_saelens(folder: Path, W_dec: torch.Tensor) -> Path:
-    sae = SAE(W_enc=W_dec.T.contiguous(), b_enc=torch.zeros(D_SAE), W_dec=W_dec.contiguous(),
-              b_dec=torch.zeros(D_IN), activation="topk", k=K, hook_name="blocks.3.hook_resid_pre", hook_layer=3)
-    save_saelens(sae, folder)
-    return folder
 
-
-def write_sparsify(folder: Path, W_dec: torch.Tensor) -> Path:
-    from sparsify import SparseCoder, SparseCoderConfig
-
-    coder = SparseCoder(D_IN, SparseCoderConfig(num_latents=D_SAE, k=K), dtype=torch.float32)
-    with torch.no_grad():
-        coder.W_dec.copy_(W_dec)
-        coder.encoder.weight.copy_(W_dec)
-    coder.save_to_disk(folder)
-    return folder
-
-
-def write_batchtopk(folder: Path, W_dec: torch.Tensor, W_enc: torch.Tensor | None = None) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    state = {"W_enc": (W_dec.T if W_enc is None else W_enc).contiguous(), "W_dec": W_dec.contiguous(),
-             "b_enc": torch.zeros(W_dec.shape[0]), "b_dec": torch.zeros(W_dec.shape[1])}
-    torch.save(state, folder / "sae.pt")
-    config = {"sae_type": "topk", "act_size": W_dec.shape[1], "dict_size": W_dec.shape[0], "top_k": K,
-              "input_unit_norm": False, "hook_point": "blocks.3.hook_resid_pre", "layer": 3}
-    (folder / "config.json").write_text(json.dumps(config))
-    return folder
-
-
-WRITERS = {"saelens": write_saelens, "sparsify": write_sparsify, "batchtopk": write_batchtopk}
 # Two SAE ids per repo, in each format's naming (nested ids as in SAELens releases).
 SAE_IDS = {
     "saelens": ("blocks.3.hook_resid_pre/width_64", "blocks.5.hook_resid_pre/width_64"),
