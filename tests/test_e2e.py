@@ -103,3 +103,20 @@ def test_the_load_check_flags_a_mis_normalised_sae_and_strict_stops(tmp_path):
                        "--out-dir", "strict", cwd=tmp_path)
     assert strict.returncode == 2 and "(--strict)" in strict.stderr and "Traceback" not in strict.stderr
     assert not (tmp_path / "strict" / "scan.json").exists()
+
+
+@pytest.mark.skipif(not (BUNDLE / "manifest.json").is_file(), reason="demo bundle not built")
+def test_an_sae_of_another_width_than_the_model_is_a_one_line_error(tmp_path):
+    import torch
+    from sae_writers import write_batchtopk
+
+    decoder = torch.nn.functional.normalize(torch.randn(64, 24, generator=torch.Generator().manual_seed(0)), dim=-1)
+    write_batchtopk(tmp_path / "a", decoder)
+    write_batchtopk(tmp_path / "b", decoder.flip(0))
+    (tmp_path / "tiny.yaml").write_text(TINY.replace("max_tokens: 20000", "max_tokens: 2000"))
+    done = faithcase("scan", "--config", "tiny.yaml", "--sae1", tmp_path / "a", "--sae2", tmp_path / "b", cwd=tmp_path)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    lines = [line for line in done.stderr.strip().splitlines() if line.startswith("error")]
+    assert len(lines) == 1 and "d_in=24" in lines[0] and "d_model=576" in lines[0]
+    assert (tmp_path / "outputs" / "tiny" / "match.json").is_file()  # match needs no model
+    assert not (tmp_path / "outputs" / "tiny" / "scan.json").exists()
