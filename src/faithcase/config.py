@@ -129,10 +129,11 @@ class WindowsConfig(Section):
 
 
 # delphi's query for the embedding score (scorers/embedding/embedding.py: no space after "Query:")
+QUERY_PLACEHOLDER = "{explanation}"  # where a query template puts the explanation
 RETRIEVAL_INSTRUCTION = "Instruct: Retrieve sentences that could be related to the explanation.\nQuery:{explanation}"
 # query templates of embedders trained with an instruction (delphi's stella prompt); others get the bare explanation
 QUERY_TEMPLATES = {"stella": RETRIEVAL_INSTRUCTION, "e5-mistral": RETRIEVAL_INSTRUCTION, "gte-qwen": RETRIEVAL_INSTRUCTION}
-BARE_TEMPLATE = "{explanation}"
+BARE_TEMPLATE = QUERY_PLACEHOLDER
 
 
 def default_query_template(model: str) -> str:
@@ -156,8 +157,8 @@ class EmbedConfig(Section):
     @field_validator("query_template")
     @classmethod
     def _template_has_placeholder(cls, template: str | None) -> str | None:
-        if template is not None and "{explanation}" not in template:
-            raise ValueError(f"must contain {{explanation}}, got {template!r}")
+        if template is not None and QUERY_PLACEHOLDER not in template:
+            raise ValueError(f"must contain {QUERY_PLACEHOLDER}, got {template!r}")
         return template
 
     @property

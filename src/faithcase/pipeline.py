@@ -115,9 +115,8 @@ def _run_pairs(rt: Runtime, up: dict, fp: str) -> PairsArtifact:
     start = time.perf_counter()
     match, scan = up["match"], up["scan"]
     artifact = select_pairs(match.assignment, rt.cfg.match, scan.firing)
-    wanted = {"n_pairs": rt.cfg.match.n_pairs, "n_stratified": rt.cfg.match.n_stratified}
-    for kind, count in (("worst", wanted["n_pairs"]), ("random", wanted["n_pairs"]),
-                        ("stratified", wanted["n_stratified"])):
+    n_pairs, n_stratified = rt.cfg.match.n_pairs, rt.cfg.match.n_stratified
+    for kind, count in (("worst", n_pairs), ("random", n_pairs), ("stratified", n_stratified)):
         if len(artifact.pairs[kind]) < count:
             rt.console.print(f"[yellow]only {len(artifact.pairs[kind])} {kind} pairs[/yellow] of {count}: "
                              f"{artifact.n_eligible} matched pairs have two firing features")
@@ -175,10 +174,9 @@ def _run_explain(rt: Runtime, up: dict, fp: str) -> ExplainArtifact:
     todo = {key: todo[key] for key in SAE_KEYS if todo[key]}
     null_key = _null_key(rt)
     null = previous.null if previous and previous.null and previous.null.key == null_key else None
-    norm = None
-    if null is None and cfg.n_null and cfg.failed_selfsim is None or todo:
-        norm = rt.residual_norm(ex.insert_layer(cfg, rt.cfg.hook_layer))
-    if null is None and cfg.n_null and cfg.failed_selfsim is None:
+    compute_null = null is None and ex.needs_null(cfg)
+    norm = rt.residual_norm(ex.insert_layer(cfg, rt.cfg.hook_layer)) if compute_null or todo else None
+    if compute_null:
         insert, read = ex.resolve_layers(rt.lm, cfg, rt.cfg.hook_layer)
         with rt.console.status(f"sweeping {cfg.n_null} random directions (the failure test's null) …"):
             null = ex.null_distribution(rt.lm, build_prompt(rt.lm, cfg), cfg, norm, insert, read, null_key)

@@ -166,7 +166,10 @@ class Runtime:
         for batch in self.stream(self.sequences, hook, description):
             if kept is not None:
                 used += batch[2].element_size() * batch[2].numel()
-                kept = kept + [batch] if used <= budget else None
+                if used > budget:
+                    kept = None  # too large to keep: a later stage runs the model again
+                else:
+                    kept.append(batch)
             yield batch
         if kept is not None:
             self._passes[hook] = kept

@@ -41,12 +41,11 @@ from faithcase.artifacts import (
     ScoredFeature,
     WindowsArtifact,
 )
-from faithcase.config import BARE_TEMPLATE, RETRIEVAL_INSTRUCTION, EmbedConfig
+from faithcase.config import BARE_TEMPLATE, QUERY_PLACEHOLDER as PLACEHOLDER, RETRIEVAL_INSTRUCTION, EmbedConfig
 from faithcase.errors import FaithcaseError
 from faithcase.lm import resolve_device
 from faithcase.paths import resolve_path
 
-PLACEHOLDER = "{explanation}"
 
 
 # ---------------------------------------------------------------- embedder

@@ -205,6 +205,11 @@ def null_distribution(lm, prompt: PromptSpec, cfg: ExplainConfig, residual_norm:
     return NullDistribution(key=key, n=cfg.n_null, seed=cfg.seed, best_selfsim=best.tolist(), quantiles=quantiles)
 
 
+def needs_null(cfg: ExplainConfig) -> bool:
+    """Whether the failure threshold comes from a null distribution (not fixed, not turned off)."""
+    return bool(cfg.n_null) and cfg.failed_selfsim is None
+
+
 def failure_threshold(cfg: ExplainConfig, null: NullDistribution | None) -> tuple[float | None, str]:
     """(threshold, where it comes from): the fixed explain.failed_selfsim, else the null's quantile."""
     if cfg.failed_selfsim is not None:
@@ -346,7 +351,7 @@ def explain(lm, saes, features, settings: ExplainConfig | None = None, residual_
         raise FaithcaseError("explain needs residual_norm: the median residual norm at the insert layer.")
     if not isinstance(saes, Mapping):
         saes, features = {"sae": saes}, {"sae": features}
-    if null is None and settings.n_null and settings.failed_selfsim is None:
+    if null is None and needs_null(settings):
         insert, read = resolve_layers(lm, settings, sae_layer)
         null = null_distribution(lm, build_prompt(lm, settings), settings, _check_norm(residual_norm), insert, read,
                                  null_key, progress)
