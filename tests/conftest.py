@@ -11,7 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from faithcase import lm  # noqa: E402
+from faithcase.model import lm  # noqa: E402
 
 # 2 threads by default; on heavily shared cores FAITHCASE_TEST_THREADS=1 can be much faster.
 torch.set_num_threads(int(os.environ.get("FAITHCASE_TEST_THREADS", "2")))

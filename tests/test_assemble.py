@@ -12,9 +12,9 @@ from fixtures_case import FAILED, N_TOKENS, NONE_AUROC, PAIRS, SILENT, make_case
 from scipy.stats import spearmanr
 
 from faithcase.artifacts import CRITERIA, EXPLAINERS, PAIR_KINDS
-from faithcase.errors import FaithcaseError
+from faithcase.run.errors import FaithcaseError
 from faithcase.stages.assemble import assemble, check_complete, read_case_study, write_case_study
-from faithcase.stages.statistics import spearman
+from faithcase.numerics.statistics import spearman
 
 PAIR_CASE_FIELDS = {"kind", "rank", "similarity", "indices", "agreement", "silent", "self_explanations", "eleuthers",
                     "cross_eleuthers", "controls", "explanation_similarity", "windows", "scales", "failed", "stats"}

@@ -125,7 +125,7 @@ def test_bad_inputs_give_one_line_errors_and_leave_artifacts_untouched(tmp_path,
 
 def test_set_overrides_nested_keys_and_rejects_unknown_ones(tmp_path, config_file):
     from faithcase.config import load_config
-    from faithcase.errors import FaithcaseError
+    from faithcase.run.errors import FaithcaseError
 
     cfg = load_config(str(config_file), sets=["windows.top=5", "explain.mode=add"])
     assert cfg.windows.top == 5 and cfg.explain.mode == "add"
@@ -148,7 +148,7 @@ def test_demo_config_is_the_shipped_default():
 def test_demo_info_prints_the_shipped_shared_ratio_recomputed_with_scipy():
     from scipy.optimize import linear_sum_assignment
 
-    from faithcase.demo.build import BUNDLE_DIR, bundle_info
+    from faithcase.tools.demo.build import BUNDLE_DIR, bundle_info
     from faithcase.saes import load_sae
 
     info = bundle_info()

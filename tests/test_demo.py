@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from faithcase.corpus import load_texts
+from faithcase.model.corpus import load_texts
 from faithcase.demo import BUNDLE_DIR, MANIFEST_FILE
-from faithcase.demo.build import (
+from faithcase.tools.demo.build import (
     FilterSettings,
     degenerate_reason,
     filter_samples,
@@ -16,7 +16,7 @@ from faithcase.demo.build import (
     split_heldout,
     write_texts,
 )
-from faithcase.demo.train import (
+from faithcase.tools.demo.train import (
     _decode_sparse,
     _encode_topk,
     fold_input_scale,
@@ -25,7 +25,7 @@ from faithcase.demo.train import (
     sae_quality,
     train_topk_sae,
 )
-from faithcase.errors import FaithcaseError
+from faithcase.run.errors import FaithcaseError
 from faithcase.saes import SAE
 
 
@@ -216,9 +216,9 @@ def test_info_rows_flatten_the_manifest():
 
 @pytest.mark.skipif(not BUNDLE_DIR.is_dir(), reason="the demo bundle has not been built (make demo-bundle)")
 def test_shipped_bundle(demo_lm):
-    from faithcase.corpus import token_sequences
-    from faithcase.demo.build import HELDOUT_FILE, bundle_info
-    from faithcase.outliers import excluded_positions
+    from faithcase.model.corpus import token_sequences
+    from faithcase.tools.demo.build import HELDOUT_FILE, bundle_info
+    from faithcase.model.outliers import excluded_positions
     from faithcase.saes import load_sae
 
     assert (BUNDLE_DIR / MANIFEST_FILE).is_file(), "bundle folder without manifest.json"
@@ -258,7 +258,7 @@ def test_build_flags_replace_only_what_they_name_and_bad_values_exit_2():
     from typer.testing import CliRunner
 
     from faithcase.cli import app
-    from faithcase.demo.build import BuildSettings, settings_with
+    from faithcase.tools.demo.build import BuildSettings, settings_with
 
     default = BuildSettings()
     assert settings_with() == default
@@ -275,7 +275,7 @@ def test_build_flags_replace_only_what_they_name_and_bad_values_exit_2():
 def test_shards_are_exactly_the_requested_ones_and_sampling_gets_every_setting(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from faithcase.demo import sampling
+    from faithcase.tools.demo import sampling
 
     seen = []
 

@@ -9,7 +9,7 @@ import pytest
 from pydantic import TypeAdapter
 
 from faithcase.artifacts import CaseStudySummary, MatchArtifact, PairCase, PairsArtifact, ScanArtifact, WindowsArtifact
-from faithcase.paths import resolve_path
+from faithcase.run.paths import resolve_path
 
 BUNDLE = resolve_path("pkg:faithcase/demo/bundle")
 TINY = """\

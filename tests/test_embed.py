@@ -22,15 +22,14 @@ from faithcase.artifacts import (
     Window,
     WindowsArtifact,
 )
-from faithcase.bench import embed_cache_speedup
+from faithcase.tools.bench import embed_cache_speedup
 from faithcase.config import BARE_TEMPLATE, RETRIEVAL_INSTRUCTION, EmbedConfig, default_query_template
-from faithcase.errors import FaithcaseError
+from faithcase.run.errors import FaithcaseError
+from faithcase.model.embedder import Embedder, load_embedder
 from faithcase.stages.embed import (
-    Embedder,
     documents,
     eleuther,
     embed_case_study,
-    load_embedder,
     null_partners,
     top_token_explanation,
 )

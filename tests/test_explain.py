@@ -11,14 +11,16 @@ import torch
 
 from conftest import bos_tokens
 
-from faithcase import lm as lm_module
-from faithcase.bench import explain_speedup
+from faithcase.model import lm as lm_module
+from faithcase.tools.bench import explain_speedup
 from faithcase.artifacts import RankedText
 from faithcase.config import ExplainConfig
-from faithcase.errors import FaithcaseError
-from faithcase.outliers import excluded_positions
-from faithcase.stages import explain, steering
-from faithcase.stages.prompt import build_prompt
+from faithcase.run.errors import FaithcaseError
+from faithcase.model.outliers import excluded_positions
+from faithcase.model import hooks as hooks_module
+from faithcase.model import steering
+from faithcase.stages import explain
+from faithcase.model.prompt import build_prompt
 
 INSERT_LAYER = 2
 PLANTED_LAYER = 12
@@ -163,7 +165,7 @@ def test_steering_only_touches_placeholders_of_the_prompt_pass(demo_lm, prompt, 
     assert (cache[later][0, first] - plain[0, first]).norm() > 1.0
 
     calls = []  # (sequence length, whether the hook changed the residual)
-    original = lm_module.steering_hook
+    original = hooks_module.steering_hook
 
     def spy(positions_mask, vectors, mode="replace"):
         inner = original(positions_mask, vectors, mode)
@@ -174,7 +176,7 @@ def test_steering_only_touches_placeholders_of_the_prompt_pass(demo_lm, prompt, 
             return out
         return hook_fn
 
-    monkeypatch.setattr(lm_module, "steering_hook", spy)
+    monkeypatch.setattr(hooks_module, "steering_hook", spy)
     texts = steering.generate(demo_lm, prompt, vector, INSERT_LAYER, "replace", 4, batch_size=1)
     assert calls == [(len(prompt.tokens) - first, True)]  # the prompt pass after the shared prefix, once
     assert 1 <= len(texts[0].ids) <= 4

@@ -9,9 +9,9 @@ import orjson
 import pytest
 
 from faithcase.artifacts import fingerprint, write_json
-from faithcase.compare import compare_runs
-from faithcase.errors import FaithcaseError
-from faithcase.graph import Graph, Stage
+from faithcase.tools.diff import compare_runs
+from faithcase.run.errors import FaithcaseError
+from faithcase.run.graph import Graph, Stage
 from faithcase.pipeline import PIPELINE
 
 

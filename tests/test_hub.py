@@ -16,7 +16,7 @@ import pytest
 import torch
 from huggingface_hub import constants
 
-from faithcase.errors import FaithcaseError
+from faithcase.run.errors import FaithcaseError
 from sae_writers import D_IN, D_SAE, WRITERS, write_batchtopk, write_saelens
 
 from faithcase.saes import hub_sae_folder, load_sae

@@ -7,9 +7,9 @@ import torch
 
 from conftest import bos_tokens
 
-from faithcase import lm
-from faithcase.bench import bench_model
-from faithcase.errors import FaithcaseError
+from faithcase.model import hooks, lm
+from faithcase.tools.bench import bench_model
+from faithcase.run.errors import FaithcaseError
 
 HOOK = "blocks.12.hook_resid_pre"
 STEER_LAYER = 2
@@ -122,13 +122,13 @@ def test_steering_changes_only_chosen_positions_and_layers(demo_lm, demo_plain_r
 
 def test_steering_hook_ignores_other_sequence_lengths():
     mask = torch.tensor([[False, True, False]])
-    hook = lm.steering_hook(mask, torch.ones(1, 4), "replace")
+    hook = hooks.steering_hook(mask, torch.ones(1, 4), "replace")
     step = torch.zeros(1, 1, 4)  # a KV-cached generation step: one new token
     assert hook(step) is step
     prompt = hook(torch.zeros(1, 3, 4))
     assert prompt[0, 1].tolist() == [1.0] * 4 and prompt[0, [0, 2]].abs().sum() == 0
     with pytest.raises(FaithcaseError):
-        lm.steering_hook(mask, torch.ones(1, 4), "multiply")
+        hooks.steering_hook(mask, torch.ones(1, 4), "multiply")
 
 
 def test_last_position_logits(demo_lm, prompts):

@@ -7,10 +7,10 @@ import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from faithcase.bench import synthetic_decoders
-from faithcase.errors import FaithcaseError
+from faithcase.tools.bench import synthetic_decoders
+from faithcase.run.errors import FaithcaseError
 from faithcase.stages import match as match_module
-from faithcase.stages.assignment import cosine_similarity
+from faithcase.numerics.assignment import cosine_similarity
 from faithcase.stages.match import HISTOGRAM_BINS, dead_rows
 
 
@@ -249,7 +249,7 @@ def test_statistics_match_brute_force(n1, n2, solver):
 
 def test_certificate_with_crowded_rows(monkeypatch):
     """Rows too crowded to keep whole fall back to an exact check of the suspect pairs."""
-    from faithcase.stages import assignment
+    from faithcase.numerics import assignment
 
     monkeypatch.setattr(assignment, "DEEPEN_MAX_PER_ROW", 2)
     W1, W2 = structured_pair(300, 340, seed=11)

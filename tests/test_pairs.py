@@ -7,7 +7,7 @@ import pytest
 
 from faithcase.artifacts import Assignment
 from faithcase.config import MatchConfig
-from faithcase.errors import FaithcaseError
+from faithcase.run.errors import FaithcaseError
 from faithcase.stages.pairs import check_selection, firing_pairs, select_pairs
 
 N = 200

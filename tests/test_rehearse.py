@@ -10,8 +10,9 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
-from faithcase import corpus, lm, rehearse_build
-from faithcase.errors import FaithcaseError
+from faithcase.model import corpus, lm
+from faithcase.tools import rehearse_build
+from faithcase.run.errors import FaithcaseError
 from faithcase.saes import load_sae
 from faithcase.stages.match import match_features
 
@@ -181,7 +182,7 @@ def test_corpus_holds_at_least_n_tokens(tmp_path, demo_tokenizer):
 
 
 def test_projection_counts_the_work_each_stage_does():
-    from faithcase.rehearse import FULL, REDUCED, units
+    from faithcase.tools.rehearse import FULL, REDUCED, units
 
     assert units("scan", FULL) / units("scan", REDUCED) == 2_000_000 / 4000
     full_features, reduced_features = 2 * (3 * 10 + 40), 2 * (3 * 2 + 4)

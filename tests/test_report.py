@@ -13,7 +13,7 @@ from fixtures_case import make_case_artifacts
 
 from faithcase.artifacts import CRITERIA, SAE_KEYS
 from faithcase.stages.assemble import assemble
-from faithcase.stages.plots import decoder_vs_agreement, make_plots
+from faithcase.render.plots import decoder_vs_agreement, make_plots
 from faithcase.stages.report import render_report, write_report
 
 VOID_TAGS = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}

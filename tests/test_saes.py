@@ -12,7 +12,7 @@ import torch
 from sae_lens.saes.sae import SAEMetadata
 from sparsify import SparseCoder, SparseCoderConfig
 
-from faithcase.errors import FaithcaseError
+from faithcase.run.errors import FaithcaseError
 from faithcase.saes import (
     SAE,
     check_compatible,

@@ -8,10 +8,11 @@ import torch
 
 from faithcase.artifacts import Assignment
 from faithcase.config import ScanConfig
-from faithcase.errors import FaithcaseError
-from faithcase.outliers import counted_positions
+from faithcase.run.errors import FaithcaseError
+from faithcase.model.outliers import counted_positions
 from faithcase.saes import SAE
-from faithcase.stages.scan import load_warnings, same_site, scan
+from faithcase.model.hooks import same_site
+from faithcase.stages.scan import load_warnings, scan
 
 D_IN, D_SAE, K = 12, 20, 3
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from faithcase.errors import FaithcaseError
+from faithcase.run.errors import FaithcaseError
 from faithcase.config import WindowsConfig
 from faithcase.stages import windows as windows_module
 from faithcase.stages.windows import QUANTILE_METHOD, WindowCollector, collect_windows

@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 _API = {
     "load_config": "faithcase.config",
-    "Runtime": "faithcase.runtime",
+    "Runtime": "faithcase.run.runtime",
     "match": "faithcase.stages.match",
     "scan": "faithcase.stages.scan",
     "select_pairs": "faithcase.stages.pairs",

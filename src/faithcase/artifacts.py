@@ -13,7 +13,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from faithcase import __version__
-from faithcase.errors import FaithcaseError
+from faithcase.run.errors import FaithcaseError
 
 PairKind = Literal["best", "worst", "random", "stratified"]
 PAIR_KINDS: tuple[PairKind, ...] = ("best", "worst", "random", "stratified")

@@ -16,7 +16,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from faithcase.errors import FaithcaseError
+from faithcase.render import tables
+from faithcase.run.errors import FaithcaseError
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TQDM_DISABLE", "1")  # library progress bars; the CLI shows its own
@@ -121,7 +122,7 @@ def parse_scales(value: str | None):
 def runtime(opts: RunOptions):
     """The Runtime of these options: the config with the command-line overrides applied."""
     from faithcase.config import load_config
-    from faithcase.runtime import Runtime
+    from faithcase.run.runtime import Runtime
 
     overrides = {"out_dir": _absolute(opts.out_dir), "match.n_pairs": opts.n_pairs, "device": opts.device,
                  "explain.scales": parse_scales(opts.scales), "scan.strict": opts.strict or None}
@@ -154,12 +155,15 @@ def _set_threads() -> None:
 # ================================================================ stages
 
 
-def _stage_command(name: str, doc: str, show: Callable[[Any, Any], None]) -> None:
+def _stage_command(name: str, doc: str, printer: str) -> None:
     """`faithcase <name>`: the stage's value from the graph, printed, then the paths of its files."""
 
     def command(opts: RunOptions):
+        import importlib
+
         value, graph = stage(opts, name)
-        show(value, graph)
+        show = getattr(importlib.import_module(f"faithcase.stages.{name}"), printer)
+        show(value, {i: graph.get(i) for i in graph.graph.stages[name].inputs})
         for path in graph.graph.stages[name].files(graph.ctx):
             console.print(f"{name} → {path}")
 
@@ -167,24 +171,18 @@ def _stage_command(name: str, doc: str, show: Callable[[Any, Any], None]) -> Non
     app.command(name)(with_run_options(command))
 
 
-def _print_windows(found, graph) -> None:
-    for key, artifact in found.items():
-        console.print(f"{key}: {len(artifact.features)} features, {artifact.n_tokens:,} tokens")
-
-
 _stage_command("match", "Match the two SAEs' features: Hungarian assignment on decoder cosine similarity, and the "
-               "paper's statistics.", lambda artifact, graph: print_match(artifact))
+               "paper's statistics.", "print_match")
 _stage_command("scan", "The first corpus pass: each SAE's load check (FVU, L0) and the activation agreement of "
-               "every matched pair.", lambda artifact, graph: print_scan(artifact, graph.get("match")))
+               "every matched pair.", "print_scan")
 _stage_command("pairs", "The pairs of the case study: best, worst, random and stratified over the cosine range.",
-               lambda artifact, graph: print_pairs(artifact, graph.get("match"), graph.get("scan")))
+               "print_pairs")
 _stage_command("explain", "Self-explanations by steering the placeholder token, with automatic scale search "
-               "(--scales auto) and a failure test calibrated on random directions.",
-               lambda artifact, graph: print_explain(artifact, graph.get("pairs")))
+               "(--scales auto) and a failure test calibrated on random directions.", "print_explain")
 _stage_command("windows", "Top-activating windows (mean, density, max), statistics and scoring contexts: one pass for "
-               "both SAEs.", _print_windows)
+               "both SAEs.", "print_windows")
 _stage_command("embed", "Eleuther embedding score (AUROC) of every explanation, its baseline and null, own and "
-               "across the pair.", lambda artifact, graph: print_embed(artifact, graph.get("pairs")))
+               "across the pair.", "print_embed")
 
 
 @app.command()
@@ -195,6 +193,8 @@ def assemble(opts: RunOptions,
     from faithcase.artifacts import CASE_STUDY_FILE, write_bytes_atomic
 
     (_, summary), graph = stage(opts, "assemble")
+    from faithcase.stages.assemble import print_summary
+
     print_summary(summary)
     path = graph.ctx.path(CASE_STUDY_FILE)
     if out is not None:
@@ -232,6 +232,8 @@ def run(opts: RunOptions):
     for i, name in enumerate(STAGES, start=1):
         console.rule(f"[bold]{i}/{len(STAGES)} {name}")
         graph.get(name)
+    from faithcase.stages.assemble import print_summary
+
     print_summary(graph.get("assemble")[1])
     console.print(f"[bold]case study[/bold] → {rt.path('case_study.json')}")
     console.print(f"[bold]report[/bold]     → {graph.get('report')}")
@@ -240,7 +242,7 @@ def run(opts: RunOptions):
 @app.command()
 def diff(first: Path, second: Path):
     """Compare the artifacts of two run folders, number by number (timestamps, durations, paths ignored)."""
-    from faithcase.compare import compare_runs
+    from faithcase.tools.diff import compare_runs
 
     with user_errors():
         differences = compare_runs(first, second)
@@ -262,8 +264,8 @@ def rehearse(
 ):
     """Every stage at the paper's shapes (random-weight Llama-3.2-1B architecture, two 14,336-feature
     BatchTopK SAEs, bfloat16) on a reduced workload: time, peak RSS and projected full-size time per stage."""
-    from faithcase.rehearse import FULL, REDUCED
-    from faithcase.rehearse import rehearse as run_rehearsal
+    from faithcase.tools.rehearse import FULL, REDUCED
+    from faithcase.tools.rehearse import rehearse as run_rehearsal
 
     given = {"tokens": tokens, "n_pairs": n_pairs, "n_stratified": n_stratified, "n_scales": n_scales,
              "n_null": n_null, "n_samples": n_samples}
@@ -274,7 +276,7 @@ def rehearse(
                 raise FaithcaseError(f"--{name.replace('_', '-')} must be at least 1, got {workload[name]}")
         _set_threads()
         rows = run_rehearsal(work_dir, workload, err_console)
-    table = _table(f"rehearsal at paper shapes: {workload['tokens']:,} tokens, {workload['n_pairs']} pairs per group + "
+    table = tables.table(f"rehearsal at paper shapes: {workload['tokens']:,} tokens, {workload['n_pairs']} pairs per group + "
                    f"{workload['n_stratified']} stratified, {workload['n_scales']} scales, {workload['n_null']} null "
                    f"directions; projected to {FULL['tokens']:,} tokens, {FULL['n_pairs']} + {FULL['n_stratified']} "
                    f"pairs, {FULL['n_scales']} scales, {FULL['n_null']} null",
@@ -290,116 +292,6 @@ def rehearse(
 # ================================================================ printing
 
 
-def _fmt(value, digits: int = 3) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
-
-
-def _table(title: str, columns: list[str]) -> Table:
-    table = Table(title=title)
-    for i, column in enumerate(columns):
-        table.add_column(column, justify="left" if i == 0 else "right")
-    return table
-
-
-def print_match(artifact) -> None:
-    s = artifact.stats
-    a = artifact.assignment
-    order = sorted(range(len(a.similarity)), key=lambda i: -a.similarity[i])
-    table = _table(f"{s.n_matched} matched pairs · shared ratio (>{s.threshold}) {s.shared_ratio:.3f} · top-1 ratio "
-                   f"{s.top1_ratio:.3f} (SAE 1 → 2: {s.top1_ratio_sae1:.3f}) · mean {s.mean_similarity:.3f}",
-                   ["", "sae1", "sae2", "cosine"])
-    for label, positions in (("highest", order[:5]), ("lowest", order[::-1][:5])):
-        for i in positions:
-            table.add_row(label, str(a.index1[i]), str(a.index2[i]), f"{a.similarity[i]:.3f}")
-    console.print(table)
-    solver = artifact.solver
-    proof = "exact" if solver.exact else ("certified" if solver.certified else "not certified")
-    console.print(f"solver {solver.name} ({proof}), {solver.seconds:.2f} s; dead features {s.n_dead1} / {s.n_dead2}")
-
-
-def print_scan(artifact, match) -> None:
-    table = _table(f"load check on {artifact.n_tokens:,} kept tokens", ["SAE", "FVU", "L0", "k", "never fire"])
-    for key, q in artifact.quality.items():
-        table.add_row(key, f"{q.fvu:.3f}", f"{q.l0:.1f}", str(q.k or "—"), str(q.n_silent))
-    console.print(table)
-    agreement = [(s, p) for s, p in zip(match.assignment.similarity, artifact.agreement.pearson) if p is not None]
-    for label, keep in (("cos > 0.9", lambda s: s > 0.9), ("cos < 0.3", lambda s: s < 0.3)):
-        values = [p for s, p in agreement if keep(s)]
-        if values:
-            console.print(f"mean activation Pearson of matched pairs with {label}: {sum(values) / len(values):.3f} "
-                          f"({len(values)} pairs)")
-
-
-def print_pairs(artifact, match, scan) -> None:
-    position = {index: i for i, index in enumerate(match.assignment.index1)}
-    table = _table(f"selected pairs ({artifact.n_eligible} matched pairs have two firing features)",
-                   ["kind", "rank", "sae1", "sae2", "cosine", "activation Pearson"])
-    for p in artifact.all_pairs():
-        table.add_row(p.kind, str(p.rank), str(p.index1), str(p.index2), f"{p.similarity:.3f}",
-                      _fmt(scan.agreement.pearson[position[p.index1]]))
-    console.print(table)
-
-
-def print_explain(artifact, pairs) -> None:
-    table = _table(f"self-explanations (failed: best self-similarity ≤ {_fmt(artifact.threshold, 4)}, "
-                   f"{artifact.threshold_source})", ["kind", "rank", "sae1 explanation", "scale", "sae2 explanation",
-                                                     "scale "])
-    for p in pairs.all_pairs():
-        e1 = artifact.features["sae1"].get(str(p.index1))
-        e2 = artifact.features["sae2"].get(str(p.index2))
-        table.add_row(p.kind, str(p.rank), _explanation(e1), _scale(e1), _explanation(e2), _scale(e2))
-    console.print(table)
-
-
-def _explanation(e) -> str:
-    if e is None:
-        return "—"
-    text = e.explanations[0] if e.explanations else ""
-    return f"{text}{' [failed]' if e.failed else ''}"
-
-
-def _scale(e) -> str:
-    return "—" if e is None or e.scale is None else f"{e.scale:g}"
-
-
-def print_embed(artifact, pairs) -> None:
-    table = _table("embedding scores (AUROC): self / baseline / null",
-                   ["kind", "rank", "sae1", "sae2", "own 1", "own 2", "cross 1→2", "cross 2→1"])
-
-    def three(scores) -> str:
-        return " / ".join(_fmt(scores[name].auroc, 2) for name in ("self", "baseline", "null"))
-
-    for p in pairs.all_pairs():
-        f1, f2 = artifact.features["sae1"][str(p.index1)], artifact.features["sae2"][str(p.index2)]
-        table.add_row(p.kind, str(p.rank), str(p.index1), str(p.index2), three(f1.own), three(f2.own),
-                      three(f2.partner), three(f1.partner))
-    console.print(table)
-
-
-def print_summary(summary) -> None:
-    table = _table("case study by group (pairs with a silent feature left out)",
-                   ["group", "pairs", "left out", "cos", "act. Pearson", "own self/base/null", "cross self/base/null",
-                    "passing"])
-    for kind, g in summary.groups.items():
-        own = " / ".join(_fmt(g.own_auroc[n], 2) for n in ("self", "baseline", "null"))
-        cross = " / ".join(_fmt(g.cross_auroc[n], 2) for n in ("self", "baseline", "null"))
-        table.add_row(kind, str(g.n_pairs), str(g.n_left_out), _fmt(g.mean_similarity), _fmt(g.mean_pearson), own,
-                      cross, _fmt(g.pass_rate, 2))
-    console.print(table)
-    for c in summary.correlations:
-        console.print(f"Spearman ρ(decoder cos, {c.score}) over {c.pairs} pairs (n={c.n}): {_fmt(c.rho)} "
-                      f"[{_fmt(c.ci_low)}, {_fmt(c.ci_high)}]")
-
-
-def print_dict(title: str, result: dict) -> None:
-    table = Table(title=title)
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    for key, value in result.items():
-        table.add_row(key, f"{value:,.3f}" if isinstance(value, float) else str(value))
-    console.print(table)
-
-
 # ================================================================ bench
 
 
@@ -407,7 +299,7 @@ def print_dict(title: str, result: dict) -> None:
 def bench_match(sizes: Annotated[str, typer.Option(help="Comma-separated feature counts.")] = "2304,4608,14336",
                 big: Annotated[bool, typer.Option("--big", help="Also 65,536 × 65,536 (sparse only).")] = False):
     """Dense scipy assignment vs faithcase's certified sparse solver on structured synthetic SAEs."""
-    from faithcase.bench import run_match_bench
+    from faithcase.tools.bench import run_match_bench
 
     with user_errors():
         _set_threads()
@@ -418,37 +310,37 @@ def bench_match(sizes: Annotated[str, typer.Option(help="Comma-separated feature
 @with_run_options
 def bench_model(opts: RunOptions, n_tokens: int = 4096):
     """Tokens/s of the pass truncated at the hook vs a full forward."""
-    from faithcase.bench import bench_model as measure
+    from faithcase.tools.bench import bench_model as measure
 
     rt = runtime(opts)
-    print_dict("bench model", measure(rt.lm, rt.cfg.hook, n_tokens=n_tokens))
+    tables.print_dict("bench model", measure(rt.lm, rt.cfg.hook, n_tokens=n_tokens))
 
 
 @bench_app.command("windows")
 @with_run_options
 def bench_windows(opts: RunOptions, n_tokens: int = 20_000, n_features: int = 30):
     """Windows stage vs a bare truncated pass and a naive per-feature baseline."""
-    from faithcase.bench import bench_windows as measure
+    from faithcase.tools.bench import bench_windows as measure
 
-    print_dict("bench windows", measure(runtime(opts), n_tokens=n_tokens, n_features=n_features))
+    tables.print_dict("bench windows", measure(runtime(opts), n_tokens=n_tokens, n_features=n_features))
 
 
 @bench_app.command("explain")
 @with_run_options
 def bench_explain(opts: RunOptions, n_features: int = 4, n_scales: int = 8):
     """Batched sweep and generation vs a per-(feature, scale) loop."""
-    from faithcase.bench import bench_explain as measure
+    from faithcase.tools.bench import bench_explain as measure
 
-    print_dict("bench explain", measure(runtime(opts), n_features=n_features, n_scales=n_scales))
+    tables.print_dict("bench explain", measure(runtime(opts), n_features=n_features, n_scales=n_scales))
 
 
 @bench_app.command("embed")
 @with_run_options
 def bench_embed(opts: RunOptions):
     """Contexts/s with and without the text cache."""
-    from faithcase.bench import bench_embed as measure
+    from faithcase.tools.bench import bench_embed as measure
 
-    print_dict("bench embed", measure(runtime(opts)))
+    tables.print_dict("bench embed", measure(runtime(opts)))
 
 
 # ================================================================ demo
@@ -457,14 +349,14 @@ def bench_embed(opts: RunOptions):
 @demo_app.command("info")
 def demo_info():
     """The demo bundle's manifest: corpus, SAE quality, shared-feature ratio."""
-    from faithcase.demo.build import bundle_info
+    from faithcase.tools.demo.build import bundle_info
 
     with user_errors():
         _print_manifest(bundle_info())
 
 
 def _print_manifest(manifest: dict) -> None:
-    from faithcase.demo.build import info_rows
+    from faithcase.tools.demo.build import info_rows
 
     table = Table(title="demo bundle manifest", show_header=False)
     table.add_column("key")
@@ -509,7 +401,7 @@ def demo_build(
     force: Annotated[bool, typer.Option("--force", help="Rebuild every stage.")] = False,
 ):
     """Rebuild the demo bundle: sample the corpus, cache activations, train two TopK SAEs (resumable)."""
-    from faithcase.demo.build import build_bundle, settings_with
+    from faithcase.tools.demo.build import build_bundle, settings_with
 
     with user_errors():
         settings = settings_with(shards, min_heldout_tokens, k, epochs, lr)

@@ -8,7 +8,8 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from faithcase.errors import FaithcaseError
+from faithcase.model.hooks import hook_layer
+from faithcase.run.errors import FaithcaseError
 
 DEMO_CONFIG = "pkg:faithcase/configs/demo.yaml"
 
@@ -186,17 +187,18 @@ class Config(Section):
     @field_validator("hook")
     @classmethod
     def _hook_has_layer(cls, hook: str) -> str:
-        parts = hook.split(".")
-        if len(parts) < 3 or parts[0] != "blocks" or not parts[1].isdigit():
-            raise ValueError(f"hook must look like blocks.<layer>.<hook point>, got {hook!r}")
+        try:
+            hook_layer(hook)
+        except FaithcaseError as err:
+            raise ValueError(str(err)) from None
         return hook
 
     @property
     def hook_layer(self) -> int:
-        return int(self.hook.split(".")[1])
+        return hook_layer(self.hook)
 
     def output_dir(self) -> Path:
-        from faithcase.paths import resolve_path
+        from faithcase.run.paths import resolve_path
 
         if self.out_dir:
             return resolve_path(self.out_dir, Path(self.base_dir))
@@ -231,7 +233,7 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 def load_config(path: str | None = None, overrides: dict[str, Any] | None = None,
                 sets: list[str] | None = None) -> Config:
     """Load a YAML config (default: the embedded demo), apply dotted overrides and `key=value` sets."""
-    from faithcase.paths import resolve_path
+    from faithcase.run.paths import resolve_path
 
     config_path = resolve_path(path or DEMO_CONFIG)
     if not config_path.is_file():

@@ -37,9 +37,9 @@ from faithcase.artifacts import (
     windows_file,
     write_artifact,
 )
-from faithcase.errors import FaithcaseError
-from faithcase.graph import Graph, GraphRun, Stage
-from faithcase.runtime import Runtime
+from faithcase.run.errors import FaithcaseError
+from faithcase.run.graph import Graph, GraphRun, Stage
+from faithcase.run.runtime import Runtime
 
 
 def _meta(stage: str, fp: str, start: float, upstream: dict[str, Any] | None = None) -> Meta:
@@ -57,7 +57,7 @@ def _match_key(rt: Runtime) -> Any:
 
 def _run_match(rt: Runtime, up: dict, fp: str) -> MatchArtifact:
     from faithcase.stages.match import match
-    from faithcase.stages.plots import similarity_histogram
+    from faithcase.render.plots import similarity_histogram
 
     start = time.perf_counter()
     sae1, sae2 = rt.sae("sae1"), rt.sae("sae2")
@@ -153,7 +153,7 @@ def _run_explain(rt: Runtime, up: dict, fp: str) -> ExplainArtifact:
     """Explains the features no earlier explain.json holds with the same per-feature fingerprint, and
     reuses its null distribution when the failure test's settings are the same."""
     from faithcase.stages import explain as ex
-    from faithcase.stages.prompt import build_prompt
+    from faithcase.model.prompt import build_prompt
 
     start = time.perf_counter()
     cfg = rt.cfg.explain

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from faithcase.errors import FaithcaseError
+from faithcase.run.errors import FaithcaseError
 from faithcase.saes.formats import (
     BATCHTOPK_FILES,
     BATCHTOPK_TYPES,
@@ -41,7 +41,8 @@ from faithcase.saes.formats import (
     sparsify_names_for_hook,
 )
 from faithcase.saes.hub import hub_sae_folder
-from faithcase.saes.model import STANDARDIZE_EPS, SAE, layer_from_hook, standardize, topk_relu
+from faithcase.model.hooks import layer_from_hook
+from faithcase.saes.model import STANDARDIZE_EPS, SAE, standardize, topk_relu
 
 
 def load_sae(

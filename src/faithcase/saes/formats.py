@@ -10,8 +10,9 @@ from typing import Any, Iterator
 
 import torch
 
-from faithcase.errors import FaithcaseError
-from faithcase.saes.model import SAE, layer_from_hook
+from faithcase.run.errors import FaithcaseError
+from faithcase.model.hooks import layer_from_hook
+from faithcase.saes.model import SAE
 
 FORMATS = ("saelens", "sparsify", "batchtopk")
 FORMAT_ALIASES = {"sae_lens": "saelens", "sae-lens": "saelens", "eleuther": "sparsify"}

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
-from faithcase.errors import FaithcaseError
+from faithcase.run.errors import FaithcaseError
 from faithcase.saes.formats import _one_line
 
 CONFIG_NAMES = ("cfg.json", "config.json")  # a folder holding one of these is an SAE folder

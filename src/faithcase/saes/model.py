@@ -15,12 +15,11 @@ is kept by the other, and the rest are zeros either way.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 
 import torch
 
-from faithcase.errors import FaithcaseError
+from faithcase.run.errors import FaithcaseError
 
 # BatchTopK's input_unit_norm (and SAELens' "layer_norm"): (x - mean) / (std + 1e-5).
 STANDARDIZE_EPS = 1e-5
@@ -139,11 +138,3 @@ def standardize(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     centered = x - mean
     std = centered.std(dim=-1, keepdim=True)
     return centered / (std + STANDARDIZE_EPS), mean, std
-
-
-def layer_from_hook(hook_name: str | None) -> int | None:
-    """The layer number in a hook name: blocks.12.hook_resid_pre → 12, model.layers.3 → 3."""
-    if not hook_name:
-        return None
-    match = re.search(r"(?:^|\.)(?:blocks|layers|layer|h)\.(\d+)(?:\.|$)", hook_name)
-    return int(match.group(1)) if match else None

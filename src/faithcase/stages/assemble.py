@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
+from faithcase.render.tables import console, fmt, table
 from faithcase.artifacts import (
     CASE_STUDY_FILE,
     CRITERIA,
@@ -46,8 +47,8 @@ from faithcase.artifacts import (
     windows_file,
     write_json,
 )
-from faithcase.errors import FaithcaseError
-from faithcase.stages.statistics import spearman
+from faithcase.run.errors import FaithcaseError
+from faithcase.numerics.statistics import spearman
 
 CASES_ADAPTER = TypeAdapter(list[PairCase])
 
@@ -240,3 +241,21 @@ def read_case_study(out_dir: Path, cases_name: str | None = None) -> tuple[list[
             f"invalid case study in {out_dir} ({type(err).__name__}): run `faithcase assemble --force`"
         ) from None
     return cases, summary
+
+
+# ---------------------------------------------------------------- printing
+
+
+def print_summary(summary) -> None:
+    table = table("case study by group (pairs with a silent feature left out)",
+                   ["group", "pairs", "left out", "cos", "act. Pearson", "own self/base/null", "cross self/base/null",
+                    "passing"])
+    for kind, g in summary.groups.items():
+        own = " / ".join(fmt(g.own_auroc[n], 2) for n in ("self", "baseline", "null"))
+        cross = " / ".join(fmt(g.cross_auroc[n], 2) for n in ("self", "baseline", "null"))
+        table.add_row(kind, str(g.n_pairs), str(g.n_left_out), fmt(g.mean_similarity), fmt(g.mean_pearson), own,
+                      cross, fmt(g.pass_rate, 2))
+    console.print(table)
+    for c in summary.correlations:
+        console.print(f"Spearman ρ(decoder cos, {c.score}) over {c.pairs} pairs (n={c.n}): {fmt(c.rho)} "
+                      f"[{fmt(c.ci_low)}, {fmt(c.ci_high)}]")

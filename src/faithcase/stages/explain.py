@@ -36,6 +36,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 
 import torch
 
+from faithcase.render.tables import console, fmt, table
 from faithcase.artifacts import (
     ExplainArtifact,
     ExplainBaseline,
@@ -47,9 +48,10 @@ from faithcase.artifacts import (
     SweepPoint,
 )
 from faithcase.config import ExplainConfig
-from faithcase.errors import FaithcaseError
-from faithcase.stages.prompt import PromptSpec, build_prompt
-from faithcase.stages.steering import Sweep, generate, neutral_logprobs, neutral_vector, sweep
+from faithcase.model.hooks import resid_pre
+from faithcase.run.errors import FaithcaseError
+from faithcase.model.prompt import PromptSpec, build_prompt
+from faithcase.model.steering import Sweep, generate, neutral_logprobs, neutral_vector, sweep
 
 READ_DEPTH = 0.8  # default read layer, as a share of the depth
 NULL_QUANTILES = {"q05": 0.05, "q25": 0.25, "q50": 0.5, "q75": 0.75, "q95": 0.95, "max": 1.0}
@@ -81,7 +83,7 @@ def median_residual_norm(lm, token_batches: Iterable[torch.Tensor], layer: int,
                          excluded_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
     """Median residual norm at `blocks.{layer}.hook_resid_pre` over corpus tokens; excluded_fn(resid)
     gives a bool mask [B, T] of positions to leave out (BOS, massive activations)."""
-    hook = f"blocks.{layer}.hook_resid_pre"
+    hook = resid_pre(layer)
     norms = []
     for tokens in token_batches:
         resid = lm.activations(tokens, hook)
@@ -366,3 +368,29 @@ def explain(lm, saes, features, settings: ExplainConfig | None = None, residual_
         raise FaithcaseError("explain needs at least one SAE.")
     return ExplainArtifact(meta=Meta(stage="explain", fingerprint=""), settings=run_settings, baseline=baseline,
                            null=null, threshold=threshold, threshold_source=source, features=explained)
+
+
+# ---------------------------------------------------------------- printing
+
+
+def print_explain(artifact, inputs: dict) -> None:
+    pairs = inputs["pairs"]
+    table = table(f"self-explanations (failed: best self-similarity ≤ {fmt(artifact.threshold, 4)}, "
+                   f"{artifact.threshold_source})", ["kind", "rank", "sae1 explanation", "scale", "sae2 explanation",
+                                                     "scale "])
+    for p in pairs.all_pairs():
+        e1 = artifact.features["sae1"].get(str(p.index1))
+        e2 = artifact.features["sae2"].get(str(p.index2))
+        table.add_row(p.kind, str(p.rank), _explanation(e1), _scale(e1), _explanation(e2), _scale(e2))
+    console.print(table)
+
+
+def _explanation(e) -> str:
+    if e is None:
+        return "—"
+    text = e.explanations[0] if e.explanations else ""
+    return f"{text}{' [failed]' if e.failed else ''}"
+
+
+def _scale(e) -> str:
+    return "—" if e is None or e.scale is None else f"{e.scale:g}"

@@ -15,10 +15,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from faithcase.render.tables import console, fmt, table
 from faithcase.artifacts import Assignment, Histogram, MatchArtifact, Matching, MatchStats, Meta, SAEInfo
 from faithcase.config import MatchConfig
-from faithcase.errors import FaithcaseError
-from faithcase.stages import assignment as solvers
+from faithcase.run.errors import FaithcaseError
+from faithcase.numerics import assignment as solvers
 
 HISTOGRAM_BINS = 50
 
@@ -126,3 +127,22 @@ def _info(sae) -> SAEInfo:
     return SAEInfo(path=str(getattr(sae, "path", "")), format=str(getattr(sae, "format", "")),
                    d_in=int(sae.W_dec.shape[1]), d_sae=int(sae.W_dec.shape[0]),
                    hook_name=getattr(sae, "hook_name", None), sha256="")
+
+
+# ---------------------------------------------------------------- printing
+
+
+def print_match(artifact, inputs: dict) -> None:
+    s = artifact.stats
+    a = artifact.assignment
+    order = sorted(range(len(a.similarity)), key=lambda i: -a.similarity[i])
+    table = table(f"{s.n_matched} matched pairs · shared ratio (>{s.threshold}) {s.shared_ratio:.3f} · top-1 ratio "
+                   f"{s.top1_ratio:.3f} (SAE 1 → 2: {s.top1_ratio_sae1:.3f}) · mean {s.mean_similarity:.3f}",
+                   ["", "sae1", "sae2", "cosine"])
+    for label, positions in (("highest", order[:5]), ("lowest", order[::-1][:5])):
+        for i in positions:
+            table.add_row(label, str(a.index1[i]), str(a.index2[i]), f"{a.similarity[i]:.3f}")
+    console.print(table)
+    solver = artifact.solver
+    proof = "exact" if solver.exact else ("certified" if solver.certified else "not certified")
+    console.print(f"solver {solver.name} ({proof}), {solver.seconds:.2f} s; dead features {s.n_dead1} / {s.n_dead2}")

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from faithcase.render.tables import console, fmt, table
 from faithcase.artifacts import Assignment, Meta, Pair, PairsArtifact
 from faithcase.config import MatchConfig
-from faithcase.errors import FaithcaseError
+from faithcase.run.errors import FaithcaseError
 
 
 def check_selection(n_matched: int, settings: MatchConfig) -> None:
@@ -90,3 +91,17 @@ def _stratified(pool: np.ndarray, sims: np.ndarray, edges: np.ndarray, n: int, r
                 taken[b] += 1
                 left -= 1
     return [i for b in range(n_bins) for i in members[b][:taken[b]]]
+
+
+# ---------------------------------------------------------------- printing
+
+
+def print_pairs(artifact, inputs: dict) -> None:
+    match, scan = inputs["match"], inputs["scan"]
+    position = {index: i for i, index in enumerate(match.assignment.index1)}
+    table = table(f"selected pairs ({artifact.n_eligible} matched pairs have two firing features)",
+                   ["kind", "rank", "sae1", "sae2", "cosine", "activation Pearson"])
+    for p in artifact.all_pairs():
+        table.add_row(p.kind, str(p.rank), str(p.index1), str(p.index2), f"{p.similarity:.3f}",
+                      fmt(scan.agreement.pearson[position[p.index1]]))
+    console.print(table)

@@ -18,7 +18,7 @@ from faithcase.artifacts import (
     PairCase,
     write_bytes_atomic,
 )
-from faithcase.stages.report_style import CSS, JS
+from faithcase.render.style import CSS, JS
 
 CRITERION_HELP = {
     "mean": "highest mean activation over the window",
@@ -350,7 +350,7 @@ def build_report(out_dir: Path, cases: list[PairCase], summary: CaseStudySummary
                  explain: ExplainArtifact | None = None, background: tuple[list, list] | None = None) -> Path:
     """Plots and the HTML page of a case study, written under out_dir/report; returns the index path.
     `background` is (decoder cosine, activation Pearson) of every matched pair, for the ground-truth figure."""
-    from faithcase.stages.plots import make_plots
+    from faithcase.render.plots import make_plots
 
     plots = make_plots(cases, summary, explain, background)
     return write_report(out_dir, render_report(cases, summary, plots, explain), plots)

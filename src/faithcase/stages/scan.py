@@ -15,10 +15,12 @@ from typing import Any
 
 import torch
 
+from faithcase.render.tables import console, fmt, table
 from faithcase.artifacts import AgreementTable, Assignment, Meta, SAEQuality, ScanArtifact
 from faithcase.config import ScanConfig
-from faithcase.errors import FaithcaseError
-from faithcase.outliers import counted_positions
+from faithcase.run.errors import FaithcaseError
+from faithcase.model.hooks import same_site
+from faithcase.model.outliers import counted_positions
 
 MAX_ENCODE_ELEMENTS = 1 << 26  # encode at most this many activations of one SAE at once
 CAUSES = ("input normalisation (an SAE trained on normalised inputs loaded without it, or the reverse)",
@@ -141,16 +143,6 @@ def load_warnings(key: str, sae, fvu: float, l0: float, settings: ScanConfig, ho
     return warnings
 
 
-def same_site(a: str, b: str) -> bool:
-    """Two hook names of the same residual site (blocks.N.hook_resid_post = blocks.N+1.hook_resid_pre)."""
-    def canonical(name: str) -> str:
-        parts = name.split(".")
-        if len(parts) == 3 and parts[0] == "blocks" and parts[1].isdigit() and parts[2] == "hook_resid_post":
-            return f"blocks.{int(parts[1]) + 1}.hook_resid_pre"
-        return name
-    return canonical(a) == canonical(b)
-
-
 def scan(saes: Mapping[str, Any], assignment: Assignment, batches: Iterable[Any], settings: ScanConfig | None = None,
          hook: str | None = None) -> ScanArtifact:
     """One pass over `batches` ((seq_ids, tokens, resid, excluded) per batch, as `Runtime.activation_batches`
@@ -159,3 +151,20 @@ def scan(saes: Mapping[str, Any], assignment: Assignment, batches: Iterable[Any]
     for seq_ids, tokens, resid, excluded in batches:
         collector.update(seq_ids, tokens, resid, excluded)
     return collector.finish(settings, hook)
+
+
+# ---------------------------------------------------------------- printing
+
+
+def print_scan(artifact, inputs: dict) -> None:
+    match = inputs["match"]
+    table = table(f"load check on {artifact.n_tokens:,} kept tokens", ["SAE", "FVU", "L0", "k", "never fire"])
+    for key, q in artifact.quality.items():
+        table.add_row(key, f"{q.fvu:.3f}", f"{q.l0:.1f}", str(q.k or "—"), str(q.n_silent))
+    console.print(table)
+    agreement = [(s, p) for s, p in zip(match.assignment.similarity, artifact.agreement.pearson) if p is not None]
+    for label, keep in (("cos > 0.9", lambda s: s > 0.9), ("cos < 0.3", lambda s: s < 0.3)):
+        values = [p for s, p in agreement if keep(s)]
+        if values:
+            console.print(f"mean activation Pearson of matched pairs with {label}: {sum(values) / len(values):.3f} "
+                          f"({len(values)} pairs)")

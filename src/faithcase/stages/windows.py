@@ -23,10 +23,11 @@ from typing import Any, Protocol
 
 import torch
 
+from faithcase.render.tables import console, fmt, table
 from faithcase.artifacts import CRITERIA, Context, FeatureStats, FeatureWindows, Histogram, Meta, Window, WindowsArtifact
 from faithcase.config import WindowsConfig
-from faithcase.errors import FaithcaseError
-from faithcase.outliers import counted_positions
+from faithcase.run.errors import FaithcaseError
+from faithcase.model.outliers import counted_positions
 
 TokenTexts = Callable[[list[int]], list[str]]
 
@@ -527,3 +528,11 @@ def top_activated_windows(
         for key, c in collectors.items()
     }
     return artifacts["sae"] if single else artifacts
+
+
+# ---------------------------------------------------------------- printing
+
+
+def print_windows(found, inputs: dict) -> None:
+    for key, artifact in found.items():
+        console.print(f"{key}: {len(artifact.features)} features, {artifact.n_tokens:,} tokens")

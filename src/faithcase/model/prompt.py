@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from faithcase.config import ExplainConfig
-from faithcase.errors import FaithcaseError
+from faithcase.run.errors import FaithcaseError
 
 
 @dataclass(frozen=True)

@@ -25,15 +25,12 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from faithcase.errors import FaithcaseError
-from faithcase.stages.prompt import PromptSpec
+from faithcase.run.errors import FaithcaseError
+from faithcase.model.hooks import resid_post, steered_at
+from faithcase.model.prompt import PromptSpec
 
 CLOSING_QUOTE = '"'
 Progress = Callable[[str, int, int], None]  # (what, done, total)
-
-
-def read_hook(read_layer: int) -> str:
-    return f"blocks.{read_layer}.hook_resid_post"
 
 
 def neutral_vector(lm) -> torch.Tensor:
@@ -79,8 +76,6 @@ class SteeredRunner:
     @torch.no_grad()
     def run(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(read residual at the last position [R, d], next-token log-probs [R, V]) for vectors [R, d]."""
-        from faithcase.lm import steering_hook
-
         tokens, _, mask = self.prompt.batch(len(vectors), self.lm.device)
         if self.prefix is None:
             logits, cache = self.lm.run_with_steering(tokens, self.layer, mask, vectors, mode=self.mode,
@@ -94,7 +89,7 @@ class SteeredRunner:
             captured["resid"] = tensor[:, -1].detach()
             return tensor
 
-        hooks = [(f"blocks.{self.layer}.hook_resid_pre", steering_hook(mask[:, start:], vectors, self.mode)),
+        hooks = [steered_at(self.layer, mask[:, start:], vectors, self.mode),
                  (self.read, read_last)]
         with self.lm.bridge.hooks(fwd_hooks=hooks):
             hidden, _ = self.lm.decoder_pass(tokens[:, start:], _repeat(cache, len(vectors)))
@@ -122,7 +117,7 @@ def sweep(lm, prompt: PromptSpec, directions: torch.Tensor, scales: Sequence[flo
         raise FaithcaseError(f"sweep needs a non-empty list of scales >= 0, got {list(scales)}.")
     directions = directions.to(lm.device, torch.float32)
     n_features, n_scales = len(directions), len(scales)
-    runner = SteeredRunner(lm, prompt, layer, read_hook(read_layer), mode, share_prefix)
+    runner = SteeredRunner(lm, prompt, layer, resid_post(read_layer), mode, share_prefix)
     resid_ref, logp_ref = runner.run(torch.stack([torch.zeros(lm.d_model, device=lm.device), neutral_vector(lm)]))
     logp_neutral = logp_ref[1]
     entropy_zero, entropy_neutral = (float(v) for v in _entropy(logp_ref))
@@ -187,8 +182,6 @@ def generate(lm, prompt: PromptSpec, vectors: torch.Tensor, layer: int, mode: st
     it off for rows where it is False (the unsteered baseline). Rows share the prompt's prefix cache,
     and a row leaves the batch as soon as it writes a stop token (`stop_tokens`), so every decoding
     step runs only the rows still writing."""
-    from faithcase.lm import steering_hook
-
     stops = stop_tokens(lm)
     generator = torch.Generator(device=lm.device).manual_seed(seed)
     first = prompt.positions[0]
@@ -200,7 +193,7 @@ def generate(lm, prompt: PromptSpec, vectors: torch.Tensor, layer: int, mode: st
         tokens, _, mask = prompt.batch(len(chunk), lm.device)
         if steer_mask is not None:
             mask = mask & steer_mask[begin:begin + batch_size].to(lm.device)[:, None]
-        hook = (f"blocks.{layer}.hook_resid_pre", steering_hook(mask[:, start:], chunk, mode))
+        hook = steered_at(layer, mask[:, start:], chunk, mode)
         with lm.bridge.hooks(fwd_hooks=[hook]):
             hidden, cache = lm.decoder_pass(tokens[:, start:], _repeat(prefix[0], len(chunk)) if prefix else None)
         rows = _decode(lm, lm.logits(hidden[:, -1]), cache, stops, max_new_tokens, temperature, generator)
@@ -243,11 +236,9 @@ def neutral_logprobs(lm, prompt: PromptSpec, id_lists: list[list[int]], layer: i
                      batch_size: int) -> list[list[float]]:
     """log p of each token of each continuation after the prompt with the neutral placeholder: the
     prompt runs once, each batch runs only its continuations on a copy of the prompt's cache."""
-    from faithcase.lm import steering_hook
-
     neutral = neutral_vector(lm)[None]
     _, _, mask = prompt.batch(1, lm.device)
-    prefix = _prefix_cache(lm, prompt.tokens, [(f"blocks.{layer}.hook_resid_pre", steering_hook(mask, neutral, mode))])
+    prefix = _prefix_cache(lm, prompt.tokens, [steered_at(layer, mask, neutral, mode)])
     if prefix is None:
         return [_neutral_row(lm, prompt, ids, layer, mode, neutral) for ids in id_lists]
     cache, first = prefix

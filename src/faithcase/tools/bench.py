@@ -24,8 +24,8 @@ from rich.table import Table
 from scipy.optimize import linear_sum_assignment
 
 from faithcase.artifacts import SAE_KEYS
-from faithcase.outliers import excluded_positions
-from faithcase.stages.assignment import cosine_similarity
+from faithcase.model.outliers import excluded_positions
+from faithcase.numerics.assignment import cosine_similarity
 from faithcase.stages.match import match_features
 
 
@@ -297,7 +297,7 @@ def _rss_flat(rt) -> dict:
     """Peak RSS of the collector streaming 100k vs 1M synthetic tokens (model excluded: memory of the stage)."""
     out = {}
     for n_tokens in (100_000, 1_000_000):
-        code = ("import sys, torch, resource; from faithcase.bench import _stream_synthetic; "
+        code = ("import sys, torch, resource; from faithcase.tools.bench import _stream_synthetic; "
                 f"_stream_synthetic({n_tokens}); print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
         out[f"peak_rss_mib_{n_tokens // 1000}k_tokens"] = int(done.stdout.split()[-1]) / 1024
@@ -341,10 +341,10 @@ def explain_speedup(lm, directions: dict[int, torch.Tensor], cfg, residual_norm:
     and one decoding per text, in the same run, sampling on (cfg.n_samples per feature). Reports the
     speed ratio and the agreement: curves, chosen scales and greedy texts (sampled texts differ by
     batch composition, so only their count is compared)."""
-    from faithcase.errors import FaithcaseError
+    from faithcase.run.errors import FaithcaseError
     from faithcase.stages import explain as ex
-    from faithcase.stages import steering
-    from faithcase.stages.prompt import build_prompt
+    from faithcase.model import steering
+    from faithcase.model.prompt import build_prompt
 
     insert, read = ex.resolve_layers(lm, cfg, sae_layer)
     scales = ex.scale_grid(cfg)

@@ -8,17 +8,17 @@ as `bridge(...)`: hooks added with `bridge.hooks(...)` also act on HF forwards w
 
 from __future__ import annotations
 
-import re
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 
-from faithcase.errors import FaithcaseError
-from faithcase.paths import resolve_path
+from faithcase.model import hooks
+from faithcase.model.hooks import SteerMode
+from faithcase.run.errors import FaithcaseError
+from faithcase.run.paths import resolve_path
 
-SteerMode = Literal["replace", "add"]
 
 DTYPES = {
     "float32": torch.float32, "fp32": torch.float32,
@@ -26,7 +26,6 @@ DTYPES = {
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
 }
 
-_BLOCK_HOOK = re.compile(r"^blocks\.(\d+)\.")
 
 
 # ---------------------------------------------------------------- loading
@@ -158,32 +157,6 @@ class _Captured(Exception):
         self.tensor = tensor
 
 
-def steering_hook(positions_mask: torch.Tensor, vectors: torch.Tensor,
-                  mode: SteerMode = "replace") -> Callable:
-    """Hook fn for `blocks.{L}.hook_resid_pre`: at positions where positions_mask [B, T] is True,
-    set the residual to vectors [B, d_model] (replace) or add them (add).
-
-    It acts only on a pass whose sequence length is the mask's T, so during KV-cached
-    generation (one new token per step) it leaves the residual alone.
-    """
-    if mode not in ("replace", "add"):
-        raise FaithcaseError(f"Unknown steering mode '{mode}'; use 'replace' or 'add'.")
-    if positions_mask.ndim != 2 or vectors.ndim != 2 or vectors.shape[0] != positions_mask.shape[0]:
-        raise ValueError("positions_mask must be [B, T] and vectors [B, d_model] with the same B")
-    prompt_len = positions_mask.shape[1]
-
-    def hook_fn(resid: torch.Tensor, hook=None) -> torch.Tensor:
-        if resid.shape[1] != prompt_len:
-            return resid
-        mask = positions_mask.to(resid.device)[:, :, None]
-        vec = vectors.to(device=resid.device, dtype=resid.dtype)[:, None, :]
-        if mode == "replace":
-            return torch.where(mask, vec, resid)
-        return resid + mask.to(resid.dtype) * vec
-
-    return hook_fn
-
-
 # ---------------------------------------------------------------- the model
 
 @dataclass(eq=False, repr=False)
@@ -231,11 +204,8 @@ class LanguageModel:
     # -- hook names
 
     def hook_layer(self, hook_name: str) -> int:
-        """Layer index L of a hook name `blocks.{L}.…`."""
-        match = _BLOCK_HOOK.match(hook_name)
-        if not match:
-            raise FaithcaseError(f"Hook '{hook_name}' is not a block hook; use e.g. blocks.12.hook_resid_pre.")
-        layer = int(match.group(1))
+        """Layer index L of a hook name `blocks.{L}.…`, checked against the model's depth."""
+        layer = hooks.hook_layer(hook_name)
         if layer >= self.n_layers:
             raise FaithcaseError(f"Hook '{hook_name}': layer {layer} out of range, "
                                  f"{self.name} has layers 0..{self.n_layers - 1}.")
@@ -302,12 +272,13 @@ class LanguageModel:
                 return tensor
             return read
 
-        hooks = [(self._resid_pre(layer), steering_hook(positions_mask, vectors, mode))]
-        hooks += [(name, reader(name)) for name in read_hooks]
+        self.check_layer(layer)
+        fwd_hooks = [hooks.steered_at(layer, positions_mask, vectors, mode)]
+        fwd_hooks += [(name, reader(name)) for name in read_hooks]
         kwargs = self._forward_kwargs(attention_mask)
         if last_position_only:
             kwargs["logits_to_keep"] = 1
-        with self.bridge.hooks(fwd_hooks=hooks):
+        with self.bridge.hooks(fwd_hooks=fwd_hooks):
             logits = self.bridge(tokens.to(self.device), **kwargs)
         return (logits[:, -1] if last_position_only else logits), cache
 
@@ -335,7 +306,6 @@ class LanguageModel:
 
         return "cache" if "cache" in inspect.signature(self.hf_model.model.forward).parameters else "past_key_values"
 
-    def _resid_pre(self, layer: int) -> str:
+    def check_layer(self, layer: int) -> None:
         if not 0 <= layer < self.n_layers:
             raise FaithcaseError(f"Layer {layer} out of range; {self.name} has layers 0..{self.n_layers - 1}.")
-        return f"blocks.{layer}.hook_resid_pre"

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from faithcase.artifacts import LEDGER_FILE
-from faithcase.errors import FaithcaseError
+from faithcase.run.errors import FaithcaseError
 
 IGNORED_KEYS = frozenset({"meta", "created", "seconds", "fingerprint", "upstream", "version", "path", "base_dir",
                           "out_dir"})

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from faithcase.errors import FaithcaseError
+from faithcase.run.errors import FaithcaseError
 
 PAPER_BATCHES = {"seq_len": 128, "corpus": 32, "explain": 128}  # as configs/llama-3.2-1b.yaml sets them
 # workloads: corpus tokens of the passes, pairs per group, stratified pairs, scales, null directions, samples
@@ -42,7 +42,7 @@ def units(stage: str, workload: dict) -> float:
 
 def build(work_dir: Path, workload: dict, console) -> tuple[Path, dict]:
     """The rehearsal's model, SAEs, corpus and config under work_dir (each reused when already built)."""
-    from faithcase.rehearse_build import PAPER_HOOK, build_paper_model, build_paper_saes, build_rehearsal_corpus
+    from faithcase.tools.rehearse_build import PAPER_HOOK, build_paper_model, build_paper_saes, build_rehearsal_corpus
 
     work_dir = work_dir.resolve()  # the config's paths must not depend on where it is read from
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -70,7 +70,7 @@ def build(work_dir: Path, workload: dict, console) -> tuple[Path, dict]:
 
 def run_stage(config: Path, stage: str, force: bool) -> dict:
     """One stage in its own process: its seconds, its model-loading seconds and its peak RSS."""
-    code = ("import json, sys; from faithcase.rehearse import stage_in_process; "
+    code = ("import json, sys; from faithcase.tools.rehearse import stage_in_process; "
             "print(json.dumps(stage_in_process(sys.argv[1], sys.argv[2], sys.argv[3] == '1')))")
     process = subprocess.Popen([sys.executable, "-c", code, str(config), stage, "1" if force else "0"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -90,7 +90,7 @@ def stage_in_process(config: str, stage: str, force: bool) -> dict:
 
     from faithcase.config import load_config
     from faithcase.pipeline import pipeline_run
-    from faithcase.runtime import Runtime
+    from faithcase.run.runtime import Runtime
 
     rt = Runtime(load_config(config))
     graph = pipeline_run(rt, (stage,) if force else ())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from faithcase.errors import FaithcaseError
+from faithcase.run.errors import FaithcaseError
 
 PKG_PREFIX = "pkg:"
 

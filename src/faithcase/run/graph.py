@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from faithcase.errors import FaithcaseError
+from faithcase.run.errors import FaithcaseError
 
 
 @dataclass(frozen=True)

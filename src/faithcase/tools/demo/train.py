@@ -31,7 +31,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from faithcase.errors import FaithcaseError
+from faithcase.run.errors import FaithcaseError
 from faithcase.saes import SAE, layer_from_hook
 
 ProgressFn = Callable[[int, int, dict], None]  # (step, total_steps, metrics)

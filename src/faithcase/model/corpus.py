@@ -22,8 +22,8 @@ from typing import Iterable, Iterator
 
 import torch
 
-from faithcase.errors import FaithcaseError
-from faithcase.paths import resolve_path
+from faithcase.run.errors import FaithcaseError
+from faithcase.run.paths import resolve_path
 
 LOCAL_KINDS = ("jsonl", "jsonl.gz", "txt", "parquet")
 TOKENIZE_BATCH = 256

@@ -18,9 +18,9 @@ from rich.console import Console
 
 from faithcase.artifacts import LEDGER_FILE, SAEInfo, file_sha256
 from faithcase.config import Config
-from faithcase.errors import FaithcaseError
-from faithcase.outliers import excluded_positions
-from faithcase.paths import resolve_path
+from faithcase.run.errors import FaithcaseError
+from faithcase.model.outliers import excluded_positions
+from faithcase.run.paths import resolve_path
 
 RESIDUAL_NORM_BATCHES = 4  # corpus batches that set the unit of the steering scales
 
@@ -104,13 +104,13 @@ class Runtime:
 
     @cached_property
     def device(self) -> str:
-        from faithcase.lm import resolve_device
+        from faithcase.model.lm import resolve_device
 
         return resolve_device(self.cfg.device)
 
     @cached_property
     def lm(self):
-        from faithcase.lm import load_model
+        from faithcase.model.lm import load_model
 
         model = self.cfg.model
         start = time.perf_counter()
@@ -122,7 +122,7 @@ class Runtime:
 
     @cached_property
     def embedder(self):
-        from faithcase.stages.embed import load_embedder
+        from faithcase.model.embedder import load_embedder
 
         embed = self.cfg.embed
         start = time.perf_counter()
@@ -145,7 +145,7 @@ class Runtime:
 
     @cached_property
     def sequences(self) -> torch.Tensor:
-        from faithcase.corpus import load_texts, token_sequences
+        from faithcase.model.corpus import load_texts, token_sequences
 
         corpus = self.cfg.corpus
         texts = load_texts(corpus.source, kind=corpus.kind, text_column=corpus.text_column,

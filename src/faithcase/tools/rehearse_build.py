@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from faithcase import corpus, lm
-from faithcase.errors import FaithcaseError
+from faithcase.model import corpus, lm
+from faithcase.run.errors import FaithcaseError
 from faithcase.saes import layer_from_hook
 
 DEMO_TOKENIZER_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"

