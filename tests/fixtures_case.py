@@ -39,8 +39,8 @@ from faithcase.artifacts import (
     SweepPoint,
     Window,
     WindowsArtifact,
-    write_artifact,
 )
+from faithcase.run.store import write_artifact
 
 # (kind, rank, index1, index2, decoder similarity)
 PAIRS = [

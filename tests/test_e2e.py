@@ -8,7 +8,14 @@ import orjson
 import pytest
 from pydantic import TypeAdapter
 
-from faithcase.artifacts import CaseStudySummary, MatchArtifact, PairCase, PairsArtifact, ScanArtifact, WindowsArtifact
+from faithcase.artifacts import (
+    CaseStudySummary,
+    MatchArtifact,
+    PairCase,
+    PairsArtifact,
+    ScanArtifact,
+    WindowsArtifact,
+)
 from faithcase.run.paths import resolve_path
 
 BUNDLE = resolve_path("pkg:faithcase/demo/bundle")

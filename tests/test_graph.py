@@ -8,7 +8,7 @@ import sys
 import orjson
 import pytest
 
-from faithcase.artifacts import fingerprint, write_json
+from faithcase.run.store import fingerprint, write_json
 from faithcase.tools.diff import compare_runs
 from faithcase.run.errors import FaithcaseError
 from faithcase.run.graph import Graph, Stage

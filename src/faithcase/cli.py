@@ -190,7 +190,8 @@ _stage_command("embed", "Eleuther embedding score (AUROC) of every explanation, 
 def assemble(opts: RunOptions,
              out: Annotated[Optional[Path], typer.Option("--out", help="Also write the case study here.")] = None):
     """Join every stage into case_study.json (one entry per pair) and summary.json."""
-    from faithcase.artifacts import CASE_STUDY_FILE, write_bytes_atomic
+    from faithcase.artifacts import CASE_STUDY_FILE
+    from faithcase.run.store import write_bytes_atomic
 
     (_, summary), graph = stage(opts, "assemble")
     from faithcase.stages.assemble import print_summary

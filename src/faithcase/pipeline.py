@@ -32,11 +32,9 @@ from faithcase.artifacts import (
     PairsArtifact,
     ScanArtifact,
     WindowsArtifact,
-    fingerprint,
-    read_artifact,
     windows_file,
-    write_artifact,
 )
+from faithcase.run.store import fingerprint, read_artifact, write_artifact
 from faithcase.run.errors import FaithcaseError
 from faithcase.run.graph import Graph, GraphRun, Stage
 from faithcase.run.runtime import Runtime

@@ -12,15 +12,15 @@ import matplotlib
 matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
 
-from faithcase.artifacts import (  # noqa: E402
-    PAIR_KINDS,
+from faithcase.artifacts import (
+    # noqa: E402     PAIR_KINDS,
     SAE_KEYS,
     CaseStudySummary,
     ExplainArtifact,
     MatchStats,
     PairCase,
-    write_bytes_atomic,
 )
+from faithcase.run.store import write_bytes_atomic
 
 KIND_COLORS = {"best": "#2b7bba", "worst": "#d1495b", "random": "#8c8c8c", "stratified": "#3a9d5d"}
 SELFSIM_COLOR = "#2b7bba"

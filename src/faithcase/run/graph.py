@@ -54,7 +54,7 @@ class Ledger:
         return self.entries.get(stage, {}).get("note")
 
     def record(self, stage: str, fingerprint: str, seconds: float, note: Any = None) -> None:
-        from faithcase.artifacts import write_json
+        from faithcase.run.store import write_json
 
         self.entries[stage] = {"fingerprint": fingerprint, "seconds": round(seconds, 2), "note": note}
         write_json(self.path, self.entries)

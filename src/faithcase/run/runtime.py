@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from faithcase.artifacts import LEDGER_FILE, SAEInfo, file_sha256
+from faithcase.artifacts import LEDGER_FILE, SAEInfo
+from faithcase.run.store import file_sha256
 from faithcase.config import Config
 from faithcase.run.errors import FaithcaseError
 from faithcase.model.outliers import excluded_positions

@@ -45,8 +45,8 @@ from faithcase.artifacts import (
     ScanArtifact,
     WindowsArtifact,
     windows_file,
-    write_json,
 )
+from faithcase.run.store import write_json
 from faithcase.run.errors import FaithcaseError
 from faithcase.numerics.statistics import spearman
 
@@ -247,15 +247,15 @@ def read_case_study(out_dir: Path, cases_name: str | None = None) -> tuple[list[
 
 
 def print_summary(summary) -> None:
-    table = table("case study by group (pairs with a silent feature left out)",
+    grid = table("case study by group (pairs with a silent feature left out)",
                    ["group", "pairs", "left out", "cos", "act. Pearson", "own self/base/null", "cross self/base/null",
                     "passing"])
     for kind, g in summary.groups.items():
         own = " / ".join(fmt(g.own_auroc[n], 2) for n in ("self", "baseline", "null"))
         cross = " / ".join(fmt(g.cross_auroc[n], 2) for n in ("self", "baseline", "null"))
-        table.add_row(kind, str(g.n_pairs), str(g.n_left_out), fmt(g.mean_similarity), fmt(g.mean_pearson), own,
+        grid.add_row(kind, str(g.n_pairs), str(g.n_left_out), fmt(g.mean_similarity), fmt(g.mean_pearson), own,
                       cross, fmt(g.pass_rate, 2))
-    console.print(table)
+    console.print(grid)
     for c in summary.correlations:
         console.print(f"Spearman ρ(decoder cos, {c.score}) over {c.pairs} pairs (n={c.n}): {fmt(c.rho)} "
                       f"[{fmt(c.ci_low)}, {fmt(c.ci_high)}]")

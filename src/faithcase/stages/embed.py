@@ -36,7 +36,6 @@ from faithcase.artifacts import (
     ExplanationScore,
     FeatureExplanation,
     FeatureWindows,
-    Meta,
     Pair,
     PairSimilarity,
     ScoredFeature,
@@ -222,7 +221,7 @@ def embed_case_study(pairs: list[Pair], explain: ExplainArtifact, windows: Mappi
                                    explanation_similarity=explanation_similarity(
                                        embedder, explained["sae1"].get(str(p.index1)),
                                        explained["sae2"].get(str(p.index2)))) for p in pairs]
-    return EmbedArtifact(meta=Meta(stage="embed", fingerprint=""), embedder=settings.model,
+    return EmbedArtifact(embedder=settings.model,
                          query_template=settings.template, features=features, pairs=similarities,
                          nulls={key: {f: int(g) for f, g in nulls[key].items()} for key in SAE_KEYS},
                          templates=_template_check(embedder, settings, docs, explained, n_quantiles)
@@ -248,7 +247,7 @@ def _template_check(embedder: Embedder, settings: EmbedConfig, docs, explained, 
 
 def print_embed(artifact, inputs: dict) -> None:
     pairs = inputs["pairs"]
-    table = table("embedding scores (AUROC): self / baseline / null",
+    grid = table("embedding scores (AUROC): self / baseline / null",
                    ["kind", "rank", "sae1", "sae2", "own 1", "own 2", "cross 1→2", "cross 2→1"])
 
     def three(scores) -> str:
@@ -256,6 +255,6 @@ def print_embed(artifact, inputs: dict) -> None:
 
     for p in pairs.all_pairs():
         f1, f2 = artifact.features["sae1"][str(p.index1)], artifact.features["sae2"][str(p.index2)]
-        table.add_row(p.kind, str(p.rank), str(p.index1), str(p.index2), three(f1.own), three(f2.own),
+        grid.add_row(p.kind, str(p.rank), str(p.index1), str(p.index2), three(f1.own), three(f2.own),
                       three(f2.partner), three(f1.partner))
-    console.print(table)
+    console.print(grid)

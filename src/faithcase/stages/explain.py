@@ -42,7 +42,6 @@ from faithcase.artifacts import (
     ExplainBaseline,
     ExplainSettings,
     FeatureExplanation,
-    Meta,
     NullDistribution,
     RankedText,
     SweepPoint,
@@ -366,7 +365,7 @@ def explain(lm, saes, features, settings: ExplainConfig | None = None, residual_
         explained[key] = {str(f): r for f, r in results.items()}
     if run_settings is None:
         raise FaithcaseError("explain needs at least one SAE.")
-    return ExplainArtifact(meta=Meta(stage="explain", fingerprint=""), settings=run_settings, baseline=baseline,
+    return ExplainArtifact(settings=run_settings, baseline=baseline,
                            null=null, threshold=threshold, threshold_source=source, features=explained)
 
 
@@ -375,14 +374,14 @@ def explain(lm, saes, features, settings: ExplainConfig | None = None, residual_
 
 def print_explain(artifact, inputs: dict) -> None:
     pairs = inputs["pairs"]
-    table = table(f"self-explanations (failed: best self-similarity ≤ {fmt(artifact.threshold, 4)}, "
+    grid = table(f"self-explanations (failed: best self-similarity ≤ {fmt(artifact.threshold, 4)}, "
                    f"{artifact.threshold_source})", ["kind", "rank", "sae1 explanation", "scale", "sae2 explanation",
                                                      "scale "])
     for p in pairs.all_pairs():
         e1 = artifact.features["sae1"].get(str(p.index1))
         e2 = artifact.features["sae2"].get(str(p.index2))
-        table.add_row(p.kind, str(p.rank), _explanation(e1), _scale(e1), _explanation(e2), _scale(e2))
-    console.print(table)
+        grid.add_row(p.kind, str(p.rank), _explanation(e1), _scale(e1), _explanation(e2), _scale(e2))
+    console.print(grid)
 
 
 def _explanation(e) -> str:

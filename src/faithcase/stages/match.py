@@ -16,7 +16,14 @@ import numpy as np
 import torch
 
 from faithcase.render.tables import console, fmt, table
-from faithcase.artifacts import Assignment, Histogram, MatchArtifact, Matching, MatchStats, Meta, SAEInfo
+from faithcase.artifacts import (
+    Assignment,
+    Histogram,
+    MatchArtifact,
+    Matching,
+    MatchStats,
+    SAEInfo,
+)
 from faithcase.config import MatchConfig
 from faithcase.run.errors import FaithcaseError
 from faithcase.numerics import assignment as solvers
@@ -120,7 +127,7 @@ def match(sae1, sae2, settings: MatchConfig | None = None, sae_infos: tuple[SAEI
     matching = match_features(sae1.W_dec.float(), sae2.W_dec.float(), threshold=settings.threshold,
                               solver=settings.solver, progress=progress)
     infos = sae_infos or (_info(sae1), _info(sae2))
-    return MatchArtifact(meta=Meta(stage="match", fingerprint=""), sae1=infos[0], sae2=infos[1], **dict(matching))
+    return MatchArtifact(sae1=infos[0], sae2=infos[1], **dict(matching))
 
 
 def _info(sae) -> SAEInfo:
@@ -136,13 +143,13 @@ def print_match(artifact, inputs: dict) -> None:
     s = artifact.stats
     a = artifact.assignment
     order = sorted(range(len(a.similarity)), key=lambda i: -a.similarity[i])
-    table = table(f"{s.n_matched} matched pairs · shared ratio (>{s.threshold}) {s.shared_ratio:.3f} · top-1 ratio "
+    grid = table(f"{s.n_matched} matched pairs · shared ratio (>{s.threshold}) {s.shared_ratio:.3f} · top-1 ratio "
                    f"{s.top1_ratio:.3f} (SAE 1 → 2: {s.top1_ratio_sae1:.3f}) · mean {s.mean_similarity:.3f}",
                    ["", "sae1", "sae2", "cosine"])
     for label, positions in (("highest", order[:5]), ("lowest", order[::-1][:5])):
         for i in positions:
-            table.add_row(label, str(a.index1[i]), str(a.index2[i]), f"{a.similarity[i]:.3f}")
-    console.print(table)
+            grid.add_row(label, str(a.index1[i]), str(a.index2[i]), f"{a.similarity[i]:.3f}")
+    console.print(grid)
     solver = artifact.solver
     proof = "exact" if solver.exact else ("certified" if solver.certified else "not certified")
     console.print(f"solver {solver.name} ({proof}), {solver.seconds:.2f} s; dead features {s.n_dead1} / {s.n_dead2}")

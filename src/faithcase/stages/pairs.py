@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from faithcase.render.tables import console, fmt, table
-from faithcase.artifacts import Assignment, Meta, Pair, PairsArtifact
+from faithcase.artifacts import Assignment, Pair, PairsArtifact
 from faithcase.config import MatchConfig
 from faithcase.run.errors import FaithcaseError
 
@@ -71,7 +71,7 @@ def select_pairs(assignment: Assignment, settings: MatchConfig | None = None,
     pairs = {kind: [Pair(kind=kind, rank=rank, index1=assignment.index1[i], index2=assignment.index2[i],
                          similarity=assignment.similarity[i]) for rank, i in enumerate(positions, start=1)]
              for kind, positions in chosen.items()}
-    return PairsArtifact(meta=Meta(stage="pairs", fingerprint=""), pairs=pairs, n_eligible=int(eligible.sum()),
+    return PairsArtifact(pairs=pairs, n_eligible=int(eligible.sum()),
                          strata_edges=edges.tolist())
 
 
@@ -99,9 +99,9 @@ def _stratified(pool: np.ndarray, sims: np.ndarray, edges: np.ndarray, n: int, r
 def print_pairs(artifact, inputs: dict) -> None:
     match, scan = inputs["match"], inputs["scan"]
     position = {index: i for i, index in enumerate(match.assignment.index1)}
-    table = table(f"selected pairs ({artifact.n_eligible} matched pairs have two firing features)",
+    grid = table(f"selected pairs ({artifact.n_eligible} matched pairs have two firing features)",
                    ["kind", "rank", "sae1", "sae2", "cosine", "activation Pearson"])
     for p in artifact.all_pairs():
-        table.add_row(p.kind, str(p.rank), str(p.index1), str(p.index2), f"{p.similarity:.3f}",
+        grid.add_row(p.kind, str(p.rank), str(p.index1), str(p.index2), f"{p.similarity:.3f}",
                       fmt(scan.agreement.pearson[position[p.index1]]))
-    console.print(table)
+    console.print(grid)

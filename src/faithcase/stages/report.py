@@ -16,8 +16,8 @@ from faithcase.artifacts import (
     CaseStudySummary,
     ExplainArtifact,
     PairCase,
-    write_bytes_atomic,
 )
+from faithcase.run.store import write_bytes_atomic
 from faithcase.render.style import CSS, JS
 
 CRITERION_HELP = {

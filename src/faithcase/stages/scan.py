@@ -16,7 +16,12 @@ from typing import Any
 import torch
 
 from faithcase.render.tables import console, fmt, table
-from faithcase.artifacts import AgreementTable, Assignment, Meta, SAEQuality, ScanArtifact
+from faithcase.artifacts import (
+    AgreementTable,
+    Assignment,
+    SAEQuality,
+    ScanArtifact,
+)
 from faithcase.config import ScanConfig
 from faithcase.run.errors import FaithcaseError
 from faithcase.model.hooks import same_site
@@ -88,7 +93,7 @@ class ScanCollector:
         n = self.n_tokens
         variance = self.sum_sq - float(self.sum_x.pow(2).sum()) / n
         quality = {key: self._quality(key, variance, settings, hook) for key in self.saes}
-        return ScanArtifact(meta=Meta(stage="scan", fingerprint=""), n_sequences=self.n_sequences, n_tokens=n,
+        return ScanArtifact(n_sequences=self.n_sequences, n_tokens=n,
                             excluded_positions=self.n_excluded, quality=quality,
                             firing={key: counts.tolist() for key, counts in self.firing.items()},
                             agreement=self._agreement())
@@ -158,10 +163,10 @@ def scan(saes: Mapping[str, Any], assignment: Assignment, batches: Iterable[Any]
 
 def print_scan(artifact, inputs: dict) -> None:
     match = inputs["match"]
-    table = table(f"load check on {artifact.n_tokens:,} kept tokens", ["SAE", "FVU", "L0", "k", "never fire"])
+    grid = table(f"load check on {artifact.n_tokens:,} kept tokens", ["SAE", "FVU", "L0", "k", "never fire"])
     for key, q in artifact.quality.items():
-        table.add_row(key, f"{q.fvu:.3f}", f"{q.l0:.1f}", str(q.k or "—"), str(q.n_silent))
-    console.print(table)
+        grid.add_row(key, f"{q.fvu:.3f}", f"{q.l0:.1f}", str(q.k or "—"), str(q.n_silent))
+    console.print(grid)
     agreement = [(s, p) for s, p in zip(match.assignment.similarity, artifact.agreement.pearson) if p is not None]
     for label, keep in (("cos > 0.9", lambda s: s > 0.9), ("cos < 0.3", lambda s: s < 0.3)):
         values = [p for s, p in agreement if keep(s)]

@@ -24,7 +24,15 @@ from typing import Any, Protocol
 import torch
 
 from faithcase.render.tables import console, fmt, table
-from faithcase.artifacts import CRITERIA, Context, FeatureStats, FeatureWindows, Histogram, Meta, Window, WindowsArtifact
+from faithcase.artifacts import (
+    CRITERIA,
+    Context,
+    FeatureStats,
+    FeatureWindows,
+    Histogram,
+    Window,
+    WindowsArtifact,
+)
 from faithcase.config import WindowsConfig
 from faithcase.run.errors import FaithcaseError
 from faithcase.model.outliers import counted_positions
@@ -522,7 +530,7 @@ def top_activated_windows(
     found = collect_windows(collectors, batches, token_text)
     artifacts = {
         key: WindowsArtifact(
-            meta=Meta(stage="windows", fingerprint=""), sae=key, n_sequences=c.n_sequences, n_tokens=c.n_tokens,
+            sae=key, n_sequences=c.n_sequences, n_tokens=c.n_tokens,
             seq_len=int(c.seq_len or 0), window=settings.window, excluded_positions=c.n_excluded,
             quantile_method=QUANTILE_METHOD, features={str(f): fw for f, fw in sorted(found[key].items())})
         for key, c in collectors.items()

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
-from faithcase.artifacts import sha256_file, write_bytes_atomic
+from faithcase.run.store import sha256_file, write_bytes_atomic
 from faithcase.demo import BUNDLE_DIR, MANIFEST_FILE
 from faithcase.run.errors import FaithcaseError
 from faithcase.run.graph import Graph, Stage
