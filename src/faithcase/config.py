@@ -32,7 +32,7 @@ class SAEConfig(Section):
     hf: str | None = None  # hub repo OWNER/NAME, downloaded into the standard Hugging Face cache
     id: str | None = None  # the SAE's folder in the repo (a SAELens SAE id, a sparsify hook point …)
     revision: str | None = None
-    format: Literal["saelens", "sparsify", "batchtopk"] | None = None
+    format: str | None = None  # a registered SAE format (faithcase.saes); None: detected from the files
 
     @model_validator(mode="after")
     def _one_source(self) -> "SAEConfig":
