@@ -33,7 +33,7 @@ def config_file(tmp_path):
     path.write_text(
         "run_name: t\nhook: blocks.3.hook_resid_pre\n"
         "sae1: {path: none1}\nsae2: {path: none2}\n"
-        "corpus: {source: corpus.txt}\nmatch: {n_pairs: 5}\n"
+        "corpus: {source: corpus.txt}\npairs: {n_pairs: 5}\n"
     )
     return path
 
@@ -75,7 +75,7 @@ def test_force_reruns_and_selection_sizes_fail_before_any_corpus_pass(tmp_path, 
     one_line_error(invoke("pairs", "-c", config_file, "--sae1", a, "--sae2", b, "--out-dir", out, "--n-pairs", 65),
                    "--n-pairs 65 is larger than the 64 matched features")
     one_line_error(invoke("pairs", "-c", config_file, "--sae1", a, "--sae2", b, "--out-dir", out,
-                          "--set", "match.n_stratified=100"), "n_stratified 100 is larger than the 64 matched pairs")
+                          "--set", "pairs.n_stratified=100"), "n_stratified 100 is larger than the 64 matched pairs")
     for bad, needle in (("explain.n_samples=-1", "explain.n_samples"), ("explain.criterion=kl", "explain.criterion"),
                         ("embed.query_template=plain", "{explanation}")):
         one_line_error(invoke("pairs", "-c", config_file, "--out-dir", out, "--set", bad), needle)
@@ -173,7 +173,7 @@ def test_sae_options_replace_the_configs_sae_and_its_format(tmp_path):
     a, b = write_saelens(tmp_path / "a", W1), write_batchtopk(tmp_path / "b", W2)
     config = tmp_path / "formats.yaml"
     config.write_text("run_name: t\nhook: blocks.3.hook_resid_pre\nsae1: {path: nowhere, format: sparsify}\n"
-                      "sae2: {path: nowhere, format: sparsify}\ncorpus: {source: corpus.txt}\nmatch: {n_pairs: 2}\n")
+                      "sae2: {path: nowhere, format: sparsify}\ncorpus: {source: corpus.txt}\npairs: {n_pairs: 2}\n")
     out = tmp_path / "out"
     result = invoke("match", "-c", config, "--sae1", a, "--sae2", b, "--out-dir", out)
     assert result.exit_code == 0, result.output

@@ -29,7 +29,7 @@ corpus:
   source: pkg:faithcase/demo/bundle/corpus_heldout.jsonl.gz
   seq_len: 64
   max_tokens: 20000
-match: {n_pairs: 2, n_stratified: 4, strata: 4}
+pairs: {n_pairs: 2, n_stratified: 4, strata: 4}
 explain: {scales: [0.5, 1.0, 2.0, 4.0], skip_lowest: 0, max_new_tokens: 12, n_samples: 1, n_null: 8}
 windows: {n_negative: 20}
 """

@@ -19,6 +19,7 @@ from faithcase.run.errors import FaithcaseError
 from faithcase.model.outliers import excluded_positions
 from faithcase.model import hooks as hooks_module
 from faithcase.model import steering
+from faithcase.numerics.directions import unit_directions
 from faithcase.stages import explain
 from faithcase.model.prompt import build_prompt
 
@@ -46,7 +47,7 @@ def prompt(demo_lm):
 @pytest.fixture(scope="module")
 def residual_norm(demo_lm):
     batches = [bos_tokens(demo_lm, CORPUS)]
-    return explain.median_residual_norm(demo_lm, batches, INSERT_LAYER,
+    return steering.median_residual_norm(demo_lm, batches, INSERT_LAYER,
                                         lambda resid: excluded_positions(resid, norm_ratio=10.0))
 
 
@@ -122,10 +123,15 @@ def test_scale_and_feature_errors():
         explain.scale_grid(ExplainConfig(scales=[1.0, -2.0]))
     with pytest.raises(FaithcaseError, match="positive"):
         explain.scale_grid(ExplainConfig(scales=[0.0, 2.0]))
-    sae = SimpleNamespace(W_dec=torch.eye(4, 6), d_sae=4)
     with pytest.raises(FaithcaseError, match="out of range"):
-        explain.unit_directions(sae, [1, 4])
-    units = explain.unit_directions(SimpleNamespace(W_dec=3 * torch.eye(4, 6), d_sae=4), [2])
+        unit_directions(torch.eye(4, 6), [1, 4])
+    decoder = 3 * torch.eye(4, 6)
+    decoder[1] = 0.0
+    decoder[3, 0] = float("nan")
+    for dead in (1, 3):
+        with pytest.raises(FaithcaseError, match="dead feature"):
+            unit_directions(decoder, [dead])
+    units = unit_directions(decoder, [2])
     assert torch.allclose(units[2], torch.eye(4, 6)[2])
 
 

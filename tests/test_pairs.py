@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from faithcase.artifacts import Assignment
-from faithcase.config import MatchConfig
+from faithcase.config import PairsConfig
 from faithcase.run.errors import FaithcaseError
 from faithcase.stages.pairs import check_selection, firing_pairs, select_pairs
 
@@ -30,7 +30,7 @@ def positions(assignment, pairs):
 
 def test_kinds_follow_their_rules_and_are_disjoint(matched):
     assignment, firing = matched
-    settings = MatchConfig(n_pairs=8, n_stratified=30, strata=6, min_firing=1)
+    settings = PairsConfig(n_pairs=8, n_stratified=30, strata=6, min_firing=1)
     result = select_pairs(assignment, settings, firing)
     sims = np.array(assignment.similarity)
     eligible = firing_pairs(assignment, firing, 1)
@@ -54,7 +54,7 @@ def test_kinds_follow_their_rules_and_are_disjoint(matched):
 
 def test_stratified_pairs_fill_equal_width_bins_evenly(matched):
     assignment, firing = matched
-    result = select_pairs(assignment, MatchConfig(n_pairs=5, n_stratified=30, strata=6), firing)
+    result = select_pairs(assignment, PairsConfig(n_pairs=5, n_stratified=30, strata=6), firing)
     edges = np.array(result.strata_edges)
     sims = np.array(assignment.similarity)
     assert edges[0] == sims.min() and edges[-1] == sims.max() and len(edges) == 7
@@ -65,14 +65,14 @@ def test_stratified_pairs_fill_equal_width_bins_evenly(matched):
 def test_a_thin_bin_gives_its_share_to_the_others():
     sims = [0.0, 0.01, 0.02] + [0.9 + 0.0005 * i for i in range(100)]  # bin 0 holds 3 pairs, bin 1 the rest
     assignment = Assignment(index1=list(range(103)), index2=list(range(103)), similarity=sims)
-    result = select_pairs(assignment, MatchConfig(n_pairs=1, n_stratified=20, strata=2, require_firing=False))
+    result = select_pairs(assignment, PairsConfig(n_pairs=1, n_stratified=20, strata=2, require_firing=False))
     chosen = [p.similarity for p in result.pairs["stratified"]]
     assert len(chosen) == 20 and sum(s < 0.5 for s in chosen) == 2  # bin 0 keeps what it has left after worst
 
 
 def test_selection_is_seeded_and_can_ignore_firing(matched):
     assignment, firing = matched
-    settings = MatchConfig(n_pairs=6, n_stratified=12, seed=1)
+    settings = PairsConfig(n_pairs=6, n_stratified=12, seed=1)
     assert select_pairs(assignment, settings, firing).pairs == select_pairs(assignment, settings, firing).pairs
     other = select_pairs(assignment, settings.model_copy(update={"seed": 2}), firing)
     assert other.pairs["random"] != select_pairs(assignment, settings, firing).pairs["random"]
@@ -85,6 +85,6 @@ def test_selection_is_seeded_and_can_ignore_firing(matched):
 def test_sizes_larger_than_the_matching_are_refused(matched):
     assignment, firing = matched
     with pytest.raises(FaithcaseError, match="n_stratified 500 is larger than the 200 matched pairs"):
-        select_pairs(assignment, MatchConfig(n_stratified=500), firing)
+        select_pairs(assignment, PairsConfig(n_stratified=500), firing)
     with pytest.raises(FaithcaseError, match="--n-pairs 201"):
-        check_selection(N, MatchConfig(n_pairs=201))
+        check_selection(N, PairsConfig(n_pairs=201))

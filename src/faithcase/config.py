@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -16,6 +17,29 @@ DEMO_CONFIG = "pkg:faithcase/configs/demo.yaml"
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+# What a setting changes, marked once on the field: a stage's fingerprint covers its section's
+# `results` settings; `nothing` (batch sizes of exact passes, --strict, memory) is left out, and
+# explain keeps the failure test's settings out of each feature's own cache key.
+AFFECTS = "affects"
+
+
+def setting(default: Any, affects: str = "results", **kwargs: Any) -> Any:
+    """A config field with what it affects recorded on it."""
+    return Field(default, json_schema_extra={AFFECTS: affects}, **kwargs)
+
+
+def affecting(section: BaseModel, leave_out: tuple[str, ...] = ("nothing",)) -> dict[str, Any]:
+    """The section's settings as JSON, without the fields that affect only what `leave_out` names."""
+    data = section.model_dump(mode="json")
+    for name, info in type(section).model_fields.items():
+        extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+        if extra.get(AFFECTS, "results") in leave_out:
+            data.pop(name, None)
+        elif isinstance(getattr(section, name), BaseModel):
+            data[name] = affecting(getattr(section, name), leave_out)
+    return data
 
 
 class ModelConfig(Section):
@@ -55,7 +79,7 @@ class CorpusConfig(Section):
     max_tokens: int | None = Field(100_000, ge=1)
     batch_size: int = Field(16, ge=1)
     seed: int = 0
-    memory_mib: int = Field(1024, ge=0)  # keep a corpus pass in memory up to this size (0: never)
+    memory_mib: int = setting(1024, "nothing", ge=0)  # keep a corpus pass in memory up to this size
 
 
 class OutlierConfig(Section):
@@ -72,22 +96,23 @@ class ScanConfig(Section):
 
     max_fvu: float = Field(0.5, gt=0)
     l0_tolerance: float = Field(0.25, ge=0)  # |L0 - k| / k allowed for TopK SAEs
-    strict: bool = False
+    strict: bool = setting(False, "nothing")
 
 
 class MatchConfig(Section):
     threshold: float = Field(0.7, ge=-1, le=1)
     solver: Literal["auto", "dense", "sparse"] = "auto"
-    # which matched pairs the case study follows (the pairs stage)
+
+
+class PairsConfig(Section):
+    """Which matched pairs the case study follows."""
+
     n_pairs: int = Field(10, ge=1)  # best, worst and random pairs each
-    n_stratified: int = Field(40, ge=0)  # pairs drawn evenly over equal-width bins of the cosine range
+    n_stratified: int = Field(40, ge=0)  # drawn evenly over equal-width bins of the cosine range
     strata: int = Field(10, ge=1)
-    require_firing: bool = True  # worst, random and stratified pairs only among features firing in both SAEs
+    require_firing: bool = True  # worst, random, stratified only among features firing in both
     min_firing: int = Field(1, ge=1)  # tokens a feature must fire on to count as firing
     seed: int = 0
-
-    SELECTION: ClassVar[tuple[str, ...]] = ("n_pairs", "n_stratified", "strata", "require_firing", "min_firing",
-                                            "seed")
 
 
 class ExplainConfig(Section):
@@ -111,11 +136,13 @@ class ExplainConfig(Section):
     rank_by: Literal["logprob", "specificity"] = "logprob"  # how the texts of a feature are ranked
     temperature: float = Field(1.0, gt=0)
     max_new_tokens: int = Field(30, ge=1)
-    n_null: int = Field(64, ge=0)  # random unit directions whose best self-similarities calibrate `failed`
-    null_quantile: float = Field(0.95, gt=0, lt=1)
-    failed_selfsim: float | None = None  # a fixed failure threshold instead of the null's quantile
+    # random unit directions whose best self-similarities calibrate `failed`
+    n_null: int = setting(64, "failure test", ge=0)
+    null_quantile: float = setting(0.95, "failure threshold", gt=0, lt=1)
+    # a fixed failure threshold instead of the null's quantile
+    failed_selfsim: float | None = setting(None, "failure threshold")
     seed: int = 0  # random directions and sampling
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = setting(64, "nothing", ge=1)
 
 
 class WindowsConfig(Section):
@@ -150,7 +177,7 @@ class EmbedConfig(Section):
     trust_remote_code: bool = False
     min_activating: int = Field(5, ge=1)
     min_non_activating: int = Field(5, ge=1)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = setting(64, "nothing", ge=1)
     n_peak_tokens: int = Field(3, ge=1)  # the top-token baseline: the most frequent peak tokens
     compare_templates: bool = True  # also score with the other template (bare vs instruction)
     seed: int = 0  # which other feature's explanation is each feature's null
@@ -167,8 +194,16 @@ class EmbedConfig(Section):
         return self.query_template or default_query_template(self.model)
 
 
+class AssembleConfig(Section):
+    n_bootstrap: int = Field(2000, ge=10)  # resamples of each Spearman interval
+    seed: int = 0
+
+
+RUN_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
+
+
 class Config(Section):
-    run_name: str = "demo"
+    run_name: str = "demo"  # a plain name: the run folder is outputs/<run_name> (--out-dir: any path)
     out_dir: str | None = None  # default: outputs/<run_name>
     device: str = "auto"
     model: ModelConfig = ModelConfig()
@@ -179,10 +214,20 @@ class Config(Section):
     outliers: OutlierConfig = OutlierConfig()
     scan: ScanConfig = ScanConfig()
     match: MatchConfig = MatchConfig()
+    pairs: PairsConfig = PairsConfig()
     explain: ExplainConfig = ExplainConfig()
     windows: WindowsConfig = WindowsConfig()
     embed: EmbedConfig = EmbedConfig()
+    assemble: AssembleConfig = AssembleConfig()
     base_dir: str = Field(".", exclude=True)  # folder relative paths in the YAML are resolved against
+
+    @field_validator("run_name")
+    @classmethod
+    def _plain_name(cls, name: str) -> str:
+        if not RUN_NAME.match(name) or name in (".", ".."):
+            raise ValueError(f"must be a plain name (letters, digits, '.', '_', '-'), got {name!r}; "
+                             "choose the folder with --out-dir")
+        return name
 
     @field_validator("hook")
     @classmethod
@@ -250,7 +295,12 @@ def load_config(path: str | None = None, overrides: dict[str, Any] | None = None
         key, sep, raw = item.partition("=")
         if not sep:
             raise FaithcaseError(f"--set expects key=value, got {item!r}")
-        _set_dotted(data, key.strip(), yaml.safe_load(raw))
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise FaithcaseError(f"--set {item!r}: the value is not valid YAML "
+                                 f"({getattr(err, 'problem', None) or type(err).__name__})") from None
+        _set_dotted(data, key.strip(), value)
     for dotted, value in (overrides or {}).items():
         if value is not None:
             _set_dotted(data, dotted, value)

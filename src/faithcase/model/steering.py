@@ -19,14 +19,14 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from faithcase.run.errors import FaithcaseError
-from faithcase.model.hooks import resid_post, steered_at
+from faithcase.model.hooks import resid_pre, resid_post, steered_at
 from faithcase.model.prompt import PromptSpec
 
 CLOSING_QUOTE = '"'
@@ -272,3 +272,22 @@ def _neutral_row(lm, prompt: PromptSpec, ids: list[int], layer: int, mode: str, 
     logits, _ = lm.run_with_steering(tokens, layer, mask, neutral, mode)
     log_probs = logits[0].float().log_softmax(-1)
     return log_probs[n - 1:n - 1 + len(ids)].gather(-1, tokens[0, n:, None]).squeeze(-1).tolist()
+
+
+@torch.no_grad()
+def median_residual_norm(lm, token_batches: Iterable[torch.Tensor], layer: int,
+                         excluded_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+    """Median residual norm at `blocks.{layer}.hook_resid_pre` over corpus tokens; excluded_fn(resid)
+    gives a bool mask [B, T] of positions to leave out (BOS, massive activations)."""
+    hook = resid_pre(layer)
+    norms = []
+    for tokens in token_batches:
+        resid = lm.activations(tokens, hook)
+        keep = torch.ones(resid.shape[:2], dtype=torch.bool, device=resid.device)
+        if excluded_fn is not None:
+            keep &= ~excluded_fn(resid).to(resid.device)
+        norms.append(resid.float().norm(dim=-1)[keep].cpu())
+    values = torch.cat(norms) if norms else torch.empty(0)
+    if values.numel() == 0:
+        raise FaithcaseError("no corpus tokens left to measure the residual norm; use a larger corpus.")
+    return float(values.median())

@@ -16,11 +16,12 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from faithcase.artifacts import LEDGER_FILE, SAEInfo
+from faithcase.artifacts import LEDGER_FILE, SAE_KEYS, SAEInfo
 from faithcase.run.store import file_sha256
-from faithcase.config import Config
+from faithcase.config import Config, affecting
 from faithcase.run.errors import FaithcaseError
 from faithcase.model.outliers import excluded_positions
+from faithcase.model.tokens import token_texts
 from faithcase.run.paths import resolve_path
 
 RESIDUAL_NORM_BATCHES = 4  # corpus batches that set the unit of the steering scales
@@ -31,12 +32,14 @@ class Runtime:
         self.cfg = cfg
         self.console = console or Console(stderr=True)
         self.out_dir = cfg.output_dir()
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise FaithcaseError(f"the run folder {self.out_dir} is a file, not a folder: "
+                                 "choose another --out-dir or run_name")
         self._saes: dict[str, object] = {}
         self._sae_hashes: dict[str, str] = {}
         self._sae_paths: dict[str, Path] = {}
         self._passes: dict[str, list[tuple]] = {}
         self.load_seconds: dict[str, float] = {}  # what loading the model and the embedder took
-        self.forced: set[str] = set()  # the stages this run reruns even when up to date
 
     # ---------------------------------------------------------------- files
 
@@ -135,12 +138,25 @@ class Runtime:
 
     # ---------------------------------------------------------------- what fingerprints cover
 
-    def model_key(self) -> dict:
-        return self.cfg.model.model_dump(mode="json") | {"hook": self.cfg.hook}
+    def stage_key(self, stage) -> dict:
+        """What a stage's results depend on: its config section's settings (those that change
+        results) and the resources it declares it uses."""
+        key = {use: self.resource_key(use) for use in stage.uses}
+        if stage.section:
+            key["settings"] = affecting(getattr(self.cfg, stage.section))
+        return key
 
-    def corpus_key(self) -> dict:
-        return {"corpus": self.cfg.corpus.model_dump(mode="json", exclude={"memory_mib"}),
-                "outliers": self.cfg.outliers.model_dump(mode="json")}
+    def resource_key(self, name: str):
+        if name == "saes":
+            return {key: [self.sae_hash(key), getattr(self.cfg, key).format] for key in SAE_KEYS} | {
+                "hook": self.cfg.hook}
+        if name == "model":
+            return affecting(self.cfg.model) | {"hook": self.cfg.hook}
+        if name == "corpus":
+            return {"corpus": affecting(self.cfg.corpus), "outliers": affecting(self.cfg.outliers)}
+        if name == "config":
+            return affecting(self.cfg)
+        raise ValueError(f"unknown resource {name!r}")
 
     # ---------------------------------------------------------------- corpus
 
@@ -192,7 +208,7 @@ class Runtime:
     def residual_norm(self, layer: int) -> float:
         """Median residual norm at `blocks.{layer}.hook_resid_pre` on corpus tokens (BOS and massive
         activations left out): the unit of the steering scales."""
-        from faithcase.stages.explain import median_residual_norm
+        from faithcase.model.steering import median_residual_norm
 
         sequences = self.sequences
         size = self.cfg.corpus.batch_size
@@ -204,16 +220,7 @@ class Runtime:
     @cached_property
     def token_text(self) -> Callable[[list[int]], list[str]]:
         """Per-token strings as a reader sees them (spaces kept), memoized by token id."""
-        cache: dict[int, str] = {}
-        tokenizer = self.lm.tokenizer
-
-        def texts(ids: list[int]) -> list[str]:
-            for i in ids:
-                if i not in cache:
-                    cache[i] = tokenizer.decode([i])
-            return [cache[i] for i in ids]
-
-        return texts
+        return token_texts(self.lm.tokenizer)
 
 
 def _progress(console: Console):

@@ -19,10 +19,8 @@ never chosen. At the n_best_scales best scales the model writes one greedy text 
 sampled ones (seeded). Every text is ranked (`rank_by`) by its mean per-token log-probability under
 the steered prompt, closing quote included (`logprob`: how firmly the steered model says it), or by
 its specificity (that minus the same under the neutral placeholder: how much the steering, not the
-prompt, makes the model say it). The first is the explanation. On the demo the two rankings retrieve
-contexts equally badly (mean own AUROC 0.515 vs 0.519), but specificity favours rare, odd samples:
-the explanations of best-matched pairs then agree no more than those of worst-matched ones (embedding
-cosine 0.29 vs 0.23, against 0.61 vs 0.22 ranked by log-probability), so `logprob` is the default.
+prompt, makes the model say it). The first is the explanation (why `logprob` is the default:
+the README's "How each score is computed").
 
 Failure test: n_null random unit directions (seeded) go through the same prompt and sweep; their
 best self-similarities are the null distribution, and a feature fails when its best
@@ -32,7 +30,7 @@ self-similarity is at most the null's `null_quantile` (a fixed `failed_selfsim` 
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import torch
 
@@ -46,8 +44,10 @@ from faithcase.artifacts import (
     RankedText,
     SweepPoint,
 )
-from faithcase.config import ExplainConfig
-from faithcase.model.hooks import resid_pre
+from faithcase.config import ExplainConfig, affecting
+from faithcase.numerics.directions import unit_directions
+from faithcase.run.graph import Stage
+from faithcase.run.store import fingerprint
 from faithcase.run.errors import FaithcaseError
 from faithcase.model.prompt import PromptSpec, build_prompt
 from faithcase.model.steering import Sweep, generate, neutral_logprobs, neutral_vector, sweep
@@ -59,41 +59,6 @@ Progress = Callable[[str, int, int], None]  # (what, done, total)
 
 
 # ---------------------------------------------------------------- directions and norms
-
-
-def unit_directions(sae, features: Iterable[int]) -> dict[int, torch.Tensor]:
-    """Unit decoder directions {feature: W_dec[feature] / ||W_dec[feature]||} (float32)."""
-    directions = {}
-    for feature in features:
-        feature = int(feature)
-        if not 0 <= feature < sae.d_sae:
-            raise FaithcaseError(f"feature index {feature} out of range; the SAE has features 0..{sae.d_sae - 1}.")
-        row = sae.W_dec[feature].detach().float()
-        norm = row.norm()
-        if not torch.isfinite(norm) or norm == 0:
-            raise FaithcaseError(f"feature {feature} has a zero or non-finite decoder row (a dead feature); "
-                                 f"it cannot be explained.")
-        directions[feature] = row / norm
-    return directions
-
-
-@torch.no_grad()
-def median_residual_norm(lm, token_batches: Iterable[torch.Tensor], layer: int,
-                         excluded_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
-    """Median residual norm at `blocks.{layer}.hook_resid_pre` over corpus tokens; excluded_fn(resid)
-    gives a bool mask [B, T] of positions to leave out (BOS, massive activations)."""
-    hook = resid_pre(layer)
-    norms = []
-    for tokens in token_batches:
-        resid = lm.activations(tokens, hook)
-        keep = torch.ones(resid.shape[:2], dtype=torch.bool, device=resid.device)
-        if excluded_fn is not None:
-            keep &= ~excluded_fn(resid).to(resid.device)
-        norms.append(resid.float().norm(dim=-1)[keep].cpu())
-    values = torch.cat(norms) if norms else torch.empty(0)
-    if values.numel() == 0:
-        raise FaithcaseError("no corpus tokens left to measure the residual norm; use a larger corpus.")
-    return float(values.median())
 
 
 # ---------------------------------------------------------------- scales and layers
@@ -148,9 +113,7 @@ def resolve_layers(lm, cfg: ExplainConfig, sae_layer: int | None = None) -> tupl
 
 
 def default_read_layer(n_layers: int) -> int:
-    """The block at 80% depth. The last block's output mostly encodes the next-token prediction:
-    on the demo model, planted word directions read there gave self-similarity down to -0.05
-    (Paris) while blocks 21 and 24-26 gave 0.05-0.11 for all seven planted words tried."""
+    """The block at 80% depth: the last block's output mostly encodes the next-token prediction."""
     return min(n_layers - 1, int(READ_DEPTH * n_layers))
 
 
@@ -236,10 +199,7 @@ def _stack(directions: dict[int, torch.Tensor], d_model: int) -> tuple[list[int]
     if matrix.shape[1] != d_model:
         raise FaithcaseError(f"feature directions have {matrix.shape[1]} dimensions but the model's "
                              f"residual stream has {d_model}; the SAE does not fit this model.")
-    norms = matrix.norm(dim=-1, keepdim=True)
-    if not torch.isfinite(norms).all() or (norms == 0).any():
-        raise FaithcaseError("a feature direction is zero or non-finite; dead features cannot be explained.")
-    return features, matrix / norms
+    return features, matrix
 
 
 def _check_norm(residual_norm: float) -> float:
@@ -268,12 +228,14 @@ def rank_texts(texts: list[RankedText], by: str = "logprob") -> list[RankedText]
     return sorted(texts, key=key)
 
 
-def explain_features(lm, directions: dict[int, torch.Tensor], cfg: ExplainConfig, residual_norm: float,
-                     progress: Progress | None = None, sae_layer: int | None = None,
-                     fingerprints: dict[int, str] | None = None, threshold: float | None = None,
+def explain_features(lm, directions: dict[int, torch.Tensor], cfg: ExplainConfig,
+                     residual_norm: float, progress: Progress | None = None,
+                     sae_layer: int | None = None, fingerprints: dict[int, str] | None = None,
+                     threshold: float | None = None,
                      ) -> tuple[dict[int, FeatureExplanation], ExplainBaseline, ExplainSettings]:
-    """Sweep, score, generate and rank the self-explanations of the given unit directions;
-    `failed` compares each best self-similarity with `threshold` (None: never failed)."""
+    """Sweep, score, generate and rank the self-explanations of the given unit directions
+    (`numerics.directions.unit_directions`); `failed` compares each best self-similarity with
+    `threshold` (None: never failed)."""
     residual_norm = _check_norm(residual_norm)
     insert, read = resolve_layers(lm, cfg, sae_layer)
     scales = scale_grid(cfg)
@@ -282,91 +244,140 @@ def explain_features(lm, directions: dict[int, torch.Tensor], cfg: ExplainConfig
     eligible = eligible_scales(cfg, len(scales))
     fingerprints = fingerprints or {}
 
-    result = sweep(lm, prompt, matrix, scales, insert, read, cfg.mode, residual_norm, cfg.batch_size, progress)
-    scores = score_sweep(result.selfsim, criterion_curve(result, cfg.criterion), cfg.selfsim_weight,
-                         cfg.criterion_weight)
+    result = sweep(lm, prompt, matrix, scales, insert, read, cfg.mode, residual_norm,
+                   cfg.batch_size, progress)
+    scores = score_sweep(result.selfsim, criterion_curve(result, cfg.criterion),
+                         cfg.selfsim_weight, cfg.criterion_weight)
     chosen = best_scales(scores, eligible, cfg.n_best_scales) if features else []
-    rows = [(i, j) for i, picks in enumerate(chosen) for j in picks]  # (feature row, scale index), best first
-    vectors = torch.stack([matrix[i] * scales[j] * residual_norm for i, j in rows]) if rows else \
-        torch.zeros(0, lm.d_model)
-
-    # greedy texts, then the three baselines (zeroed, unsteered, neutral placeholder) in the same batches
-    zero = torch.zeros(1, lm.d_model)
-    references = torch.cat([zero, zero, neutral_vector(lm).cpu()[None]])
-    steer = torch.ones(len(rows) + 3, dtype=torch.bool)
-    steer[len(rows) + 1] = False
-    greedy = generate(lm, prompt, torch.cat([vectors, references]), insert, cfg.mode, cfg.max_new_tokens,
-                      cfg.batch_size, steer_mask=steer, progress=progress)
-    greedy, (zero_text, unsteered, neutral) = greedy[:len(rows)], greedy[len(rows):]
-    sampled = generate(lm, prompt, vectors.repeat_interleave(cfg.n_samples, dim=0), insert, cfg.mode,
-                       cfg.max_new_tokens, cfg.batch_size, temperature=cfg.temperature, seed=cfg.seed,
-                       progress=progress) if cfg.n_samples and rows else []
-    texts = greedy + sampled
-    neutral_scores = neutral_logprobs(lm, prompt, [t.ids for t in texts], insert, cfg.mode, cfg.batch_size)
-    candidates: dict[int, list[RankedText]] = {i: [] for i in range(len(features))}
-    text_rows = rows + [row for row in rows for _ in range(cfg.n_samples)]
-    for n, ((i, j), text) in enumerate(zip(text_rows, texts)):
-        candidates[i].append(RankedText(text=text.text, scale=scales[j], greedy=n < len(rows),
-                                        logprob=mean_logprob(text.logprobs),
-                                        specificity=specificity(text.logprobs, neutral_scores[n])))
-
+    rows = [(i, j) for i, picks in enumerate(chosen) for j in picks]  # (feature, scale), best first
+    vectors = torch.stack([matrix[i] * scales[j] * residual_norm for i, j in rows]) if rows \
+        else torch.zeros(0, lm.d_model)
+    candidates, (zero_text, unsteered, neutral) = _texts(lm, prompt, rows, vectors, scales, cfg,
+                                                         insert, progress)
     best = best_selfsim(result.selfsim, eligible)
     results: dict[int, FeatureExplanation] = {}
     for i, feature in enumerate(features):
-        ranking = rank_texts(candidates[i], cfg.rank_by)
+        ranking = rank_texts(candidates.get(i, []), cfg.rank_by)
+        sweep_points = [SweepPoint(scale=s, selfsim=float(result.selfsim[i, j]),
+                                   entropy=float(result.entropy[i, j]), ce=float(result.ce[i, j]),
+                                   score=float(scores[i, j]) if eligible[j] else None)
+                        for j, s in enumerate(scales)]
         results[feature] = FeatureExplanation(
-            feature=feature, fingerprint=fingerprints.get(feature, ""), explanations=[t.text for t in ranking],
-            ranking=ranking, scale=ranking[0].scale if ranking else None, scales=[scales[j] for j in chosen[i]],
-            sweep=[SweepPoint(scale=s, selfsim=float(result.selfsim[i, j]), entropy=float(result.entropy[i, j]),
-                              ce=float(result.ce[i, j]), score=float(scores[i, j]) if eligible[j] else None)
-                   for j, s in enumerate(scales)],
-            failed=is_failed(float(best[i]), threshold), best_selfsim=float(best[i]))
-    replace_zero = zero_text.text if cfg.mode == "replace" else \
-        generate(lm, prompt, zero, insert, "replace", cfg.max_new_tokens, 1)[0].text
-    baseline = ExplainBaseline(replace_zero=replace_zero, add_zero=unsteered.text, neutral=neutral.text,
-                               selfsim_zero=float(result.selfsim_zero.mean()) if len(features) else 0.0,
-                               entropy_zero=result.entropy_zero)
-    settings = ExplainSettings(prompt_text=prompt.text, placeholder_token_id=prompt.placeholder_id,
-                               placeholder_positions=prompt.positions, insert_layer=insert, read_layer=read,
-                               mode=cfg.mode, residual_norm=residual_norm, scales=scales, criterion=cfg.criterion)
+            feature=feature, fingerprint=fingerprints.get(feature, ""),
+            explanations=[t.text for t in ranking], ranking=ranking,
+            scale=ranking[0].scale if ranking else None, scales=[scales[j] for j in chosen[i]],
+            sweep=sweep_points, failed=is_failed(float(best[i]), threshold),
+            best_selfsim=float(best[i]))
+    replace_zero = zero_text.text if cfg.mode == "replace" else generate(
+        lm, prompt, torch.zeros(1, lm.d_model), insert, "replace", cfg.max_new_tokens, 1)[0].text
+    baseline = ExplainBaseline(
+        replace_zero=replace_zero, add_zero=unsteered.text, neutral=neutral.text,
+        selfsim_zero=float(result.selfsim_zero.mean()) if len(features) else 0.0,
+        entropy_zero=result.entropy_zero)
+    settings = ExplainSettings(
+        prompt_text=prompt.text, placeholder_token_id=prompt.placeholder_id,
+        placeholder_positions=prompt.positions, insert_layer=insert, read_layer=read,
+        mode=cfg.mode, residual_norm=residual_norm, scales=scales, criterion=cfg.criterion)
     return results, baseline, settings
+
+
+def _texts(lm, prompt, rows: list[tuple[int, int]], vectors: torch.Tensor, scales: list[float],
+           cfg: ExplainConfig, insert: int, progress: Progress | None):
+    """({feature row: candidate texts}, (zeroed, unsteered, neutral) baseline texts): greedy texts
+    and the baselines in the same batches, then the sampled texts, each scored for ranking."""
+    zero = torch.zeros(1, lm.d_model)
+    references = torch.cat([zero, zero, neutral_vector(lm).cpu()[None]])
+    steer = torch.ones(len(rows) + 3, dtype=torch.bool)
+    steer[len(rows) + 1] = False  # the unsteered baseline
+    greedy = generate(lm, prompt, torch.cat([vectors, references]), insert, cfg.mode,
+                      cfg.max_new_tokens, cfg.batch_size, steer_mask=steer, progress=progress)
+    greedy, baselines = greedy[:len(rows)], greedy[len(rows):]
+    sampled = generate(lm, prompt, vectors.repeat_interleave(cfg.n_samples, dim=0), insert,
+                       cfg.mode, cfg.max_new_tokens, cfg.batch_size, temperature=cfg.temperature,
+                       seed=cfg.seed, progress=progress) if cfg.n_samples and rows else []
+    texts = greedy + sampled
+    neutral_scores = neutral_logprobs(lm, prompt, [t.ids for t in texts], insert, cfg.mode,
+                                      cfg.batch_size)
+    candidates: dict[int, list[RankedText]] = {}
+    text_rows = rows + [row for row in rows for _ in range(cfg.n_samples)]
+    for n, ((i, j), text) in enumerate(zip(text_rows, texts)):
+        candidates.setdefault(i, []).append(RankedText(
+            text=text.text, scale=scales[j], greedy=n < len(rows),
+            logprob=mean_logprob(text.logprobs),
+            specificity=specificity(text.logprobs, neutral_scores[n])))
+    return candidates, tuple(baselines)
 
 
 # ---------------------------------------------------------------- the public entry point
 
 
-def explain(lm, saes, features, settings: ExplainConfig | None = None, residual_norm: float | None = None,
-            sae_layer: int | None = None, fingerprints: Mapping[str, Mapping[int, str]] | None = None,
-            null: NullDistribution | None = None, null_key: str = "", progress: Progress | None = None,
-            ) -> ExplainArtifact:
+def explain(lm, saes, features, settings: ExplainConfig | None = None,
+            residual_norm: float | None = None, sae_layer: int | None = None,
+            fingerprints: Mapping[str, Mapping[int, str]] | None = None,
+            previous: ExplainArtifact | None = None, null_key: str = "",
+            progress: Progress | None = None) -> ExplainArtifact:
     """Self-explanations of SAE features by steering, with the scale chosen per feature and the
     failure test calibrated by random directions.
 
     `saes` is one SAE or a mapping {name: SAE}, `features` its feature indices (or a mapping with
     the same names); one SAE is stored under the name "sae". `residual_norm` is the median
-    residual norm at the insert layer, the unit of the scales (`Runtime.residual_norm`). `null`
-    reuses a null distribution computed before with the same settings.
+    residual norm at the insert layer, the unit of the scales (`Runtime.residual_norm`).
+    `previous` is an earlier artifact: its features whose `fingerprints` entry is unchanged are
+    reused, and its null distribution when it was made with the same `null_key`. `lm` and
+    `residual_norm` may be functions returning them, called only when something must be steered.
     """
     settings = settings or ExplainConfig()
-    if residual_norm is None:
-        raise FaithcaseError("explain needs residual_norm: the median residual norm at the insert layer.")
     if not isinstance(saes, Mapping):
         saes, features = {"sae": saes}, {"sae": features}
-    if null is None and needs_null(settings):
+    fingerprints = fingerprints or {}
+    reused = _reusable(previous, features, fingerprints)
+    todo = {key: [f for f in features[key] if str(f) not in reused[key]] for key in saes}
+    null = previous.null if previous and previous.null and previous.null.key == null_key else None
+    compute_null = null is None and needs_null(settings)
+    if compute_null or any(todo.values()):
+        lm, residual_norm = _called(lm), _called(residual_norm)
+        if residual_norm is None:
+            raise FaithcaseError("explain needs residual_norm: the median residual norm at the "
+                                 "insert layer.")
+        residual_norm = _check_norm(residual_norm)
+    if compute_null:
         insert, read = resolve_layers(lm, settings, sae_layer)
-        null = null_distribution(lm, build_prompt(lm, settings), settings, _check_norm(residual_norm), insert, read,
-                                 null_key, progress)
+        null = null_distribution(lm, build_prompt(lm, settings), settings, residual_norm, insert,
+                                 read, null_key, progress)
     threshold, source = failure_threshold(settings, null)
-    explained, baseline, run_settings = {}, None, None
-    for key, sae in saes.items():
+    explained = {key: dict(reused[key]) for key in saes}
+    run_settings, baseline = (previous.settings, previous.baseline) if previous else (None, None)
+    for key in [k for k in saes if todo[k]]:
         results, baseline, run_settings = explain_features(
-            lm, unit_directions(sae, features[key]), settings, residual_norm, progress, sae_layer=sae_layer,
-            fingerprints=(fingerprints or {}).get(key), threshold=threshold)
-        explained[key] = {str(f): r for f, r in results.items()}
+            lm, unit_directions(saes[key].W_dec, todo[key]), settings, residual_norm, progress,
+            sae_layer=sae_layer, fingerprints=fingerprints.get(key))
+        explained[key].update({str(f): r for f, r in results.items()})
     if run_settings is None:
-        raise FaithcaseError("explain needs at least one SAE.")
-    return ExplainArtifact(settings=run_settings, baseline=baseline,
-                           null=null, threshold=threshold, threshold_source=source, features=explained)
+        raise FaithcaseError("explain needs at least one SAE and one feature.")
+    for group in explained.values():
+        for feature in group.values():
+            feature.failed = is_failed(feature.best_selfsim, threshold)
+    return ExplainArtifact(settings=run_settings, baseline=baseline, null=null, threshold=threshold,
+                           threshold_source=source,
+                           features={key: dict(sorted(group.items(), key=lambda kv: int(kv[0])))
+                                     for key, group in explained.items()})
+
+
+def _called(value):
+    return value() if callable(value) else value
+
+
+def _reusable(previous: ExplainArtifact | None, features: Mapping[str, Sequence[int]],
+              fingerprints: Mapping[str, Mapping[int, str]]) -> dict[str, dict]:
+    """Per SAE, the earlier explanations of the requested features made with the same fingerprint."""
+    found: dict[str, dict] = {key: {} for key in features}
+    for key, wanted in fingerprints.items():
+        earlier = previous.features.get(key, {}) if previous else {}
+        for feature in features.get(key, []):
+            old = earlier.get(str(feature))
+            if old is not None and old.fingerprint and old.fingerprint == wanted.get(feature):
+                found[key][str(feature)] = old
+    return found
 
 
 # ---------------------------------------------------------------- printing
@@ -393,3 +404,48 @@ def _explanation(e) -> str:
 
 def _scale(e) -> str:
     return "—" if e is None or e.scale is None else f"{e.scale:g}"
+
+
+# ---------------------------------------------------------------- the stage
+
+SAE_LEVEL = ("nothing", "failure test", "failure threshold")  # what a feature's own key leaves out
+
+
+def feature_fingerprints(rt, features: Mapping[str, Sequence[int]]) -> dict[str, dict[int, str]]:
+    """Per feature: what its explanation depends on (settings, model, corpus, SAE files, index)."""
+    common = [affecting(rt.cfg.explain, SAE_LEVEL), rt.resource_key("model"),
+              rt.resource_key("corpus")]
+    return {key: {f: fingerprint("explain-feature", *common, rt.sae_hash(key), f) for f in chosen}
+            for key, chosen in features.items()}
+
+
+def null_key(rt) -> str:
+    return fingerprint("explain-null", affecting(rt.cfg.explain, ("nothing", "failure threshold")),
+                       rt.resource_key("model"), rt.resource_key("corpus"))
+
+
+def _compute(job) -> ExplainArtifact:
+    """Explains the features no trusted earlier explain.json holds with the same per-feature
+    fingerprint, and reuses its null distribution when the failure test's settings are the same."""
+    rt, cfg = job.ctx, job.settings
+    features = job.inputs["pairs"].selected_features()
+    wanted = feature_fingerprints(rt, features)
+    previous = job.previous(job.stage.file, ExplainArtifact)
+    reused = _reusable(previous, features, wanted)
+    for key, found in reused.items():
+        if found:
+            rt.console.print(f"[green]cached[/green] explain {key}: {len(found)} features reused, "
+                             f"{len(features[key]) - len(found)} to explain")
+    with rt.console.status(f"explaining {sum(map(len, features.values()))} features …"):
+        artifact = explain(lambda: rt.lm, {key: rt.sae(key) for key in features}, features, cfg,
+                           lambda: rt.residual_norm(insert_layer(cfg, rt.cfg.hook_layer)),
+                           rt.cfg.hook_layer, wanted, previous, null_key(rt))
+    job.write(job.stage.file, artifact)
+    return artifact
+
+
+STAGE = Stage(
+    "explain", _compute, inputs=("pairs",), section="explain", uses=("model", "corpus", "saes"),
+    artifact=ExplainArtifact, printer=print_explain,
+    doc="Self-explanations by steering the placeholder token, with automatic scale search "
+        "(--scales auto) and a failure test calibrated on random directions.")

@@ -8,7 +8,7 @@
   assignment's cosine range, so every score can be related to decoder cosine over the whole range.
 
 The four kinds are disjoint; each is ranked by cosine, descending (worst: ascending). The draws
-are seeded (`match.seed`); with `match.require_firing: false` every matched pair is eligible.
+are seeded (`pairs.seed`); with `pairs.require_firing: false` every matched pair is eligible.
 """
 
 from __future__ import annotations
@@ -16,18 +16,20 @@ from __future__ import annotations
 import numpy as np
 
 from faithcase.render.tables import console, fmt, table
-from faithcase.artifacts import Assignment, Pair, PairsArtifact
-from faithcase.config import MatchConfig
+from faithcase.artifacts import SAE_KEYS, Assignment, Pair, PairsArtifact
+from faithcase.config import PairsConfig
+from faithcase.numerics.directions import dead_rows
+from faithcase.run.graph import Stage
 from faithcase.run.errors import FaithcaseError
 
 
-def check_selection(n_matched: int, settings: MatchConfig) -> None:
+def check_selection(n_matched: int, settings: PairsConfig) -> None:
     """Refuse selection sizes the matching cannot fill (before any corpus pass)."""
     if settings.n_pairs > n_matched:
         raise FaithcaseError(f"--n-pairs {settings.n_pairs} is larger than the {n_matched} matched features: "
                              f"choose at most {n_matched}")
     if settings.n_stratified > n_matched:
-        raise FaithcaseError(f"match.n_stratified {settings.n_stratified} is larger than the {n_matched} matched "
+        raise FaithcaseError(f"pairs.n_stratified {settings.n_stratified} is larger than the {n_matched} matched "
                              f"pairs: choose at most {n_matched}")
 
 
@@ -40,11 +42,11 @@ def firing_pairs(assignment: Assignment, firing: dict[str, list[int]] | None, mi
     return (n1 >= min_firing) & (n2 >= min_firing)
 
 
-def select_pairs(assignment: Assignment, settings: MatchConfig | None = None,
+def select_pairs(assignment: Assignment, settings: PairsConfig | None = None,
                  firing: dict[str, list[int]] | None = None) -> PairsArtifact:
     """Best, worst, random and stratified pairs of a matching; `firing` (from the scan) gives, per
     SAE, the tokens each feature fires on, and restricts worst/random/stratified to firing pairs."""
-    settings = settings or MatchConfig()
+    settings = settings or PairsConfig()
     n_matched = len(assignment.index1)
     check_selection(n_matched, settings)
     sims = np.asarray(assignment.similarity, dtype=np.float64)
@@ -105,3 +107,32 @@ def print_pairs(artifact, inputs: dict) -> None:
         grid.add_row(p.kind, str(p.rank), str(p.index1), str(p.index2), f"{p.similarity:.3f}",
                       fmt(scan.agreement.pearson[position[p.index1]]))
     console.print(grid)
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def _check(rt) -> None:
+    """Selection sizes the matching cannot fill fail before any corpus pass."""
+    alive = [int((~dead_rows(rt.sae(key).W_dec.float().cpu())).sum()) for key in SAE_KEYS]
+    check_selection(min(alive), rt.cfg.pairs)
+
+
+def _compute(job) -> PairsArtifact:
+    settings = job.settings
+    artifact = select_pairs(job.inputs["match"].assignment, settings, job.inputs["scan"].firing)
+    wanted = {"worst": settings.n_pairs, "random": settings.n_pairs,
+              "stratified": settings.n_stratified}
+    for kind, count in wanted.items():
+        if len(artifact.pairs[kind]) < count:
+            job.ctx.console.print(f"[yellow]only {len(artifact.pairs[kind])} {kind} pairs[/yellow] "
+                                  f"of {count}: {artifact.n_eligible} matched pairs have two "
+                                  "firing features")
+    job.write(job.stage.file, artifact)
+    return artifact
+
+
+STAGE = Stage(
+    "pairs", _compute, inputs=("match", "scan"), section="pairs", artifact=PairsArtifact,
+    printer=print_pairs, check=_check,
+    doc="The pairs of the case study: best, worst, random and stratified over the cosine range.")

@@ -22,7 +22,9 @@ from faithcase.artifacts import (
     SAEQuality,
     ScanArtifact,
 )
+from faithcase.artifacts import SAE_KEYS
 from faithcase.config import ScanConfig
+from faithcase.run.graph import Stage
 from faithcase.run.errors import FaithcaseError
 from faithcase.model.hooks import same_site
 from faithcase.model.outliers import counted_positions
@@ -173,3 +175,33 @@ def print_scan(artifact, inputs: dict) -> None:
         if values:
             console.print(f"mean activation Pearson of matched pairs with {label}: {sum(values) / len(values):.3f} "
                           f"({len(values)} pairs)")
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def _compute(job) -> ScanArtifact:
+    rt = job.ctx
+    match = job.inputs["match"]
+    saes = {key: rt.sae_for_model(key) for key in SAE_KEYS}
+    artifact = scan(saes, match.assignment,
+                    rt.activation_batches(description="scan: load check and agreement"),
+                    job.settings, rt.cfg.hook)
+    for key, quality in artifact.quality.items():
+        k = f" (k={quality.k})" if quality.k else ""
+        rt.console.print(f"load check {key}: FVU {quality.fvu:.3f}, L0 {quality.l0:.1f}{k}, "
+                         f"{quality.n_silent} features never fire")
+    warnings = [w for quality in artifact.quality.values() for w in quality.warnings]
+    for warning in warnings:
+        rt.console.print(f"[bold red]warning:[/bold red] {warning}", highlight=False, soft_wrap=True)
+    if warnings and job.settings.strict:
+        raise FaithcaseError(f"{warnings[0]} (--strict)")
+    job.write(job.stage.file, artifact)
+    return artifact
+
+
+STAGE = Stage(
+    "scan", _compute, inputs=("match",), section="scan", uses=("model", "corpus"),
+    artifact=ScanArtifact, printer=print_scan,
+    doc="The first corpus pass: each SAE's load check (FVU, L0) and the activation agreement "
+        "of every matched pair.")

@@ -326,12 +326,13 @@ def _stream_synthetic(n_tokens: int, d_in: int = 576, d_sae: int = 2304, k: int 
 
 def bench_explain(rt, n_features: int = 4, n_scales: int = 8) -> dict:
     """`explain_speedup` on the first n_features selected features of SAE 1, with n_scales scales."""
-    from faithcase.stages.explain import insert_layer, unit_directions
+    from faithcase.numerics.directions import unit_directions
+    from faithcase.stages.explain import insert_layer
 
     cfg = rt.cfg.explain.model_copy(update={"n_scales": n_scales})
     features = _features(rt, n_features)["sae1"][:n_features]
     norm = rt.residual_norm(insert_layer(cfg, rt.cfg.hook_layer))
-    return explain_speedup(rt.lm, unit_directions(rt.sae("sae1"), features), cfg, norm, rt.cfg.hook_layer)
+    return explain_speedup(rt.lm, unit_directions(rt.sae("sae1").W_dec, features), cfg, norm, rt.cfg.hook_layer)
 
 
 def explain_speedup(lm, directions: dict[int, torch.Tensor], cfg, residual_norm: float,
