@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import random
 
 import pytest
 import torch
 
-from faithcase.model.corpus import load_texts, token_sequences
+from faithcase.model.corpus import LOCAL_KINDS, load_texts, token_sequences
 from faithcase.run.errors import FaithcaseError
 
 DOCS = [
@@ -158,3 +160,113 @@ def test_resolve_path_specs(tmp_path, monkeypatch):
     assert resolve_path("~/x.txt") == Path.home() / "x.txt"
     monkeypatch.chdir(tmp_path)
     assert resolve_path("x.txt") == tmp_path / "x.txt"
+
+
+GARBAGE = random.Random(0).randbytes(4096)
+
+
+def _rows_jsonl_gz(path):
+    return write_jsonl(path, [{"text": f"document {i} " * 20} for i in range(200)], gzip.open)
+
+
+def assert_unreadable(path, *fragments, **kwargs):
+    """Reading `path` (opening and consuming) raises one FaithcaseError naming it."""
+    with pytest.raises(FaithcaseError) as caught:
+        list(load_texts(str(path), **kwargs))
+    message = str(caught.value)
+    assert str(path) in message and "\n" not in message
+    for fragment in fragments:
+        assert fragment in message
+    return message
+
+
+@pytest.mark.parametrize("name", ["junk.txt", "junk.jsonl", "junk.jsonl.gz", "junk.parquet"])
+def test_binary_garbage_is_one_error_per_format(tmp_path, name):
+    (tmp_path / name).write_bytes(GARBAGE)
+    message = assert_unreadable(tmp_path / name, "cannot read corpus", "give a UTF-8")
+    expected = {"junk.txt": "not UTF-8 text", "junk.jsonl": "not UTF-8 text",
+                "junk.jsonl.gz": "not a gzip file (BadGzipFile)",
+                "junk.parquet": "not a readable parquet file"}
+    assert expected[name] in message
+
+
+def test_garbage_after_valid_lines_fails_while_iterating(tmp_path):
+    path = tmp_path / "tail.txt"
+    path.write_bytes(b"first document\n" * 10_000 + GARBAGE)
+    texts = load_texts(str(path))
+    assert next(texts) == "first document"
+    with pytest.raises(FaithcaseError, match="not UTF-8 text"):
+        list(texts)
+
+
+def test_truncated_and_corrupt_gzip(tmp_path):
+    whole = _rows_jsonl_gz(tmp_path / "whole.jsonl.gz").read_bytes()
+    (tmp_path / "cut.jsonl.gz").write_bytes(whole[:len(whole) // 2])
+    assert_unreadable(tmp_path / "cut.jsonl.gz", "truncated or corrupt gzip data")
+    corrupt = whole[:20] + GARBAGE[:200] + whole[220:]
+    (tmp_path / "corrupt.jsonl.gz").write_bytes(corrupt)
+    assert_unreadable(tmp_path / "corrupt.jsonl.gz", "cannot read corpus", "give a UTF-8")
+    (tmp_path / "plain.jsonl.gz").write_text('{"text": "not compressed"}\n')
+    assert_unreadable(tmp_path / "plain.jsonl.gz", "not a gzip file")
+
+
+def test_gzip_of_binary_garbage(tmp_path):
+    path = tmp_path / "packed.jsonl.gz"
+    path.write_bytes(gzip.compress(GARBAGE))
+    assert_unreadable(path, "not UTF-8 text")
+
+
+@pytest.mark.parametrize("line, fragment", [
+    ("not json", "not valid JSON"),
+    ('{"text": "unterminated', "not valid JSON"),
+    ('{"text": ' + "1" * 5000 + "}", "not valid JSON"),
+    ("[" * 100_000, "not valid JSON"),
+    ('["a list"]', "got an array"),
+    ('"a string"', "got a string"),
+    ("null", "got null"),
+    ('{"body": "no text field"}', "no 'text' field"),
+    ('{"text": {"nested": 1}}', "expected strings"),
+])
+def test_bad_jsonl_lines(tmp_path, line, fragment):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "fine"}\n' + line + "\n", encoding="utf-8")
+    with pytest.raises(FaithcaseError) as caught:
+        list(load_texts(str(path)))
+    message = str(caught.value)
+    assert message.startswith(f"{path}:2: ") and fragment in message and "\n" not in message
+
+
+def test_garbage_parquet_with_explicit_kind(tmp_path):
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"PAR1" + GARBAGE + b"PAR1")
+    assert_unreadable(path, "not a readable parquet file", kind="parquet")
+
+
+def test_directory_given_as_a_file_kind(tmp_path):
+    assert_unreadable(tmp_path, "is a directory", "readable file", kind="txt")
+
+
+@pytest.mark.parametrize("name", [f"locked.{kind}" for kind in LOCAL_KINDS])
+def test_unreadable_file(sources, tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(sources[name.split(".", 1)[1]].read_bytes())
+    path.chmod(0)
+    try:
+        if os.access(path, os.R_OK):
+            pytest.skip("running as root: chmod 000 leaves the file readable")
+        assert_unreadable(path, "permission denied (PermissionError)", "readable file")
+    finally:
+        path.chmod(0o600)
+
+
+@pytest.mark.parametrize("kind", ["txt", "jsonl", "jsonl.gz"])
+def test_open_failure_is_one_error(sources, monkeypatch, kind):
+    """Without root's bypass: a PermissionError from opening the file, as chmod 000 gives."""
+    import faithcase.model.corpus as corpus
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(corpus, "open", refuse, raising=False)
+    monkeypatch.setattr(corpus.gzip, "open", refuse)
+    assert_unreadable(sources[kind], "permission denied (PermissionError)", text_column="body")

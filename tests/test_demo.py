@@ -8,14 +8,14 @@ import torch
 
 from faithcase.model.corpus import load_texts
 from faithcase.demo import BUNDLE_DIR, MANIFEST_FILE
-from faithcase.tools.demo.build import (
-    FilterSettings,
+from faithcase.tools.demo.corpus import (
     degenerate_reason,
     filter_samples,
-    info_rows,
     split_heldout,
     write_texts,
 )
+from faithcase.tools.demo.manifest import info_rows
+from faithcase.tools.demo.settings import FilterSettings
 from faithcase.tools.demo.train import (
     _decode_sparse,
     _encode_topk,
@@ -61,14 +61,16 @@ def test_trainer_learns_planted_structure():
                          dead_after_tokens=1024, threads=1, hook_name="blocks.12.hook_resid_pre",
                          progress=lambda step, total, m: metrics.append(m))
     assert len(metrics) == 5 * (4096 // 256)
-    first, last = np.mean([m["mse"] for m in metrics[:5]]), np.mean([m["mse"] for m in metrics[-5:]])
+    mse = [m["mse"] for m in metrics]
+    first, last = np.mean(mse[:5]), np.mean(mse[-5:])
     assert last < 0.4 * first
     quality = sae_quality(sae, planted(2048, seed=1))  # held-out tokens of the same dictionary
     assert quality["fvu"] < 0.2
     assert quality["l0"] <= 4
     assert quality["dead_fraction"] <= 0.1
     assert torch.allclose(sae.W_dec.norm(dim=-1), torch.ones(128), atol=1e-5)
-    assert (sae.activation, sae.k, sae.hook_name, sae.hook_layer) == ("topk", 4, "blocks.12.hook_resid_pre", 12)
+    described = (sae.activation, sae.k, sae.hook_name, sae.hook_layer)
+    assert described == ("topk", 4, "blocks.12.hook_resid_pre", 12)
     assert metrics[-1]["lr"] < metrics[0]["lr"]  # decayed at the end
 
 
@@ -95,7 +97,8 @@ def test_input_scale_gives_mean_squared_norm_d():
 
 
 def test_folded_scale_on_raw_activations_equals_training_computation():
-    """The saved SAE on raw x gives the training-time code and reconstruction of s·x, divided by s."""
+    """The saved SAE on raw x gives the training-time code and reconstruction of s·x,
+    divided by s."""
     scaled, scale = random_sae(), 0.037
     raw = torch.randn(64, 16) * 40 + 3
     x = raw * scale  # what the trainer sees
@@ -106,14 +109,16 @@ def test_folded_scale_on_raw_activations_equals_training_computation():
     folded = fold_input_scale(scaled, scale)
     assert torch.allclose(folded.encode(raw), training_code / scale, rtol=1e-4, atol=1e-4)
     assert torch.allclose(folded.reconstruct(raw), training_recon / scale, rtol=1e-4, atol=1e-3)
-    assert torch.allclose(scaled.encode(x), training_code, rtol=1e-5, atol=1e-5)  # same rule as SAE.encode
+    # the same rule as SAE.encode
+    assert torch.allclose(scaled.encode(x), training_code, rtol=1e-5, atol=1e-5)
     assert torch.equal(folded.W_dec, scaled.W_dec)  # unit-norm decoder kept
 
 
 def test_lr_schedule_decays_linearly_at_the_end():
     lrs = [lr_at(step, 100, 1.0, 0.2) for step in range(100)]
     assert lrs[:80] == [1.0] * 80
-    assert lrs[80] == pytest.approx(1.0) and lrs[90] == pytest.approx(0.5) and lrs[99] == pytest.approx(0.05)
+    assert lrs[80] == pytest.approx(1.0) and lrs[90] == pytest.approx(0.5)
+    assert lrs[99] == pytest.approx(0.05)
 
 
 def test_trainer_rejects_bad_input():
@@ -175,7 +180,8 @@ def test_filter_samples_drops_degenerate_and_duplicates():
     good = [sample(good_tokens(i)) for i in range(4)]
     near = sample(good[1]["tokens"][:32] + good_tokens(9, 20))  # same first 32 tokens
     samples = [good[0], sample([5] * 40), good[1], sample(good_tokens(5, 8)), dict(good[0]), near,
-               sample(good_tokens(6, 30) + [2, 2, 2]), good[2], sample(good_tokens(7), text="   "), good[3]]
+               sample(good_tokens(6, 30) + [2, 2, 2]), good[2], sample(good_tokens(7), text="   "),
+               good[3]]
     kept, counts = filter_samples(samples, SPECIAL, FilterSettings())
     assert kept == good
     assert counts == {"input": 10, "kept": 4, "one_token": 1, "short": 1, "duplicate": 1,
@@ -214,11 +220,13 @@ def test_info_rows_flatten_the_manifest():
 # ----------------------------------------------------------------------------- the shipped bundle
 
 
-@pytest.mark.skipif(not BUNDLE_DIR.is_dir(), reason="the demo bundle has not been built (make demo-bundle)")
+@pytest.mark.skipif(not BUNDLE_DIR.is_dir(),
+                    reason="the demo bundle has not been built (make demo-bundle)")
 def test_shipped_bundle(demo_lm):
     from faithcase.model.corpus import token_sequences
-    from faithcase.tools.demo.build import HELDOUT_FILE, bundle_info
     from faithcase.model.outliers import excluded_positions
+    from faithcase.tools.demo.manifest import bundle_info
+    from faithcase.tools.demo.settings import HELDOUT_FILE
     from faithcase.saes import load_sae
 
     assert (BUNDLE_DIR / MANIFEST_FILE).is_file(), "bundle folder without manifest.json"
@@ -226,7 +234,8 @@ def test_shipped_bundle(demo_lm):
     saes = {}
     for name, entry in info["saes"].items():
         folder = BUNDLE_DIR / entry["folder"]
-        assert (folder / "cfg.json").is_file() and (folder / "sae_weights.safetensors").is_file(), name
+        assert (folder / "cfg.json").is_file(), name
+        assert (folder / "sae_weights.safetensors").is_file(), name
         saes[name] = load_sae(folder)
         assert saes[name].format == "saelens"
         assert saes[name].hook_name == info["model"]["hook"]
@@ -238,13 +247,15 @@ def test_shipped_bundle(demo_lm):
     # recompute held-out activations on a few sequences, with the build's own settings
     texts = list(load_texts(str(BUNDLE_DIR / HELDOUT_FILE)))[:48]
     act = info["activations"]
-    sequences = token_sequences(texts, demo_lm.tokenizer, seq_len=act["seq_len"], max_tokens=None, seed=0,
-                                bos_id=demo_lm.bos_token_id)[:32]
+    sequences = token_sequences(texts, demo_lm.tokenizer, seq_len=act["seq_len"], max_tokens=None,
+                                seed=0, bos_id=demo_lm.bos_token_id)[:32]
     rule = info["outlier_rule"]
     kept = []
     for begin in range(0, len(sequences), act["batch_size"]):
-        resid = demo_lm.activations(sequences[begin:begin + act["batch_size"]], info["model"]["hook"])
-        kept.append(resid[~excluded_positions(resid, rule["norm_ratio"], rule["exclude_bos"])].float())
+        batch = sequences[begin:begin + act["batch_size"]]
+        resid = demo_lm.activations(batch, info["model"]["hook"])
+        excluded = excluded_positions(resid, rule["norm_ratio"], rule["exclude_bos"])
+        kept.append(resid[~excluded].float())
     acts = torch.cat(kept)
     assert len(acts) > 2000
     for name, sae in saes.items():
@@ -258,21 +269,24 @@ def test_build_flags_replace_only_what_they_name_and_bad_values_exit_2():
     from typer.testing import CliRunner
 
     from faithcase.cli import app
-    from faithcase.tools.demo.build import BuildSettings, settings_with
+    from faithcase.tools.demo.settings import BuildSettings, settings_with
 
     default = BuildSettings()
     assert settings_with() == default
     custom = settings_with(shards=3, k=16, epochs=2)
     assert (custom.sampling.n_shards, custom.training.k, custom.training.epochs) == (3, 16, 2)
-    assert custom.training.lr == default.training.lr and custom.sampling.top_p == default.sampling.top_p
+    assert custom.training.lr == default.training.lr
+    assert custom.sampling.top_p == default.sampling.top_p
     assert custom.min_heldout_tokens == default.min_heldout_tokens
-    for flags in (["--k", "0"], ["--k", str(default.training.d_sae + 1)], ["--lr", "-1"], ["--shards", "0"]):
+    too_many = str(default.training.d_sae + 1)
+    for flags in (["--k", "0"], ["--k", too_many], ["--lr", "-1"], ["--shards", "0"]):
         result = CliRunner().invoke(app, ["demo", "build", "--work-dir", "unused", *flags])
         assert result.exit_code == 2, (flags, result.output)
         assert "error:" in result.output and "Traceback" not in result.output
 
 
-def test_shards_are_exactly_the_requested_ones_and_sampling_gets_every_setting(tmp_path, monkeypatch):
+def test_shards_are_exactly_the_requested_ones_and_sampling_gets_every_setting(tmp_path,
+                                                                               monkeypatch):
     from types import SimpleNamespace
 
     from faithcase.tools.demo import sampling
@@ -284,11 +298,49 @@ def test_shards_are_exactly_the_requested_ones_and_sampling_gets_every_setting(t
         return [[seed, seed + 1]]
 
     monkeypatch.setattr(sampling, "sample_from_bos", fake_sample)
-    tokenizer = SimpleNamespace(bos_token_id=1, eos_token_id=2, decode=lambda row: " ".join(map(str, row)))
+    tokenizer = SimpleNamespace(bos_token_id=1, eos_token_id=2,
+                                decode=lambda row: " ".join(map(str, row)))
     sampling.write_shards(None, tokenizer, tmp_path, 3, 4, 8, 0.9, 0.7, seed=100, top_k=17)
     assert seen == [(4, 8, 0.9, 0.7, 100 + i, 17) for i in range(3)]
-    assert [p.name for p in sorted(tmp_path.glob("shard_*.jsonl.gz"))] == [p.name for p in sampling.shard_paths(tmp_path, 3)]
+    written = [p.name for p in sorted(tmp_path.glob("shard_*.jsonl.gz"))]
+    assert written == [p.name for p in sampling.shard_paths(tmp_path, 3)]
 
-    rows = sampling.read_shards(sampling.shard_paths(tmp_path, 2))  # a third shard on disk is not read
+    # a third shard on disk is not read
+    rows = sampling.read_shards(sampling.shard_paths(tmp_path, 2))
     assert [row["tokens"] for row in rows] == [[100, 101], [101, 102]]
     assert rows[0]["text"] == "100 101"
+
+
+def test_manifest_records_the_trainer_where_it_lives():
+    import importlib
+
+    from faithcase.tools.demo.manifest import trainer_path
+
+    module, name = trainer_path().rsplit(".", 1)
+    assert getattr(importlib.import_module(module), name) is train_topk_sae
+
+
+def test_build_keeps_the_names_the_cli_imports():
+    from faithcase.tools.demo import build, manifest, settings
+
+    assert build.bundle_info is manifest.bundle_info and build.info_rows is manifest.info_rows
+    assert build.settings_with is settings.settings_with and callable(build.build_bundle)
+
+
+def test_stage_keys_are_those_the_shipped_bundle_was_built_with(tmp_path, monkeypatch):
+    """Pinned: a change reruns every stage of a cached build (an hour)."""
+    from faithcase.tools.demo import build
+    from faithcase.tools.demo.settings import BuildSettings
+
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"model")
+    monkeypatch.setattr(build._Builder, "model_file", lambda self: model)
+    builder = build._Builder(tmp_path / "out", tmp_path / "work", tmp_path / "samples",
+                             BuildSettings(), console=None)
+    graph = build.build_graph(builder.settings.seeds)
+    run = graph.run(builder, tmp_path / "work" / "stages.json")
+    assert {name: run.fingerprint(name) for name in graph.order()} == {
+        "samples": "a16584ca54089d99", "corpus": "7785a20c009b85ee",
+        "activations": "b6053372862421f2", "sae_seed42": "be3e474a5c01427a",
+        "sae_seed49": "7973e72eacdf06ce", "manifest": "80eac400988709e3",
+    }

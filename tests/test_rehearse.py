@@ -35,9 +35,20 @@ def model_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def sae_folder(tmp_path_factory, model_folder):
     folder = tmp_path_factory.mktemp("saes")
-    planted = rehearse_build.build_paper_saes(folder, d_in=SMALL["d_model"], d_sae=D_SAE, k=K, n_planted=N_PLANTED,
-                                              seeds=SEEDS, model_folder=model_folder, hook=HOOK)
+    planted = rehearse_build.build_paper_saes(folder, d_in=SMALL["d_model"], d_sae=D_SAE, k=K,
+                                              n_planted=N_PLANTED, seeds=SEEDS,
+                                              model_folder=model_folder, hook=HOOK)
     return folder, planted
+
+
+def load_hf(folder):
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, local_files_only=True)
+
+
+def build_saes(folder, n_planted: int = N_PLANTED):
+    """Planted SAEs of the small shape without a model (b_dec = 0)."""
+    return rehearse_build.build_paper_saes(folder, d_in=64, d_sae=D_SAE, k=K, n_planted=n_planted,
+                                           hook=HOOK)
 
 
 def centering_tokens(tokenizer) -> torch.Tensor:
@@ -47,7 +58,7 @@ def centering_tokens(tokenizer) -> torch.Tensor:
 
 
 def test_model_folder_loads_offline_and_its_hook_is_hf_hidden_state(model_folder, demo_tokenizer):
-    hf_model = AutoModelForCausalLM.from_pretrained(model_folder, dtype=torch.bfloat16, local_files_only=True)
+    hf_model = load_hf(model_folder)
     tokens = centering_tokens(demo_tokenizer)[:2]
     with torch.no_grad():
         hidden = hf_model(tokens, output_hidden_states=True, use_cache=False).hidden_states
@@ -71,10 +82,13 @@ def test_model_folder_loads_offline_and_its_hook_is_hf_hidden_state(model_folder
 def test_model_init_is_seeded_and_not_degenerate(model_folder, tmp_path):
     again = rehearse_build.build_paper_model(tmp_path / "same", seed=0, **SMALL)
     other = rehearse_build.build_paper_model(tmp_path / "other", seed=1, **SMALL)
-    load = lambda folder: LlamaForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).state_dict()  # noqa: E731
+    def load(folder):
+        return LlamaForCausalLM.from_pretrained(folder, dtype=torch.bfloat16).state_dict()
+
     first, same, different = load(model_folder), load(again), load(other)
     assert all(torch.equal(first[name], same[name]) for name in first)
-    assert not any(torch.equal(first[name], different[name]) for name in first if name.endswith("proj.weight"))
+    projections = [name for name in first if name.endswith("proj.weight")]
+    assert not any(torch.equal(first[name], different[name]) for name in projections)
     norms = first["model.embed_tokens.weight"].float().norm(dim=-1)
     assert torch.isfinite(norms).all() and norms.std() > 0
 
@@ -85,13 +99,15 @@ def test_paper_config_is_llama_3_2_1b():
             config.num_key_value_heads, config.intermediate_size) == (16, 2048, 32, 8, 8192)
     assert (config.head_dim, config.hidden_act, config.rms_norm_eps) == (64, "silu", 1e-5)
     assert config.tie_word_embeddings and config.max_position_embeddings == 131072
-    assert config.rope_parameters["rope_type"] == "llama3" and config.rope_parameters["rope_theta"] == 500000.0
-    assert config.rope_parameters["factor"] == 32.0
+    rope = config.rope_parameters
+    assert rope["rope_type"] == "llama3" and rope["rope_theta"] == 500000.0
+    assert rope["factor"] == 32.0
 
     with torch.device("meta"):
         model = LlamaForCausalLM(config)
     n_params = sum(p.numel() for p in model.parameters())  # tied: the embedding counts once
-    d, kv, inter = config.hidden_size, config.num_key_value_heads * config.head_dim, config.intermediate_size
+    d, inter = config.hidden_size, config.intermediate_size
+    kv = config.num_key_value_heads * config.head_dim
     per_layer = 2 * d * d + 2 * d * kv + 3 * d * inter + 2 * d
     assert n_params == config.vocab_size * d + config.num_hidden_layers * per_layer + d
     assert 1.0e9 < n_params < 1.1e9
@@ -101,12 +117,14 @@ def test_saes_load_as_batchtopk_with_planted_twins_as_best_matches(sae_folder, m
     folder, planted = sae_folder
     sae1, sae2 = (load_sae(folder / f"seed{s}") for s in SEEDS)
     for sae, seed in zip((sae1, sae2), SEEDS):
-        assert (sae.format, sae.activation, sae.k, sae.d_in, sae.d_sae) == ("batchtopk", "topk", K, 64, D_SAE)
+        shape = (sae.format, sae.activation, sae.k, sae.d_in, sae.d_sae)
+        assert shape == ("batchtopk", "topk", K, 64, D_SAE)
         assert (sae.hook_name, sae.hook_layer) == (HOOK, 1)
         torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(D_SAE))
         assert torch.equal(sae.W_enc, sae.W_dec.T)
         config = json.loads((folder / f"seed{seed}" / "config.json").read_text())
-        assert config["seed"] == seed and config["dtype"] == "torch.bfloat16" and config["input_unit_norm"] is False
+        assert config["seed"] == seed and config["dtype"] == "torch.bfloat16"
+        assert config["input_unit_norm"] is False
 
     pairs = planted["planted"]
     assert planted == {**json.loads((folder / "planted.json").read_text()), "planted": pairs}
@@ -115,10 +133,13 @@ def test_saes_load_as_batchtopk_with_planted_twins_as_best_matches(sae_folder, m
 
     # brute force: each planted row's nearest row on the other side is its twin, cosine > 0.99
     W1, W2 = sae1.W_dec.numpy().astype(np.float64), sae2.W_dec.numpy().astype(np.float64)
-    cos = (W1 / np.linalg.norm(W1, axis=1, keepdims=True)) @ (W2 / np.linalg.norm(W2, axis=1, keepdims=True)).T
+    U1 = W1 / np.linalg.norm(W1, axis=1, keepdims=True)
+    U2 = W2 / np.linalg.norm(W2, axis=1, keepdims=True)
+    cos = U1 @ U2.T
     for i, j in pairs:
         assert cos[i].argmax() == j and cos[:, j].argmax() == i and cos[i, j] > 0.99
-    unplanted = np.delete(np.delete(cos, [i for i, _ in pairs], axis=0), [j for _, j in pairs], axis=1)
+    rows, columns = [i for i, _ in pairs], [j for _, j in pairs]
+    unplanted = np.delete(np.delete(cos, rows, axis=0), columns, axis=1)
     assert np.abs(unplanted).max() < 0.9
 
     matching = match_features(sae1.W_dec, sae2.W_dec)
@@ -132,10 +153,11 @@ def test_saes_load_as_batchtopk_with_planted_twins_as_best_matches(sae_folder, m
 def test_sae_b_dec_is_the_mean_residual_and_features_fire(sae_folder, model_folder):
     folder, _ = sae_folder
     sae = load_sae(folder / f"seed{SEEDS[0]}")
-    hf_model = AutoModelForCausalLM.from_pretrained(model_folder, dtype=torch.bfloat16, local_files_only=True)
+    hf_model = load_hf(model_folder)
     tokens = centering_tokens(lm.load_tokenizer("rehearsal", path=str(model_folder)))
     with torch.no_grad():
-        resid = hf_model(tokens, output_hidden_states=True, use_cache=False).hidden_states[1][:, 1:].float()
+        hidden = hf_model(tokens, output_hidden_states=True, use_cache=False).hidden_states
+    resid = hidden[1][:, 1:].float()
     scale = resid.abs().max().item()
     torch.testing.assert_close(sae.b_dec, resid.reshape(-1, 64).mean(0), rtol=0, atol=1e-2 * scale)
     active = (sae.encode(resid) > 0).sum(-1).float()
@@ -152,19 +174,21 @@ def test_rebuild_is_skipped_with_the_same_settings(tmp_path):
     without_intermediate = {key: value for key, value in SMALL.items() if key != "intermediate"}
     rehearse_build.build_paper_model(model, seed=0, **without_intermediate)  # the default: 8192
     assert weights.stat().st_mtime_ns != stamp_time
-    assert json.loads((model / "rehearsal.json").read_text())["shape"] == {**SMALL, "intermediate": 8192}
+    stamp = json.loads((model / "rehearsal.json").read_text())
+    assert stamp["shape"] == {**SMALL, "intermediate": 8192}
     assert AutoModelForCausalLM.from_pretrained(model).config.intermediate_size == 8192
     rebuilt_time = weights.stat().st_mtime_ns
-    rehearse_build.build_paper_model(model, seed=0, **without_intermediate, intermediate=8192)  # same settings
+    # the same settings, spelled out
+    rehearse_build.build_paper_model(model, seed=0, **without_intermediate, intermediate=8192)
     assert weights.stat().st_mtime_ns == rebuilt_time
 
     saes = tmp_path / "s"
-    first = rehearse_build.build_paper_saes(saes, d_in=64, d_sae=D_SAE, k=K, n_planted=N_PLANTED, hook=HOOK)
+    first = build_saes(saes)
     sae_file = saes / f"seed{SEEDS[0]}" / "sae.pt"
     sae_time = sae_file.stat().st_mtime_ns
-    assert rehearse_build.build_paper_saes(saes, d_in=64, d_sae=D_SAE, k=K, n_planted=N_PLANTED, hook=HOOK) == first
+    assert build_saes(saes) == first
     assert sae_file.stat().st_mtime_ns == sae_time
-    other = rehearse_build.build_paper_saes(saes, d_in=64, d_sae=D_SAE, k=K, n_planted=N_PLANTED + 1, hook=HOOK)
+    other = build_saes(saes, n_planted=N_PLANTED + 1)
     assert sae_file.stat().st_mtime_ns != sae_time and len(other["planted"]) == N_PLANTED + 1
     assert other["planted"][:N_PLANTED] == first["planted"]  # same seeds, same draws
     assert load_sae(saes / f"seed{SEEDS[0]}").b_dec.count_nonzero() == 0  # no model: b_dec = 0
@@ -188,4 +212,5 @@ def test_projection_counts_the_work_each_stage_does():
     full_features, reduced_features = 2 * (3 * 10 + 40), 2 * (3 * 2 + 4)
     assert units("explain", FULL) == (full_features + 64) * 16 + full_features * 5
     assert units("explain", REDUCED) == (reduced_features + 8) * 4 + reduced_features * 5
-    assert units("embed", FULL) == full_features and units("match", FULL) == units("assemble", REDUCED) == 1
+    assert units("embed", FULL) == full_features
+    assert units("match", FULL) == units("assemble", REDUCED) == 1

@@ -1,6 +1,5 @@
-"""The embedded demo bundle (a corpus sampled from the demo model and two TopK SAEs on it) and
-the code that rebuilds it: `sampling` (corpus from BOS), `train` (TopK SAE trainer),
-`build` (the staged, resumable bundle build; `faithcase demo build`)."""
+"""The embedded demo bundle: a corpus sampled from the demo model and two TopK SAEs trained on it.
+The code that rebuilds it is `faithcase.tools.demo` (`faithcase demo build`)."""
 
 from pathlib import Path
 

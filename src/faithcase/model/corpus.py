@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import zlib
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -27,22 +29,27 @@ from faithcase.run.paths import resolve_path
 
 LOCAL_KINDS = ("jsonl", "jsonl.gz", "txt", "parquet")
 TOKENIZE_BATCH = 256
+READ_ERRORS = (OSError, EOFError, UnicodeError, zlib.error)  # unreadable or garbage local files
+FORMAT_HINT = "give a UTF-8 .txt, .jsonl, .jsonl.gz or .parquet file"
+JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number",
+              bool: "a boolean", type(None): "null"}
 
 
 # ---------------------------------------------------------------- readers
 
 def load_texts(source: str, kind: str = "auto", text_column: str = "text", hf_config: str | None = None,
                split: str = "train", streaming: bool = True, base_dir: Path | None = None) -> Iterator[str]:
-    """Texts of a corpus, in source order. Errors (missing file/column) surface on iteration."""
+    """Texts of a corpus, in source order. Errors (missing file/column) surface on iteration;
+    a local file that cannot be read or decoded raises one FaithcaseError naming it."""
     kind, location = _resolve_source(source, kind, base_dir)
     if kind == "jsonl":
-        return _jsonl_texts(location, text_column, opener=open)
+        return _guarded(location, _jsonl_texts(location, text_column, opener=open))
     if kind == "jsonl.gz":
-        return _jsonl_texts(location, text_column, opener=gzip.open)
+        return _guarded(location, _jsonl_texts(location, text_column, opener=gzip.open))
     if kind == "txt":
-        return _txt_texts(location)
+        return _guarded(location, _txt_texts(location))
     if kind == "parquet":
-        return _parquet_texts(location, text_column)
+        return _guarded(location, _parquet_texts(location, text_column), arrow=True)
     if kind == "hf-disk":
         return _saved_dataset_texts(location, text_column, split)
     return _hf_texts(str(location), text_column, hf_config, split, streaming)
@@ -73,6 +80,45 @@ def _resolve_source(source: str, kind: str, base_dir: Path | None) -> tuple[str,
                          "or set the corpus kind.")
 
 
+def _guarded(path: Path, texts: Iterator[str], arrow: bool = False) -> Iterator[str]:
+    """`texts`, with read and decode errors (raised on opening or while iterating) turned into
+    one FaithcaseError naming `path`."""
+    errors = READ_ERRORS
+    if arrow:
+        import pyarrow
+
+        errors += (pyarrow.ArrowException,)
+    try:
+        yield from texts
+    except errors as err:
+        raise FaithcaseError(_unreadable_message(path, err, arrow)) from err
+
+
+def _unreadable_message(path: Path, err: BaseException, arrow: bool) -> str:
+    detail = _first_line(err)
+    hint = FORMAT_HINT
+    if isinstance(err, gzip.BadGzipFile):
+        gzipped = not detail.startswith("Not a gzipped")
+        reason = f"bad gzip data, {detail}" if gzipped else "not a gzip file"
+    elif isinstance(err, (EOFError, zlib.error)):
+        reason = "truncated or corrupt gzip data"
+    elif isinstance(err, UnicodeError):
+        reason = "not UTF-8 text"
+    elif isinstance(err, OSError) and err.errno is not None:
+        reason = os.strerror(err.errno).lower()  # pyarrow's strerror is a long sentence
+        hint = "check that it is a readable file, or give another corpus"
+    elif arrow:  # pyarrow errors, and OSErrors without an errno (pyarrow raises those too)
+        reason = f"not a readable parquet file, {detail}"
+    else:
+        reason = detail
+    return f"cannot read corpus {path}: {reason} ({type(err).__name__}); {hint}"
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0].strip().rstrip(".") if lines else type(err).__name__
+
+
 def _looks_local(source: str) -> bool:
     suffixes = tuple("." + kind for kind in LOCAL_KINDS)
     return source.startswith(("pkg:", ".", "/", "~")) or source.endswith(suffixes)
@@ -85,10 +131,14 @@ def _jsonl_texts(path: Path, text_column: str, opener) -> Iterator[str]:
                 continue
             try:
                 row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise FaithcaseError(f"{path}:{number}: not valid JSON ({err.msg}).") from err
+            except (ValueError, RecursionError) as err:  # also too-long ints, too-deep nesting
+                reason = err.msg if isinstance(err, json.JSONDecodeError) else _first_line(err)
+                raise FaithcaseError(f"{path}:{number}: not valid JSON ({reason}); "
+                                     "write one JSON object per line.") from err
             if not isinstance(row, dict):
-                raise FaithcaseError(f"{path}:{number}: expected a JSON object per line.")
+                got = JSON_TYPES.get(type(row), type(row).__name__)
+                raise FaithcaseError(f"{path}:{number}: expected a JSON object per line, got "
+                                     f"{got}; write one JSON object per line.")
             if text_column not in row:
                 raise FaithcaseError(f"{path}:{number}: no '{text_column}' field; fields present: "
                                      f"{', '.join(row) or 'none'}. Set the corpus text column.")

@@ -16,8 +16,8 @@ import orjson
 from faithcase.artifacts import LEDGER_FILE
 from faithcase.run.errors import FaithcaseError
 
-IGNORED_KEYS = frozenset({"meta", "created", "seconds", "fingerprint", "upstream", "version", "path", "base_dir",
-                          "out_dir"})
+IGNORED_KEYS = frozenset({"meta", "created", "seconds", "fingerprint", "upstream", "version",
+                          "path", "base_dir", "out_dir"})
 
 
 def compare_runs(first: Path, second: Path, tolerance: float = 0.0) -> list[str]:
@@ -62,10 +62,16 @@ def _walk(a: Any, b: Any, where: str, tolerance: float, out: list[str]) -> None:
         for i, (x, y) in enumerate(zip(a, b)):
             _walk(x, y, f"{where}[{i}]", tolerance, out)
     elif isinstance(a, float) and isinstance(b, (int, float)) and not isinstance(b, bool):
-        if not (a == b or math.isclose(a, b, rel_tol=tolerance, abs_tol=0.0) or (math.isnan(a) and math.isnan(b))):
+        if not _floats_agree(a, b, tolerance):
             out.append(f"{where}: {a!r} vs {b!r}")
     elif a != b:
         out.append(f"{where}: {_short(a)} vs {_short(b)}")
+
+
+def _floats_agree(a: float, b: float, tolerance: float) -> bool:
+    """Equal, within `tolerance` relative, or both NaN."""
+    return (a == b or math.isclose(a, b, rel_tol=tolerance, abs_tol=0.0)
+            or (math.isnan(a) and math.isnan(b)))
 
 
 def _short(value: Any) -> str:

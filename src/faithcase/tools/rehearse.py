@@ -22,10 +22,14 @@ import yaml
 
 from faithcase.run.errors import FaithcaseError
 
-PAPER_BATCHES = {"seq_len": 128, "corpus": 32, "explain": 128}  # as configs/llama-3.2-1b.yaml sets them
-# workloads: corpus tokens of the passes, pairs per group, stratified pairs, scales, null directions, samples
-FULL = {"tokens": 2_000_000, "n_pairs": 10, "n_stratified": 40, "n_scales": 16, "n_null": 64, "n_samples": 4}
-REDUCED = {"tokens": 4000, "n_pairs": 2, "n_stratified": 4, "n_scales": 4, "n_null": 8, "n_samples": 4}
+# as configs/llama-3.2-1b.yaml sets them
+PAPER_BATCHES = {"seq_len": 128, "corpus": 32, "explain": 128}
+# workloads: corpus tokens of the passes, pairs per group, stratified pairs, scales,
+# null directions, samples
+FULL = {"tokens": 2_000_000, "n_pairs": 10, "n_stratified": 40, "n_scales": 16, "n_null": 64,
+        "n_samples": 4}
+REDUCED = {"tokens": 4000, "n_pairs": 2, "n_stratified": 4, "n_scales": 4, "n_null": 8,
+           "n_samples": 4}
 
 
 def units(stage: str, workload: dict) -> float:
@@ -34,15 +38,23 @@ def units(stage: str, workload: dict) -> float:
     if stage in ("scan", "windows"):
         return workload["tokens"]
     if stage == "explain":  # sweep rows of the features and the null, and generated texts
-        return (features + workload["n_null"]) * workload["n_scales"] + features * (1 + workload["n_samples"])
+        sweep_rows = (features + workload["n_null"]) * workload["n_scales"]
+        return sweep_rows + features * (1 + workload["n_samples"])
     if stage == "embed":
         return features
-    return 1.0  # match, pairs, assemble (its bootstrap runs over every matched pair) and report: the same work
+    # match, pairs, assemble (its bootstrap runs over every matched pair) and report:
+    # the same work at any workload
+    return 1.0
 
 
 def build(work_dir: Path, workload: dict, console) -> tuple[Path, dict]:
-    """The rehearsal's model, SAEs, corpus and config under work_dir (each reused when already built)."""
-    from faithcase.tools.rehearse_build import PAPER_HOOK, build_paper_model, build_paper_saes, build_rehearsal_corpus
+    """The rehearsal's model, SAEs, corpus and config under work_dir (each reused when already
+    built)."""
+    from faithcase.tools.rehearse_build import (
+        build_paper_model,
+        build_paper_saes,
+        build_rehearsal_corpus,
+    )
 
     work_dir = work_dir.resolve()  # the config's paths must not depend on where it is read from
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -51,29 +63,40 @@ def build(work_dir: Path, workload: dict, console) -> tuple[Path, dict]:
     with console.status("building two 14,336 × 2,048 BatchTopK SAEs with planted rows (once) …"):
         planted = build_paper_saes(work_dir / "saes", model_folder=model)
     corpus = build_rehearsal_corpus(work_dir / "corpus.jsonl", n_tokens=workload["tokens"])
-    config = {
-        "run_name": "rehearsal", "out_dir": str(work_dir / "run"), "device": "cpu",
-        "model": {"name": "rehearsal/llama-3.2-1b-random", "path": str(model), "dtype": "bfloat16"},
-        "hook": PAPER_HOOK,
-        "sae1": {"path": str(work_dir / "saes" / planted["sae1"]), "format": "batchtopk"},
-        "sae2": {"path": str(work_dir / "saes" / planted["sae2"]), "format": "batchtopk"},
-        "corpus": {"source": str(corpus), "seq_len": PAPER_BATCHES["seq_len"], "max_tokens": workload["tokens"],
-                   "batch_size": PAPER_BATCHES["corpus"]},
-        "match": {"n_pairs": workload["n_pairs"], "n_stratified": workload["n_stratified"], "strata": 4},
-        "explain": {"n_scales": workload["n_scales"], "skip_lowest": 1, "n_null": workload["n_null"],
-                    "n_samples": workload["n_samples"], "batch_size": PAPER_BATCHES["explain"]},
-    }
+    config = rehearsal_config(work_dir, model, planted, corpus, workload)
     path = work_dir / "rehearsal.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path, planted
+
+
+def rehearsal_config(work_dir: Path, model: Path, planted: dict, corpus: Path,
+                     workload: dict) -> dict:
+    """The pipeline config of the rehearsal: the paper config's dtype and batch sizes."""
+    from faithcase.tools.rehearse_build import PAPER_HOOK, REHEARSAL_MODEL_NAME
+
+    saes = work_dir / "saes"
+    return {
+        "run_name": "rehearsal", "out_dir": str(work_dir / "run"), "device": "cpu",
+        "model": {"name": REHEARSAL_MODEL_NAME, "path": str(model), "dtype": "bfloat16"},
+        "hook": PAPER_HOOK,
+        "sae1": {"path": str(saes / planted["sae1"]), "format": "batchtopk"},
+        "sae2": {"path": str(saes / planted["sae2"]), "format": "batchtopk"},
+        "corpus": {"source": str(corpus), "seq_len": PAPER_BATCHES["seq_len"],
+                   "max_tokens": workload["tokens"], "batch_size": PAPER_BATCHES["corpus"]},
+        "pairs": {"n_pairs": workload["n_pairs"], "n_stratified": workload["n_stratified"],
+                  "strata": 4},
+        "explain": {"n_scales": workload["n_scales"], "skip_lowest": 1,
+                    "n_null": workload["n_null"], "n_samples": workload["n_samples"],
+                    "batch_size": PAPER_BATCHES["explain"]},
+    }
 
 
 def run_stage(config: Path, stage: str, force: bool) -> dict:
     """One stage in its own process: its seconds, its model-loading seconds and its peak RSS."""
     code = ("import json, sys; from faithcase.tools.rehearse import stage_in_process; "
             "print(json.dumps(stage_in_process(sys.argv[1], sys.argv[2], sys.argv[3] == '1')))")
-    process = subprocess.Popen([sys.executable, "-c", code, str(config), stage, "1" if force else "0"],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    argv = [sys.executable, "-c", code, str(config), stage, "1" if force else "0"]
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     start = time.perf_counter()
     out, err = process.communicate()
     wall = time.perf_counter() - start
@@ -116,14 +139,15 @@ def rehearse(work_dir: Path, workload: dict, console) -> list[dict]:
         work = result["seconds"] - result["load"]
         factor = units(stage, FULL) / units(stage, workload)
         rows.append({"stage": stage, "seconds": result["seconds"], "load": result["load"],
-                     "peak_rss_gib": result["peak_rss_gib"], "projected": result["load"] + work * factor,
-                     "factor": factor, **{k: v for k, v in result.items() if k == "best"}})
-        console.print(f"{stage}: {result['seconds']:.1f} s (loading {result['load']:.1f} s), peak RSS "
-                      f"{result['peak_rss_gib']:.2f} GiB")
+                     "peak_rss_gib": result["peak_rss_gib"],
+                     "projected": result["load"] + work * factor, "factor": factor,
+                     **{k: v for k, v in result.items() if k == "best"}})
+        console.print(f"{stage}: {result['seconds']:.1f} s (loading {result['load']:.1f} s), "
+                      f"peak RSS {result['peak_rss_gib']:.2f} GiB")
     best = next(r["best"] for r in rows if "best" in r)
     planted_pairs = {tuple(p) for p in planted["planted"]}
     found = {tuple(p) for p in best}
     if not found <= planted_pairs:
-        raise FaithcaseError(f"the best pairs {sorted(found - planted_pairs)} are not planted pairs: the matching "
-                             "or the pair selection is broken")
+        raise FaithcaseError(f"the best pairs {sorted(found - planted_pairs)} are not planted "
+                             "pairs: the matching or the pair selection is broken")
     return rows

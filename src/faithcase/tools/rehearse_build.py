@@ -41,7 +41,8 @@ LLAMA_3_2_ROPE = {
     "high_freq_factor": 4.0,
     "original_max_position_embeddings": 8192,
 }
-PAPER_SHAPE = {"n_layers": 16, "d_model": 2048, "n_heads": 32, "n_kv_heads": 8, "intermediate": 8192}
+PAPER_SHAPE = {"n_layers": 16, "d_model": 2048, "n_heads": 32, "n_kv_heads": 8,
+               "intermediate": 8192}
 LLAMA_3_2_MAX_POSITIONS = 131072  # only a number in the config: rotary angles are computed per call
 PLANTED_NOISE = 0.05  # norm of the noise on each twin row: cosine of a planted pair >= 0.995
 CENTERING_SEQUENCES, CENTERING_SEQ_LEN = 8, 64  # b_dec = mean residual over these tokens
@@ -68,8 +69,9 @@ def paper_model_config(vocab_size: int, n_layers: int = 16, d_model: int = 2048,
     return LlamaConfig(
         vocab_size=vocab_size, hidden_size=d_model, intermediate_size=intermediate,
         num_hidden_layers=n_layers, num_attention_heads=n_heads, num_key_value_heads=n_kv_heads,
-        head_dim=d_model // n_heads, hidden_act="silu", max_position_embeddings=LLAMA_3_2_MAX_POSITIONS,
-        rms_norm_eps=1e-5, rope_parameters=dict(LLAMA_3_2_ROPE), tie_word_embeddings=True,
+        head_dim=d_model // n_heads, hidden_act="silu",
+        max_position_embeddings=LLAMA_3_2_MAX_POSITIONS, rms_norm_eps=1e-5,
+        rope_parameters=dict(LLAMA_3_2_ROPE), tie_word_embeddings=True,
         initializer_range=0.02, attention_bias=False, mlp_bias=False, **token_ids)
 
 
@@ -90,10 +92,12 @@ def build_paper_model(folder: Path, seed: int = 0, dtype: str = "bfloat16", **sh
         return folder
     _clear_stamp(folder)
     config = paper_model_config(len(tokenizer), **shape, bos_token_id=tokenizer.bos_token_id,
-                                eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+                                eos_token_id=tokenizer.eos_token_id,
+                                pad_token_id=tokenizer.pad_token_id)
     with torch.random.fork_rng(devices=[]):  # seeds the model's init, leaves the caller's RNG alone
         torch.manual_seed(seed)
-        model = LlamaForCausalLM._from_config(config, dtype=lm.resolve_dtype(dtype))  # built in dtype
+        # built directly in dtype
+        model = LlamaForCausalLM._from_config(config, dtype=lm.resolve_dtype(dtype))
     model.eval().requires_grad_(False)
     check_residual_stream(model, tokenizer)
     model.save_pretrained(folder, safe_serialization=True)
@@ -105,19 +109,22 @@ def build_paper_model(folder: Path, seed: int = 0, dtype: str = "bfloat16", **sh
 @torch.no_grad()
 def check_residual_stream(model, tokenizer, text: str = "The capital of France is Paris.") -> None:
     """Fail unless every layer's residual is finite and differs between tokens."""
-    ids = torch.tensor([[tokenizer.bos_token_id] + tokenizer.encode(text, add_special_tokens=False)])
+    text_ids = tokenizer.encode(text, add_special_tokens=False)
+    ids = torch.tensor([[tokenizer.bos_token_id] + text_ids])
     hidden = model(ids, output_hidden_states=True, use_cache=False, logits_to_keep=1).hidden_states
     for layer, h in enumerate(hidden):
         norms = h[0].float().norm(dim=-1)
         if not torch.isfinite(h).all() or norms.std() <= 1e-6 * norms.mean():
-            raise FaithcaseError(f"degenerate residual stream at hidden_states[{layer}]: token norms {norms.tolist()}")
+            raise FaithcaseError(f"degenerate residual stream at hidden_states[{layer}]: "
+                                 f"token norms {norms.tolist()}")
 
 
 # ---------------------------------------------------------------- the SAEs
 
-def build_paper_saes(folder: Path, d_in: int = 2048, d_sae: int = 14336, k: int = 48, n_planted: int = 16,
-                     seeds: tuple[int, int] = (42, 49), model_folder: Path | None = None,
-                     hook: str = PAPER_HOOK, model_name: str = REHEARSAL_MODEL_NAME) -> dict[str, Any]:
+def build_paper_saes(folder: Path, d_in: int = 2048, d_sae: int = 14336, k: int = 48,
+                     n_planted: int = 16, seeds: tuple[int, int] = (42, 49),
+                     model_folder: Path | None = None, hook: str = PAPER_HOOK,
+                     model_name: str = REHEARSAL_MODEL_NAME) -> dict[str, Any]:
     """Two BatchTopK SAE folders `<folder>/seed<s>` (config.json + sae.pt, float32 tensors).
 
     Decoder rows are random unit vectors drawn from each SAE's seed, except `n_planted` rows:
@@ -135,31 +142,25 @@ def build_paper_saes(folder: Path, d_in: int = 2048, d_sae: int = 14336, k: int 
     layer = layer_from_hook(hook)
     model_stamp = _read_stamp(Path(model_folder)) if model_folder else None
     if model_folder and model_stamp is None:
-        raise FaithcaseError(f"{model_folder} holds no rehearsal model (no {STAMP}); build it with build_paper_model")
-    settings = {"kind": "saes", "d_in": d_in, "d_sae": d_sae, "k": k, "n_planted": n_planted, "seeds": list(seeds),
-                "hook": hook, "model_name": model_name, "model": model_stamp}
+        raise FaithcaseError(f"{model_folder} holds no rehearsal model (no {STAMP}); "
+                             "build it with build_paper_model")
+    settings = {"kind": "saes", "d_in": d_in, "d_sae": d_sae, "k": k, "n_planted": n_planted,
+                "seeds": list(seeds), "hook": hook, "model_name": model_name,
+                "model": model_stamp}
     if _stamp_matches(folder, settings) and (folder / PLANTED).is_file():
         return _planted_result(json.loads((folder / PLANTED).read_text()))
     _clear_stamp(folder)
 
-    decoders = [random_unit_rows(d_sae, d_in, torch.Generator().manual_seed(s)) for s in seeds]
-    index1, index2 = planted_indices(d_sae, n_planted, seeds)
-    shared = random_unit_rows(n_planted, d_in, torch.Generator().manual_seed(_pair_seed(seeds)))
-    for W, index, s in zip(decoders, (index1, index2), seeds):
-        noise = random_unit_rows(n_planted, d_in, torch.Generator().manual_seed(_pair_seed((s,) + tuple(seeds))))
-        W[index] = _unit(shared + PLANTED_NOISE * noise)
+    decoders, (index1, index2) = _planted_decoders(d_in, d_sae, n_planted, seeds)
     b_dec = mean_residual(model_folder, hook) if model_folder else torch.zeros(d_in)
     if b_dec.shape != (d_in,):
-        raise FaithcaseError(f"the model's residual at {hook} has width {b_dec.shape[0]}, not d_in={d_in}")
-
+        raise FaithcaseError(f"the model's residual at {hook} has width {b_dec.shape[0]}, "
+                             f"not d_in={d_in}")
     for W, s in zip(decoders, seeds):
-        sub = folder / f"seed{s}"
-        sub.mkdir(parents=True, exist_ok=True)
-        state = {"W_enc": W.T.contiguous(), "W_dec": W, "b_enc": torch.zeros(d_sae), "b_dec": b_dec.clone()}
-        torch.save(state, sub / "sae.pt")
-        config = {"sae_type": "topk", "act_size": d_in, "dict_size": d_sae, "top_k": k, "input_unit_norm": False,
-                  "hook_point": hook, "layer": layer, "seed": s, "dtype": "torch.bfloat16", "model_name": model_name}
-        (sub / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        config = {"sae_type": "topk", "act_size": d_in, "dict_size": d_sae, "top_k": k,
+                  "input_unit_norm": False, "hook_point": hook, "layer": layer, "seed": s,
+                  "dtype": "torch.bfloat16", "model_name": model_name}
+        _write_sae(folder / f"seed{s}", W, b_dec, config)
     data = {"planted": [[int(i), int(j)] for i, j in zip(index1, index2)], "seeds": list(seeds),
             "sae1": f"seed{seeds[0]}", "sae2": f"seed{seeds[1]}",
             "b_dec": "mean residual" if model_folder else "zero"}
@@ -168,15 +169,37 @@ def build_paper_saes(folder: Path, d_in: int = 2048, d_sae: int = 14336, k: int 
     return _planted_result(data)
 
 
+def _planted_decoders(d_in: int, d_sae: int, n_planted: int, seeds: tuple[int, int]
+                      ) -> tuple[list[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """The two random unit-row decoders with their planted twins, and the planted indices."""
+    decoders = [random_unit_rows(d_sae, d_in, _generator(s)) for s in seeds]
+    index1, index2 = planted_indices(d_sae, n_planted, seeds)
+    shared = random_unit_rows(n_planted, d_in, _generator(_pair_seed(seeds)))
+    for W, index, s in zip(decoders, (index1, index2), seeds):
+        noise = random_unit_rows(n_planted, d_in, _generator(_pair_seed((s,) + tuple(seeds))))
+        W[index] = _unit(shared + PLANTED_NOISE * noise)
+    return decoders, (index1, index2)
+
+
+def _write_sae(sub: Path, W: torch.Tensor, b_dec: torch.Tensor, config: dict[str, Any]) -> None:
+    """One FaithfulSAE folder: sae.pt (W_enc = W_dec.T, b_enc = 0) and config.json."""
+    sub.mkdir(parents=True, exist_ok=True)
+    state = {"W_enc": W.T.contiguous(), "W_dec": W, "b_enc": torch.zeros(W.shape[0]),
+             "b_dec": b_dec.clone()}
+    torch.save(state, sub / "sae.pt")
+    (sub / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
 def random_unit_rows(n: int, d: int, generator: torch.Generator) -> torch.Tensor:
     """n float32 rows drawn uniformly on the unit sphere of R^d."""
     return _unit(torch.randn(n, d, generator=generator))
 
 
-def planted_indices(d_sae: int, n_planted: int, seeds: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def planted_indices(d_sae: int, n_planted: int,
+                    seeds: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Seeded indices of the planted rows in each SAE; a pair never sits at the same index."""
-    index1 = torch.randperm(d_sae, generator=torch.Generator().manual_seed(seeds[0]))[:n_planted]
-    candidates = iter(torch.randperm(d_sae, generator=torch.Generator().manual_seed(seeds[1])).tolist())
+    index1 = torch.randperm(d_sae, generator=_generator(seeds[0]))[:n_planted]
+    candidates = iter(torch.randperm(d_sae, generator=_generator(seeds[1])).tolist())
     index2 = []
     for i in index1.tolist():
         j = next(candidates)
@@ -192,7 +215,8 @@ def mean_residual(model_folder: Path, hook: str) -> torch.Tensor:
     CENTERING_SEQUENCES sequences, BOS positions excluded (what faithcase's model sees)."""
     model = lm.load_model(REHEARSAL_MODEL_NAME, path=str(model_folder), device="cpu",
                           dtype=_read_stamp(Path(model_folder))["dtype"])
-    tokens = corpus.token_sequences(corpus.load_texts(DEMO_CORPUS), model.tokenizer, seq_len=CENTERING_SEQ_LEN,
+    tokens = corpus.token_sequences(corpus.load_texts(DEMO_CORPUS), model.tokenizer,
+                                    seq_len=CENTERING_SEQ_LEN,
                                     max_tokens=CENTERING_SEQUENCES * CENTERING_SEQ_LEN, seed=0)
     acts = model.activations(tokens, hook)[:, 1:]
     return acts.float().reshape(-1, acts.shape[-1]).mean(dim=0)
@@ -200,6 +224,10 @@ def mean_residual(model_folder: Path, hook: str) -> torch.Tensor:
 
 def _unit(W: torch.Tensor) -> torch.Tensor:
     return W / W.norm(dim=-1, keepdim=True)
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
 
 
 def _pair_seed(seeds: tuple[int, ...]) -> int:
@@ -225,7 +253,8 @@ def build_rehearsal_corpus(path: Path, n_tokens: int = 4000) -> Path:
         count += len(tokenizer.encode(text, add_special_tokens=False))
         lines.append(json.dumps({"text": text}, ensure_ascii=False))
     if count < n_tokens:
-        raise FaithcaseError(f"the demo corpus holds only {count} tokens, fewer than the {n_tokens} asked for")
+        raise FaithcaseError(f"the demo corpus holds only {count} tokens, "
+                             f"fewer than the {n_tokens} asked for")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -241,7 +270,8 @@ def _read_stamp(folder: Path) -> dict[str, Any] | None:
 
 
 def _stamp_matches(folder: Path, settings: dict[str, Any]) -> bool:
-    return _read_stamp(folder) == json.loads(json.dumps(settings))  # compared as JSON (tuples → lists)
+    # compared as JSON (tuples → lists)
+    return _read_stamp(folder) == json.loads(json.dumps(settings))
 
 
 def _clear_stamp(folder: Path) -> None:

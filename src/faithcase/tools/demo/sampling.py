@@ -11,7 +11,7 @@ import torch
 
 def _nucleus_sample(logits: torch.Tensor, top_p: float, temperature: float, top_k: int,
                     generator: torch.Generator) -> torch.Tensor:
-    """Top-k prefilter, then nucleus (top-p) sampling within it; avoids sorting the whole vocabulary."""
+    """Top-k prefilter, then nucleus (top-p) sampling within it (no sort of the vocabulary)."""
     values, indices = torch.topk(logits.float() / temperature, top_k, dim=-1)
     probs = values.softmax(-1)
     mass_before = probs.cumsum(-1) - probs
@@ -21,8 +21,10 @@ def _nucleus_sample(logits: torch.Tensor, top_p: float, temperature: float, top_
 
 
 def sample_from_bos(hf_model, bos_id: int, eos_id: int, batch: int, new_tokens: int,
-                    top_p: float, temperature: float, seed: int, top_k: int = 200) -> list[list[int]]:
-    """Sample `batch` continuations of the BOS token with a KV cache; returns ids without BOS, cut at EOS."""
+                    top_p: float, temperature: float, seed: int,
+                    top_k: int = 200) -> list[list[int]]:
+    """Sample `batch` continuations of the BOS token with a KV cache; returns ids without BOS,
+    cut at EOS."""
     from transformers import DynamicCache
 
     generator = torch.Generator().manual_seed(seed)
@@ -34,7 +36,8 @@ def sample_from_bos(hf_model, bos_id: int, eos_id: int, batch: int, new_tokens: 
         step_input = tokens
         for _ in range(new_tokens):
             out = hf_model(input_ids=step_input, past_key_values=cache, use_cache=True)
-            next_ids = _nucleus_sample(out.logits[:, -1].cpu(), top_p, temperature, top_k, generator)
+            logits = out.logits[:, -1].cpu()
+            next_ids = _nucleus_sample(logits, top_p, temperature, top_k, generator)
             generated.append(next_ids)
             finished |= next_ids[:, 0] == eos_id
             if finished.all():
@@ -51,8 +54,9 @@ def shard_paths(shard_dir: Path, n_shards: int) -> list[Path]:
     return [shard_dir / f"shard_{i:05d}.jsonl.gz" for i in range(n_shards)]
 
 
-def write_shards(hf_model, tokenizer, shard_dir: Path, n_shards: int, batch: int, new_tokens: int,
-                 top_p: float, temperature: float, seed: int, top_k: int = 200, progress=None) -> None:
+def write_shards(hf_model, tokenizer, shard_dir: Path, n_shards: int, batch: int,
+                 new_tokens: int, top_p: float, temperature: float, seed: int, top_k: int = 200,
+                 progress=None) -> None:
     """Resumable: shard i is sampled with seed+i and skipped when its file already exists."""
     shard_dir.mkdir(parents=True, exist_ok=True)
     for i, path in enumerate(shard_paths(shard_dir, n_shards)):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import torch
@@ -82,20 +83,23 @@ def fold_input_scale(scaled: SAE, scale: float) -> SAE:
 def _encode_topk(x: torch.Tensor, W_enc, b_enc, b_dec, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(top-k values after ReLU, their latent indices) — the SAE.encode rule.
 
-    (x - b_dec) @ W_enc + b_enc is computed as x @ W_enc + (b_enc - b_dec @ W_enc): the same value,
-    but b_dec's gradient then costs a vector-matrix product instead of a [B, d_sae] × [d_sae, d_in] one.
+    (x - b_dec) @ W_enc + b_enc is computed as x @ W_enc + (b_enc - b_dec @ W_enc): the same
+    value, but b_dec's gradient then costs a vector-matrix product instead of a
+    [B, d_sae] × [d_sae, d_in] one.
     """
     pre = torch.addmm(b_enc - b_dec @ W_enc, x, W_enc)
     values, indices = pre.topk(k, dim=-1, sorted=False)
     return values.relu(), indices
 
 
-def _decode_sparse(values: torch.Tensor, indices: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
+def _decode_sparse(values: torch.Tensor, indices: torch.Tensor,
+                   W_dec: torch.Tensor) -> torch.Tensor:
     """sum_j values[:, j] · W_dec[indices[:, j]] without building the dense [B, d_sae] code."""
     return F.embedding_bag(indices, W_dec, per_sample_weights=values, mode="sum")
 
 
-def _normalized_mse(recon: torch.Tensor, target: torch.Tensor, variance: torch.Tensor | float) -> torch.Tensor:
+def _normalized_mse(recon: torch.Tensor, target: torch.Tensor,
+                    variance: torch.Tensor | float) -> torch.Tensor:
     return (recon - target).pow(2).sum(-1).mean() / variance
 
 
@@ -130,7 +134,8 @@ def train_topk_sae(
     called after every step with metrics {epoch, lr, loss, mse, aux, dead_fraction}.
     """
     if acts.ndim != 2 or acts.shape[0] == 0:
-        raise FaithcaseError(f"SAE training needs activations [tokens, d_in], got shape {tuple(acts.shape)}")
+        raise FaithcaseError("SAE training needs activations [tokens, d_in], "
+                             f"got shape {tuple(acts.shape)}")
     if not 0 < k <= d_sae:
         raise FaithcaseError(f"k must be in 1..d_sae={d_sae}, got {k}")
     n_tokens, d_in = acts.shape
@@ -143,57 +148,95 @@ def train_topk_sae(
         generator = torch.Generator().manual_seed(seed)
         scale = input_scale(acts)
         x_all = (acts.float() * scale).contiguous()
-        mean = x_all.mean(0)
-        variance = (x_all - mean).pow(2).sum(-1).mean()
-
-        W_dec = torch.randn(d_sae, d_in, generator=generator)
-        W_dec /= W_dec.norm(dim=-1, keepdim=True)
-        W_enc = W_dec.T.clone()
-        b_enc = torch.zeros(d_sae)
-        b_dec = mean.clone()
-        params = [p.requires_grad_() for p in (W_enc, b_enc, W_dec, b_dec)]
-        optimizer = torch.optim.Adam(params, lr=lr)
-        tokens_since_fired = torch.zeros(d_sae, dtype=torch.long)
-
+        run = _TopKRun.start(x_all, d_sae, generator, lr, k=k, aux_k=aux_k, aux_coef=aux_coef,
+                             dead_after_tokens=dead_after_tokens)
         step = 0
         for epoch in range(epochs):
             order = torch.randperm(n_tokens, generator=generator)
             for batch_index in range(steps_per_epoch):
                 x = x_all[order[batch_index * batch_size:(batch_index + 1) * batch_size]]
-                values, indices = _encode_topk(x, W_enc, b_enc, b_dec, k)
-                recon = _decode_sparse(values, indices, W_dec) + b_dec
-                mse = _normalized_mse(recon, x, variance)
-
-                fired = torch.zeros(d_sae, dtype=torch.bool)
-                fired[indices[values > 0]] = True
-                tokens_since_fired += x.shape[0]
-                tokens_since_fired[fired] = 0
-                dead = tokens_since_fired >= dead_after_tokens
-                aux = _aux_loss(x, x - recon.detach(), dead, W_enc, b_enc, W_dec, b_dec, aux_k)
-                loss = mse + aux_coef * aux
-
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                with torch.no_grad():
-                    # keep W_dec rows on the unit sphere: drop the radial gradient, renormalize after
-                    W_dec.grad -= (W_dec.grad * W_dec).sum(-1, keepdim=True) * W_dec
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr_at(step, total_steps, lr, lr_decay_fraction)
-                    optimizer.step()
-                    W_dec /= W_dec.norm(dim=-1, keepdim=True)
+                losses = run.step(x, lr_at(step, total_steps, lr, lr_decay_fraction))
                 step += 1
                 if progress:
-                    progress(step, total_steps, {
-                        "epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "loss": loss.item(),
-                        "mse": mse.item(), "aux": aux.item(), "dead_fraction": dead.float().mean().item(),
-                    })
+                    progress(step, total_steps, {"epoch": epoch, **run.metrics(losses)})
+    return fold_input_scale(run.sae(hook_name), scale)
 
-    scaled = SAE(
-        W_enc=W_enc.detach(), b_enc=b_enc.detach(), W_dec=W_dec.detach(), b_dec=b_dec.detach(),
-        activation="topk", k=k, apply_b_dec_to_input=True,
-        hook_name=hook_name, hook_layer=layer_from_hook(hook_name),
-    )
-    return fold_input_scale(scaled, scale)
+
+@dataclass
+class _TopKRun:
+    """The parameters (on scaled inputs), optimizer and dead-latent counts of one training run."""
+
+    W_enc: torch.Tensor
+    b_enc: torch.Tensor
+    W_dec: torch.Tensor
+    b_dec: torch.Tensor
+    optimizer: torch.optim.Optimizer
+    variance: torch.Tensor  # of the scaled inputs: the MSE's normalizer
+    tokens_since_fired: torch.Tensor
+    k: int
+    aux_k: int
+    aux_coef: float
+    dead_after_tokens: int
+
+    @classmethod
+    def start(cls, x_all: torch.Tensor, d_sae: int, generator: torch.Generator, lr: float,
+              **rule) -> _TopKRun:
+        """Unit-norm random decoder rows, W_enc = W_dec.T, b_enc = 0, b_dec = the data mean."""
+        mean = x_all.mean(0)
+        variance = (x_all - mean).pow(2).sum(-1).mean()
+        W_dec = torch.randn(d_sae, x_all.shape[1], generator=generator)
+        W_dec /= W_dec.norm(dim=-1, keepdim=True)
+        W_enc = W_dec.T.clone()
+        b_enc = torch.zeros(d_sae)
+        b_dec = mean.clone()
+        params = [p.requires_grad_() for p in (W_enc, b_enc, W_dec, b_dec)]
+        return cls(*params, optimizer=torch.optim.Adam(params, lr=lr), variance=variance,
+                   tokens_since_fired=torch.zeros(d_sae, dtype=torch.long), **rule)
+
+    def step(self, x: torch.Tensor, lr: float) -> dict[str, torch.Tensor]:
+        """One optimizer step on the batch x at learning rate lr; its losses and dead latents."""
+        values, indices = _encode_topk(x, self.W_enc, self.b_enc, self.b_dec, self.k)
+        recon = _decode_sparse(values, indices, self.W_dec) + self.b_dec
+        mse = _normalized_mse(recon, x, self.variance)
+        dead = self._dead_after(indices[values > 0], x.shape[0])
+        aux = _aux_loss(x, x - recon.detach(), dead, self.W_enc, self.b_enc, self.W_dec,
+                        self.b_dec, self.aux_k)
+        loss = mse + self.aux_coef * aux
+        self._update(loss, lr)
+        return {"loss": loss, "mse": mse, "aux": aux, "dead": dead}
+
+    def _dead_after(self, fired_ids: torch.Tensor, n_tokens: int) -> torch.Tensor:
+        """Count the batch's tokens; the latents not fired within dead_after_tokens."""
+        fired = torch.zeros(self.tokens_since_fired.shape[0], dtype=torch.bool)
+        fired[fired_ids] = True
+        self.tokens_since_fired += n_tokens
+        self.tokens_since_fired[fired] = 0
+        return self.tokens_since_fired >= self.dead_after_tokens
+
+    def _update(self, loss: torch.Tensor, lr: float) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        with torch.no_grad():
+            W_dec = self.W_dec
+            # keep W_dec rows on the unit sphere: drop the radial gradient, renormalize after
+            W_dec.grad -= (W_dec.grad * W_dec).sum(-1, keepdim=True) * W_dec
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            self.optimizer.step()
+            W_dec /= W_dec.norm(dim=-1, keepdim=True)
+
+    def metrics(self, losses: dict[str, torch.Tensor]) -> dict[str, float]:
+        return {"lr": self.optimizer.param_groups[0]["lr"], "loss": losses["loss"].item(),
+                "mse": losses["mse"].item(), "aux": losses["aux"].item(),
+                "dead_fraction": losses["dead"].float().mean().item()}
+
+    def sae(self, hook_name: str | None) -> SAE:
+        """The SAE on scaled inputs (fold the scale in before use on raw activations)."""
+        return SAE(
+            W_enc=self.W_enc.detach(), b_enc=self.b_enc.detach(), W_dec=self.W_dec.detach(),
+            b_dec=self.b_dec.detach(), activation="topk", k=self.k, apply_b_dec_to_input=True,
+            hook_name=hook_name, hook_layer=layer_from_hook(hook_name),
+        )
 
 
 def _aux_loss(x: torch.Tensor, error: torch.Tensor, dead: torch.Tensor, W_enc, b_enc, W_dec, b_dec,
@@ -219,7 +262,8 @@ def sae_quality(sae: SAE, acts: torch.Tensor, batch_size: int = 8192) -> dict:
     dead_fraction = share of latents that never fire on these activations.
     """
     if acts.ndim != 2 or acts.shape[0] == 0:
-        raise FaithcaseError(f"quality needs activations [tokens, d_in], got shape {tuple(acts.shape)}")
+        raise FaithcaseError("quality needs activations [tokens, d_in], "
+                             f"got shape {tuple(acts.shape)}")
     mean = acts.double().mean(0)
     squared_error = total_variance = nonzero = 0.0
     fired = torch.zeros(sae.d_sae, dtype=torch.bool)
