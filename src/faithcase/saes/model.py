@@ -85,7 +85,9 @@ class SAE:
         out = torch.addmm(self.b_dec, flat, self.W_dec).reshape(*z.shape[:-1], self.d_in)
         if self.input_unit_norm:
             if x is None:
-                raise ValueError("this SAE standardizes its input: pass the input x to decode(z, x)")
+                raise ValueError(
+                    "this SAE standardizes its input: pass the input x to decode(z, x)"
+                )
             _, mean, std = standardize(x.to(self.dtype))
             out = out * std + mean
         return out

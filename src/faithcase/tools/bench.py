@@ -261,7 +261,7 @@ def bench_windows(rt, n_tokens: int = 20_000, n_features: int = 30) -> dict:
 
     start = time.perf_counter()
     top_activated_windows({k: rt.sae(k) for k in SAE_KEYS}, features, rt.stream(sequences, hook, "windows stage"),
-                          settings=rt.cfg.windows, token_text=rt.token_text)
+                          settings=rt.cfg.windows, tokenizer=rt.lm)
     stage = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -318,7 +318,7 @@ def _stream_synthetic(n_tokens: int, d_in: int = 576, d_sae: int = 2304, k: int 
         resid = torch.randn(batch, seq_len, d_in, generator=g)
         tokens = torch.randint(0, 1000, (batch, seq_len), generator=g)
         collector.update(torch.arange(first, first + batch), tokens, resid, None)
-    collector.finish()
+    collector.finish(lambda ids: [str(i) for i in ids])  # synthetic tokens: ids as texts
 
 
 # ================================================================ explain
