@@ -293,6 +293,7 @@ def report(opts: RunOptions, case_study: Annotated[Optional[Path], typer.Option(
 @with_run_options
 def run(opts: RunOptions):
     """Every stage in order: match, scan, pairs, explain, windows, embed, assemble, report."""
+    from faithcase.artifacts import CASE_STUDY_FILE
     from faithcase.pipeline import STAGES
     from faithcase.stages.assemble import print_summary
 
@@ -301,7 +302,7 @@ def run(opts: RunOptions):
             console.rule(f"[bold]{i}/{len(STAGES)} {name}")
             graph.get(name)
         print_summary(graph.get("assemble")[1])
-        console.print(f"[bold]case study[/bold] → {graph.folder / 'case_study.json'}")
+        console.print(f"[bold]case study[/bold] → {graph.folder / CASE_STUDY_FILE}")
         console.print(f"[bold]report[/bold]     → {graph.get('report')}")
 
 
