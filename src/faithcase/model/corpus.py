@@ -37,8 +37,9 @@ JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a numb
 
 # ---------------------------------------------------------------- readers
 
-def load_texts(source: str, kind: str = "auto", text_column: str = "text", hf_config: str | None = None,
-               split: str = "train", streaming: bool = True, base_dir: Path | None = None) -> Iterator[str]:
+def load_texts(source: str, kind: str = "auto", text_column: str = "text",
+               hf_config: str | None = None, split: str = "train", streaming: bool = True,
+               base_dir: Path | None = None) -> Iterator[str]:
     """Texts of a corpus, in source order. Errors (missing file/column) surface on iteration;
     a local file that cannot be read or decoded raises one FaithcaseError naming it."""
     kind, location = _resolve_source(source, kind, base_dir)
@@ -76,8 +77,8 @@ def _resolve_source(source: str, kind: str, base_dir: Path | None) -> tuple[str,
     for suffix in ("jsonl.gz", "jsonl", "txt", "parquet"):
         if path.name.endswith("." + suffix):
             return suffix, path
-    raise FaithcaseError(f"Cannot tell the format of {path}; use .jsonl, .jsonl.gz, .txt or .parquet "
-                         "or set the corpus kind.")
+    raise FaithcaseError(f"Cannot tell the format of {path}; use .jsonl, .jsonl.gz, .txt or "
+                         ".parquet or set the corpus kind.")
 
 
 def _guarded(path: Path, texts: Iterator[str], arrow: bool = False) -> Iterator[str]:
@@ -175,7 +176,8 @@ def _hf_texts(dataset: str, text_column: str, hf_config: str | None, split: str,
         rows = datasets.load_dataset(dataset, hf_config, split=split, streaming=streaming)
     except (OSError, ValueError, ConnectionError) as err:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise FaithcaseError(f"Could not load dataset '{dataset}' (split {split}): {message}") from err
+        raise FaithcaseError(f"Could not load dataset '{dataset}' (split {split}): "
+                             f"{message}") from err
     yield from _dataset_rows(rows, text_column, dataset)
 
 
@@ -185,7 +187,8 @@ def _saved_dataset_texts(path: Path, text_column: str, split: str) -> Iterator[s
     rows = datasets.load_from_disk(str(path))
     if isinstance(rows, datasets.DatasetDict):
         if split not in rows:
-            raise FaithcaseError(f"{path} has no split '{split}'; splits present: {', '.join(rows)}.")
+            raise FaithcaseError(f"{path} has no split '{split}'; splits present: "
+                                 f"{', '.join(rows)}.")
         rows = rows[split]
     yield from _dataset_rows(rows, text_column, str(path))
 
@@ -216,15 +219,18 @@ def _as_text(value, where: str) -> str | None:
 # ---------------------------------------------------------------- token sequences
 
 def token_sequences(texts: Iterable[str], tokenizer, seq_len: int, max_tokens: int | None = None,
-                    seed: int = 0, bos_id: int | None = None, join_with_eos: bool = True) -> torch.Tensor:
+                    seed: int = 0, bos_id: int | None = None,
+                    join_with_eos: bool = True) -> torch.Tensor:
     """LongTensor [N, seq_len]: BOS + seq_len-1 tokens of the joined document stream per row,
     N * seq_len <= max_tokens, rows shuffled by `seed` (see the module docstring)."""
     if seq_len < 2:
         raise FaithcaseError(f"seq_len must be at least 2 (BOS + one token), got {seq_len}.")
     if max_tokens is not None and max_tokens < seq_len:
-        raise FaithcaseError(f"Token budget {max_tokens} is smaller than one sequence ({seq_len} tokens).")
+        raise FaithcaseError(f"Token budget {max_tokens} is smaller than one sequence "
+                             f"({seq_len} tokens).")
     bos_id = _default_bos(tokenizer) if bos_id is None else bos_id
-    separator = [tokenizer.eos_token_id] if join_with_eos and tokenizer.eos_token_id is not None else []
+    joined = join_with_eos and tokenizer.eos_token_id is not None
+    separator = [tokenizer.eos_token_id] if joined else []
     max_rows = None if max_tokens is None else max_tokens // seq_len
 
     rows = _RowBlocks(seq_len)

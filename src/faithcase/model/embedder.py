@@ -1,4 +1,5 @@
-"""The sentence embedder of the embed stage: a sentence-transformers model with a per-run text cache."""
+"""The sentence embedder of the embed stage: a sentence-transformers model with a per-run text
+cache."""
 
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ class Embedder:
 
     @property
     def dim(self) -> int:
-        get_dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        get_dim = (getattr(self.model, "get_embedding_dimension", None)
+                   or self.model.get_sentence_embedding_dimension)
         return int(get_dim())
 
     def clear_cache(self) -> None:
@@ -53,8 +55,10 @@ class Embedder:
         )
         return np.asarray(vectors, dtype=np.float32)
 
-    def embed(self, texts: Sequence[str], use_cache: bool = True, prompt_name: str | None = None) -> np.ndarray:
-        """Unit-norm embeddings, shape (len(texts), dim); one batched encode of the texts not yet cached.
+    def embed(self, texts: Sequence[str], use_cache: bool = True,
+              prompt_name: str | None = None) -> np.ndarray:
+        """Unit-norm embeddings, shape (len(texts), dim); one batched encode of the texts not yet
+        cached.
         `prompt_name` names one of the model's own prompts (sentence-transformers), for queries."""
         texts = list(texts)
         if not texts:
@@ -89,10 +93,12 @@ def _resolve_model_spec(spec: str, base_dir: Path | None) -> tuple[str, bool]:
 
 
 def load_embedder(
-    spec: str = EmbedConfig().model, device: str = "auto", batch_size: int = EmbedConfig().batch_size,
-    base_dir: Path | None = None, trust_remote_code: bool = False,
+    spec: str = EmbedConfig().model, device: str = "auto",
+    batch_size: int = EmbedConfig().batch_size, base_dir: Path | None = None,
+    trust_remote_code: bool = False,
 ) -> Embedder:
-    """Load a sentence-transformers model from a name, a local folder or `pkg:<package>/<folder>`."""
+    """Load a sentence-transformers model from a name, a local folder or
+    `pkg:<package>/<folder>`."""
     target, is_local = _resolve_model_spec(spec, base_dir)
     hint = "give a sentence-transformers model name or folder"
     if is_local and not Path(target).is_dir():
@@ -102,9 +108,11 @@ def load_embedder(
     from sentence_transformers import SentenceTransformer
 
     try:
-        model = SentenceTransformer(target, device=resolve_device(device), local_files_only=is_local,
+        model = SentenceTransformer(target, device=resolve_device(device),
+                                    local_files_only=is_local,
                                     trust_remote_code=trust_remote_code)
     except Exception as err:  # noqa: BLE001 - any load failure is the user's model spec
         detail = " ".join(str(err).split())[:200]
-        raise FaithcaseError(f"embedding model not found: {spec} ({hint}; {type(err).__name__}: {detail})") from None
+        raise FaithcaseError(f"embedding model not found: {spec} "
+                             f"({hint}; {type(err).__name__}: {detail})") from None
     return Embedder(model, name=spec, batch_size=batch_size)

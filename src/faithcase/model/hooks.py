@@ -1,7 +1,8 @@
 """Hook names of the residual stream, written and parsed in one place, and the steering hook.
 
 TransformerLens names: `blocks.{L}.hook_resid_pre` is the residual entering block L (= HF
-`hidden_states[L]`), `blocks.{L}.hook_resid_post` the residual leaving it (= `blocks.{L+1}.hook_resid_pre`).
+`hidden_states[L]`), `blocks.{L}.hook_resid_post` the residual leaving it
+(= `blocks.{L+1}.hook_resid_pre`).
 """
 
 from __future__ import annotations
@@ -30,19 +31,21 @@ def hook_layer(hook: str) -> int:
     """Layer L of a block hook `blocks.{L}.<point>`; FaithcaseError for anything else."""
     match = _BLOCK_HOOK.match(hook)
     if not match:
-        raise FaithcaseError(f"hook must look like blocks.<layer>.<hook point> "
-                             f"(e.g. {resid_pre(12)}), got {hook!r}")
+        raise FaithcaseError(f"{hook!r} is not a block hook: it must look like "
+                             f"blocks.<layer>.<hook point> (e.g. {resid_pre(12)})")
     return int(match.group(1))
 
 
 def layer_from_hook(hook: str | None) -> int | None:
-    """The layer number in any hook-like name (blocks.12.hook_resid_pre, model.layers.3), or None."""
+    """The layer number in any hook-like name (blocks.12.hook_resid_pre, model.layers.3), or
+    None."""
     match = _ANY_LAYER.search(hook or "")
     return int(match.group(1)) if match else None
 
 
 def same_site(a: str, b: str) -> bool:
-    """Two hook names of the same residual site (blocks.N.hook_resid_post = blocks.N+1.hook_resid_pre)."""
+    """Two hook names of the same residual site (blocks.N.hook_resid_post =
+    blocks.N+1.hook_resid_pre)."""
     def canonical(name: str) -> str:
         match = _BLOCK_HOOK.match(name)
         if match and match.group(2) == "hook_resid_post":

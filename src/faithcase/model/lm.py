@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -66,7 +65,8 @@ def model_source(name: str, path: str | None = None, gguf: str | None = None) ->
 
 
 def load_tokenizer(name: str, path: str | None = None, gguf: str | None = None):
-    """The tokenizer alone (much faster than the model for a GGUF file); it always has a pad token."""
+    """The tokenizer alone (much faster than the model for a GGUF file); it always has a pad
+    token."""
     from transformers import AutoTokenizer
 
     source, kwargs = model_source(name, path, gguf)
@@ -169,7 +169,8 @@ class LanguageModel:
     name: str
 
     def __repr__(self) -> str:
-        return f"LanguageModel({self.name!r}, {self.n_layers} layers, d_model {self.d_model}, {self.device})"
+        return (f"LanguageModel({self.name!r}, {self.n_layers} layers, d_model {self.d_model}, "
+                f"{self.device})")
 
     @property
     def n_layers(self) -> int:
@@ -216,7 +217,8 @@ class LanguageModel:
         if hook_name not in self.bridge.hook_dict:
             self.hook_layer(hook_name)  # clearer message for a bad layer
             raise FaithcaseError(f"Unknown hook '{hook_name}' for {self.name}; "
-                                 f"use e.g. blocks.{{L}}.hook_resid_pre or blocks.{{L}}.hook_resid_post.")
+                                 f"use e.g. blocks.{{L}}.hook_resid_pre or "
+                                 f"blocks.{{L}}.hook_resid_post.")
 
     # -- tokens
 
@@ -246,7 +248,8 @@ class LanguageModel:
         raise RuntimeError(f"Hook {hook_name} did not fire during the forward pass")
 
     @torch.no_grad()
-    def full_logits(self, tokens: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def full_logits(self, tokens: torch.Tensor,
+                    attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Plain full forward through the bridge: logits [B, T, vocab]."""
         return self.bridge(tokens.to(self.device), **self._forward_kwargs(attention_mask))
 
@@ -255,7 +258,8 @@ class LanguageModel:
                           vectors: torch.Tensor, mode: SteerMode = "replace",
                           read_hooks: list[str] | tuple[str, ...] = (),
                           attention_mask: torch.Tensor | None = None,
-                          last_position_only: bool = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                          last_position_only: bool = False,
+                          ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """One forward with the residual steered at `blocks.{layer}.hook_resid_pre`.
 
         Returns (logits, {hook: activation}) for read_hooks. Logits are [B, T, V], or [B, V]
@@ -283,12 +287,14 @@ class LanguageModel:
         return (logits[:, -1] if last_position_only else logits), cache
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits (float32) of final hidden states [..., d], as one 2-D matmul: with a 3-D input and the
-        bias the bridge gives the unembedding, bfloat16 matmul on CPU copies the whole unembedding per row."""
+        """Logits (float32) of final hidden states [..., d], as one 2-D matmul: with a 3-D input
+        and the bias the bridge gives the unembedding, bfloat16 matmul on CPU copies the whole
+        unembedding per row."""
         head = self.hf_model.get_output_embeddings()
         head = getattr(head, "original_component", head)
         flat = hidden.reshape(-1, hidden.shape[-1])
-        return torch.nn.functional.linear(flat, head.weight, head.bias).float().reshape(*hidden.shape[:-1], -1)
+        logits = torch.nn.functional.linear(flat, head.weight, head.bias).float()
+        return logits.reshape(*hidden.shape[:-1], -1)
 
     @torch.no_grad()
     def decoder_pass(self, input_ids: torch.Tensor, cache=None) -> tuple[torch.Tensor, object]:
@@ -297,15 +303,19 @@ class LanguageModel:
         decoder = self.hf_model.model
         extra = {} if cache is None else {self.cache_keyword: cache}
         out = decoder(input_ids=input_ids.to(self.device), use_cache=True, **extra)
-        return out.last_hidden_state, getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+        updated = getattr(out, "past_key_values", None) or getattr(out, "cache", None)
+        return out.last_hidden_state, updated
 
     @property
     def cache_keyword(self) -> str:
-        """The decoder's keyword for a KV cache: `cache` in transformers 5, `past_key_values` before."""
+        """The decoder's keyword for a KV cache: `cache` in transformers 5, `past_key_values`
+        before."""
         import inspect
 
-        return "cache" if "cache" in inspect.signature(self.hf_model.model.forward).parameters else "past_key_values"
+        parameters = inspect.signature(self.hf_model.model.forward).parameters
+        return "cache" if "cache" in parameters else "past_key_values"
 
     def check_layer(self, layer: int) -> None:
         if not 0 <= layer < self.n_layers:
-            raise FaithcaseError(f"Layer {layer} out of range; {self.name} has layers 0..{self.n_layers - 1}.")
+            raise FaithcaseError(f"Layer {layer} out of range; {self.name} has layers "
+                                 f"0..{self.n_layers - 1}.")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 
 
-def excluded_positions(resid: torch.Tensor, norm_ratio: float | None, exclude_bos: bool = True) -> torch.Tensor:
+def excluded_positions(resid: torch.Tensor, norm_ratio: float | None,
+                       exclude_bos: bool = True) -> torch.Tensor:
     """Bool mask [B, T]: position 0 when exclude_bos, and positions whose residual norm exceeds
     norm_ratio × the median norm of this batch's other positions."""
     batch, length = resid.shape[:2]

@@ -19,7 +19,8 @@ class PromptSpec:
     text: str  # the rendered prompt text
     placeholder_id: int
 
-    def batch(self, n_rows: int, device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def batch(self, n_rows: int,
+              device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(tokens [n, T], attention_mask [n, T], placeholder mask [n, T]) for n identical rows."""
         tokens = torch.tensor(self.tokens, dtype=torch.long, device=device).expand(n_rows, -1)
         attention = torch.ones_like(tokens)
@@ -54,8 +55,9 @@ def _render(lm, cfg: ExplainConfig) -> tuple[str, list[tuple[int, int]]]:
         [{"role": "user", "content": cfg.user_prompt}], add_generation_prompt=True, tokenize=False)
     user_at = rendered.rfind(cfg.user_prompt)
     if user_at < 0:
-        raise FaithcaseError("the model's chat template changes the user message, so the placeholder "
-                             "cannot be located; use a model without a chat template or another prompt.")
+        raise FaithcaseError("the model's chat template changes the user message, so the "
+                             "placeholder cannot be located; use a model without a chat template "
+                             "or another prompt.")
     spans = _occurrences(cfg.user_prompt, placeholder, user_at)
     spans += _occurrences(cfg.answer_prefix, placeholder, len(rendered))
     return rendered + cfg.answer_prefix, spans
@@ -65,11 +67,12 @@ def _tokenize_with_offsets(lm, text: str) -> tuple[list[int], list[tuple[int, in
     try:
         encoded = lm.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         return list(encoded["input_ids"]), [tuple(o) for o in encoded["offset_mapping"]]
-    except (NotImplementedError, ValueError, TypeError, KeyError):  # slow tokenizers have no offsets
+    except (NotImplementedError, ValueError, TypeError, KeyError):  # slow tokenizers: no offsets
         return lm.tokenizer.encode(text, add_special_tokens=False), None
 
 
-def _placeholder_index(lm, ids: list[int], offsets, span: tuple[int, int], text: str, placeholder: str) -> int:
+def _placeholder_index(lm, ids: list[int], offsets, span: tuple[int, int], text: str,
+                       placeholder: str) -> int:
     start, end = span
     covering = [i for i, (a, b) in enumerate(offsets) if a < end and b > start]
     if len(covering) == 1:
@@ -81,7 +84,8 @@ def _placeholder_index(lm, ids: list[int], offsets, span: tuple[int, int], text:
                          f"{len(pieces)} token(s) {pieces}; choose a single-token placeholder.")
 
 
-def _placeholder_indices_without_offsets(lm, ids: list[int], text: str, spans, placeholder: str) -> list[int]:
+def _placeholder_indices_without_offsets(lm, ids: list[int], text: str, spans,
+                                         placeholder: str) -> list[int]:
     """Fallback for tokenizers without offsets: tokenize the text piece by piece and require the
     concatenation to equal the whole-text tokenization."""
     pieces, cursor = [], 0
@@ -95,13 +99,15 @@ def _placeholder_indices_without_offsets(lm, ids: list[int], text: str, spans, p
         if k % 2 == 1:
             if len(piece_ids) != 1:
                 tokens = [lm.tokenizer.decode([i]) for i in piece_ids]
-                raise FaithcaseError(f"placeholder {placeholder!r} is not one token in the prompt: it becomes "
-                                     f"{len(tokens)} token(s) {tokens}; choose a single-token placeholder.")
+                raise FaithcaseError(f"placeholder {placeholder!r} is not one token in the "
+                                     f"prompt: it becomes {len(tokens)} token(s) {tokens}; "
+                                     f"choose a single-token placeholder.")
             positions.append(len(joined))
         joined += piece_ids
     if joined != ids:
-        raise FaithcaseError(f"placeholder {placeholder!r} merges with the text around it when tokenized; "
-                             f"surround it with quotes or spaces, or choose another placeholder.")
+        raise FaithcaseError(f"placeholder {placeholder!r} merges with the text around it when "
+                             f"tokenized; surround it with quotes or spaces, or choose another "
+                             f"placeholder.")
     return positions
 
 
@@ -124,7 +130,8 @@ def build_prompt(lm, cfg: ExplainConfig) -> PromptSpec:
     text, spans = _render(lm, cfg)
     ids, offsets = _tokenize_with_offsets(lm, text)
     if offsets is not None:
-        positions = [_placeholder_index(lm, ids, offsets, span, text, cfg.placeholder) for span in spans]
+        positions = [_placeholder_index(lm, ids, offsets, span, text, cfg.placeholder)
+                     for span in spans]
     else:
         positions = _placeholder_indices_without_offsets(lm, ids, text, spans, cfg.placeholder)
     bos = _bos_to_prepend(lm, ids)
@@ -133,6 +140,8 @@ def build_prompt(lm, cfg: ExplainConfig) -> PromptSpec:
         positions = [p + 1 for p in positions]
     placeholder_ids = {ids[p] for p in positions}
     if len(placeholder_ids) != 1:
-        raise FaithcaseError(f"placeholder {cfg.placeholder!r} tokenizes differently at its positions "
-                             f"({sorted(placeholder_ids)}); put it in the same context each time.")
-    return PromptSpec(tokens=ids, positions=positions, text=text, placeholder_id=placeholder_ids.pop())
+        raise FaithcaseError(f"placeholder {cfg.placeholder!r} tokenizes differently at its "
+                             f"positions ({sorted(placeholder_ids)}); put it in the same context "
+                             f"each time.")
+    return PromptSpec(tokens=ids, positions=positions, text=text,
+                      placeholder_id=placeholder_ids.pop())

@@ -34,7 +34,8 @@ Progress = Callable[[str, int, int], None]  # (what, done, total)
 
 
 def neutral_vector(lm) -> torch.Tensor:
-    """The neutral placeholder: the mean token embedding, scaled to unit norm (float32, on the model's device)."""
+    """The neutral placeholder: the mean token embedding, scaled to unit norm (float32, on the
+    model's device)."""
     mean = lm.hf_model.get_input_embeddings().weight.detach().float().mean(0)
     return mean / mean.norm()
 
@@ -64,7 +65,8 @@ class SteeredRunner:
     log-probabilities of the next token. Without a shareable cache (or with share_prefix off) each
     batch is one plain `lm.run_with_steering` forward."""
 
-    def __init__(self, lm, prompt: PromptSpec, layer: int, read: str, mode: str, share_prefix: bool = True):
+    def __init__(self, lm, prompt: PromptSpec, layer: int, read: str, mode: str,
+                 share_prefix: bool = True):
         self.lm, self.prompt, self.layer, self.read, self.mode = lm, prompt, layer, read, mode
         lm.check_hook(read)
         self.prefix_len = 0
@@ -75,11 +77,13 @@ class SteeredRunner:
 
     @torch.no_grad()
     def run(self, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(read residual at the last position [R, d], next-token log-probs [R, V]) for vectors [R, d]."""
+        """(read residual at the last position [R, d], next-token log-probs [R, V]) for vectors
+        [R, d]."""
         tokens, _, mask = self.prompt.batch(len(vectors), self.lm.device)
         if self.prefix is None:
-            logits, cache = self.lm.run_with_steering(tokens, self.layer, mask, vectors, mode=self.mode,
-                                                      read_hooks=[self.read], last_position_only=True)
+            logits, cache = self.lm.run_with_steering(tokens, self.layer, mask, vectors,
+                                                      mode=self.mode, read_hooks=[self.read],
+                                                      last_position_only=True)
             return cache[self.read][:, -1].float(), logits.float().log_softmax(-1)
         cache, _ = self.prefix
         start = self.prefix_len
@@ -109,16 +113,17 @@ class Sweep:
 
 
 @torch.no_grad()
-def sweep(lm, prompt: PromptSpec, directions: torch.Tensor, scales: Sequence[float], layer: int, read_layer: int,
-          mode: str, residual_norm: float, batch_size: int, progress: Progress | None = None,
-          share_prefix: bool = True) -> Sweep:
+def sweep(lm, prompt: PromptSpec, directions: torch.Tensor, scales: Sequence[float], layer: int,
+          read_layer: int, mode: str, residual_norm: float, batch_size: int,
+          progress: Progress | None = None, share_prefix: bool = True) -> Sweep:
     """Row (f, s) steers with directions[f] × scales[s] × residual_norm (unit directions [F, d])."""
     if len(scales) == 0 or not all(math.isfinite(s) and s >= 0 for s in scales):
         raise FaithcaseError(f"sweep needs a non-empty list of scales >= 0, got {list(scales)}.")
     directions = directions.to(lm.device, torch.float32)
     n_features, n_scales = len(directions), len(scales)
     runner = SteeredRunner(lm, prompt, layer, resid_post(read_layer), mode, share_prefix)
-    resid_ref, logp_ref = runner.run(torch.stack([torch.zeros(lm.d_model, device=lm.device), neutral_vector(lm)]))
+    resid_ref, logp_ref = runner.run(torch.stack([torch.zeros(lm.d_model, device=lm.device),
+                                                  neutral_vector(lm)]))
     logp_neutral = logp_ref[1]
     entropy_zero, entropy_neutral = (float(v) for v in _entropy(logp_ref))
     scale_t = torch.tensor(scales, device=lm.device) * float(residual_norm)
@@ -137,11 +142,13 @@ def sweep(lm, prompt: PromptSpec, directions: torch.Tensor, scales: Sequence[flo
     shape = (n_features, n_scales)
 
     def curve(parts: list[torch.Tensor]) -> torch.Tensor:
-        return (torch.cat(parts) if parts else torch.zeros(0, device=lm.device)).reshape(shape).cpu()
+        joined = torch.cat(parts) if parts else torch.zeros(0, device=lm.device)
+        return joined.reshape(shape).cpu()
 
     return Sweep(selfsim=(cosine.reshape(shape) - selfsim0[:, None]).cpu(),
-                 entropy=curve(entropies) - entropy_zero, ce=curve(ces), selfsim_zero=selfsim0.cpu(),
-                 entropy_zero=entropy_zero, entropy_neutral=entropy_neutral)
+                 entropy=curve(entropies) - entropy_zero, ce=curve(ces),
+                 selfsim_zero=selfsim0.cpu(), entropy_zero=entropy_zero,
+                 entropy_neutral=entropy_neutral)
 
 
 # ---------------------------------------------------------------- generation
@@ -155,7 +162,8 @@ class Text:
 
 
 def explanation_text(lm, new_tokens: list[int]) -> str:
-    """Decoded continuation up to the closing quote, stripped (special tokens such as EOS dropped)."""
+    """Decoded continuation up to the closing quote, stripped (special tokens such as EOS
+    dropped)."""
     text = lm.tokenizer.decode(new_tokens, skip_special_tokens=True)
     return text.split(CLOSING_QUOTE, 1)[0].strip()
 
@@ -164,24 +172,27 @@ _STOP_TOKENS: dict[int, torch.Tensor] = {}
 
 
 def stop_tokens(lm) -> torch.Tensor:
-    """Token ids that end an explanation: EOS, and every token holding the closing quote (cached per tokenizer)."""
+    """Token ids that end an explanation: EOS, and every token holding the closing quote (cached
+    per tokenizer)."""
     key = id(lm.tokenizer)
     if key not in _STOP_TOKENS:
         vocab = len(lm.tokenizer)
-        ids = [i for i in range(vocab) if CLOSING_QUOTE in lm.tokenizer.decode([i])] + [lm.eos_token_id]
+        ids = [i for i in range(vocab) if CLOSING_QUOTE in lm.tokenizer.decode([i])]
+        ids += [lm.eos_token_id]
         _STOP_TOKENS[key] = torch.tensor(sorted(set(ids)), device=lm.device)
     return _STOP_TOKENS[key]
 
 
 @torch.no_grad()
-def generate(lm, prompt: PromptSpec, vectors: torch.Tensor, layer: int, mode: str, max_new_tokens: int,
-             batch_size: int, temperature: float | None = None, seed: int = 0,
-             steer_mask: torch.Tensor | None = None, progress: Progress | None = None) -> list[Text]:
+def generate(lm, prompt: PromptSpec, vectors: torch.Tensor, layer: int, mode: str,
+             max_new_tokens: int, batch_size: int, temperature: float | None = None,
+             seed: int = 0, steer_mask: torch.Tensor | None = None,
+             progress: Progress | None = None) -> list[Text]:
     """One text per row of vectors [R, d]: greedy (temperature None) or sampled at `temperature`
     (seeded, no top-k or top-p). Steering acts on the prompt pass only; steer_mask [R] (bool) turns
-    it off for rows where it is False (the unsteered baseline). Rows share the prompt's prefix cache,
-    and a row leaves the batch as soon as it writes a stop token (`stop_tokens`), so every decoding
-    step runs only the rows still writing."""
+    it off for rows where it is False (the unsteered baseline). Rows share the prompt's prefix
+    cache, and a row leaves the batch as soon as it writes a stop token (`stop_tokens`), so every
+    decoding step runs only the rows still writing."""
     stops = stop_tokens(lm)
     generator = torch.Generator(device=lm.device).manual_seed(seed)
     first = prompt.positions[0]
@@ -195,8 +206,10 @@ def generate(lm, prompt: PromptSpec, vectors: torch.Tensor, layer: int, mode: st
             mask = mask & steer_mask[begin:begin + batch_size].to(lm.device)[:, None]
         hook = steered_at(layer, mask[:, start:], chunk, mode)
         with lm.bridge.hooks(fwd_hooks=[hook]):
-            hidden, cache = lm.decoder_pass(tokens[:, start:], _repeat(prefix[0], len(chunk)) if prefix else None)
-        rows = _decode(lm, lm.logits(hidden[:, -1]), cache, stops, max_new_tokens, temperature, generator)
+            shared = _repeat(prefix[0], len(chunk)) if prefix else None
+            hidden, cache = lm.decoder_pass(tokens[:, start:], shared)
+        rows = _decode(lm, lm.logits(hidden[:, -1]), cache, stops, max_new_tokens, temperature,
+                       generator)
         texts += [Text(explanation_text(lm, ids), ids, logprobs) for ids, logprobs in rows]
         if progress:
             progress("generate", min(begin + batch_size, len(vectors)), len(vectors))
@@ -204,9 +217,10 @@ def generate(lm, prompt: PromptSpec, vectors: torch.Tensor, layer: int, mode: st
 
 
 def _decode(lm, logits: torch.Tensor, cache, stops: torch.Tensor, max_new_tokens: int,
-            temperature: float | None, generator: torch.Generator) -> list[tuple[list[int], list[float]]]:
-    """Token by token from the prompt's last logits [R, V]: each row's tokens, up to and including its
-    stop token, and their log-probabilities (temperature 1)."""
+            temperature: float | None,
+            generator: torch.Generator) -> list[tuple[list[int], list[float]]]:
+    """Token by token from the prompt's last logits [R, V]: each row's tokens, up to and including
+    its stop token, and their log-probabilities (temperature 1)."""
     rows: list[tuple[list[int], list[float]]] = [([], []) for _ in range(len(logits))]
     alive = torch.arange(len(logits), device=logits.device)
     for step in range(max_new_tokens):
@@ -214,7 +228,8 @@ def _decode(lm, logits: torch.Tensor, cache, stops: torch.Tensor, max_new_tokens
         if temperature is None:
             token = log_probs.argmax(-1)
         else:
-            token = torch.multinomial((log_probs / temperature).softmax(-1), 1, generator=generator).squeeze(-1)
+            probs = (log_probs / temperature).softmax(-1)
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
         chosen = log_probs.gather(-1, token[:, None]).squeeze(-1)
         for row, t, lp in zip(alive.tolist(), token.tolist(), chosen.tolist()):
             rows[row][0].append(t)
@@ -242,14 +257,16 @@ def neutral_logprobs(lm, prompt: PromptSpec, id_lists: list[list[int]], layer: i
     if prefix is None:
         return [_neutral_row(lm, prompt, ids, layer, mode, neutral) for ids in id_lists]
     cache, first = prefix
-    order = sorted(range(len(id_lists)), key=lambda i: len(id_lists[i]))  # similar lengths share a batch
+    # similar lengths share a batch
+    order = sorted(range(len(id_lists)), key=lambda i: len(id_lists[i]))
     results: list[list[float]] = []
     for start in range(0, len(order), batch_size):
         chunk = [id_lists[i] for i in order[start:start + batch_size]]
         width = max((len(ids) for ids in chunk), default=0)
         later = None
         if width > 1:
-            padded = torch.tensor([ids + [lm.pad_token_id] * (width - len(ids)) for ids in chunk], device=lm.device)
+            padded = torch.tensor([ids + [lm.pad_token_id] * (width - len(ids)) for ids in chunk],
+                                  device=lm.device)
             hidden, _ = lm.decoder_pass(padded[:, :-1], _repeat(cache, len(chunk)))
             later = lm.logits(hidden).log_softmax(-1).gather(-1, padded[:, 1:, None]).squeeze(-1)
         for row, ids in enumerate(chunk):
@@ -261,7 +278,8 @@ def neutral_logprobs(lm, prompt: PromptSpec, id_lists: list[list[int]], layer: i
     return unsorted
 
 
-def _neutral_row(lm, prompt: PromptSpec, ids: list[int], layer: int, mode: str, neutral: torch.Tensor) -> list[float]:
+def _neutral_row(lm, prompt: PromptSpec, ids: list[int], layer: int, mode: str,
+                 neutral: torch.Tensor) -> list[float]:
     """One continuation's neutral log-probs by a plain forward of prompt + continuation."""
     if not ids:
         return []
@@ -276,9 +294,11 @@ def _neutral_row(lm, prompt: PromptSpec, ids: list[int], layer: int, mode: str, 
 
 @torch.no_grad()
 def median_residual_norm(lm, token_batches: Iterable[torch.Tensor], layer: int,
-                         excluded_fn: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
-    """Median residual norm at `blocks.{layer}.hook_resid_pre` over corpus tokens; excluded_fn(resid)
-    gives a bool mask [B, T] of positions to leave out (BOS, massive activations)."""
+                         excluded_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                         ) -> float:
+    """Median residual norm at `blocks.{layer}.hook_resid_pre` over corpus tokens;
+    excluded_fn(resid) gives a bool mask [B, T] of positions to leave out (BOS, massive
+    activations)."""
     hook = resid_pre(layer)
     norms = []
     for tokens in token_batches:
@@ -289,5 +309,6 @@ def median_residual_norm(lm, token_batches: Iterable[torch.Tensor], layer: int,
         norms.append(resid.float().norm(dim=-1)[keep].cpu())
     values = torch.cat(norms) if norms else torch.empty(0)
     if values.numel() == 0:
-        raise FaithcaseError("no corpus tokens left to measure the residual norm; use a larger corpus.")
+        raise FaithcaseError("no corpus tokens left to measure the residual norm; use a larger "
+                             "corpus.")
     return float(values.median())

@@ -13,8 +13,8 @@ def token_texts(tokenizer: Any) -> TokenTexts:
     """Per-token strings (spaces kept), memoized by id. `tokenizer` is a Hugging Face tokenizer, a
     model that carries one (`.tokenizer`), or already a function of token ids."""
     if tokenizer is None:
-        raise FaithcaseError("texts need the model's tokenizer to decode token ids: pass tokenizer= "
-                             "(e.g. rt.lm.tokenizer)")
+        raise FaithcaseError("texts need the model's tokenizer to decode token ids: "
+                             "pass tokenizer= (e.g. rt.lm.tokenizer)")
     tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
     if not hasattr(tokenizer, "decode"):
         if callable(tokenizer):

@@ -1,4 +1,5 @@
-"""Feature directions: unit decoder rows, and the dead rows (all zero or non-finite) that have none."""
+"""Feature directions: unit decoder rows, the dead rows (all zero or non-finite) that have none,
+and seeded random unit directions."""
 
 from __future__ import annotations
 
@@ -29,3 +30,9 @@ def unit_directions(W_dec: torch.Tensor, features: Iterable[int]) -> dict[int, t
                                  "feature); it cannot be explained.")
         directions[feature] = row / row.norm()
     return directions
+
+
+def random_directions(n: int, d_model: int, seed: int) -> torch.Tensor:
+    """n seeded random unit directions [n, d_model] (float32)."""
+    directions = torch.randn(n, d_model, generator=torch.Generator().manual_seed(seed))
+    return directions / directions.norm(dim=-1, keepdim=True)

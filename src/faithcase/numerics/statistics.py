@@ -1,4 +1,5 @@
-"""Rank correlation with a bootstrap interval: how a score relates to decoder cosine over many pairs."""
+"""Rank correlation with a bootstrap interval: how a score relates to decoder cosine over many
+pairs."""
 
 from __future__ import annotations
 
@@ -14,8 +15,10 @@ N_BOOTSTRAP = 2000
 
 
 def _present(x: Sequence[float | None], y: Sequence[float | None]) -> tuple[np.ndarray, np.ndarray]:
-    keep = [(a, b) for a, b in zip(x, y) if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)]
-    return np.array([a for a, _ in keep], dtype=np.float64), np.array([b for _, b in keep], dtype=np.float64)
+    keep = [(a, b) for a, b in zip(x, y)
+            if a is not None and b is not None and math.isfinite(a) and math.isfinite(b)]
+    return (np.array([a for a, _ in keep], dtype=np.float64),
+            np.array([b for _, b in keep], dtype=np.float64))
 
 
 def _row_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -30,14 +33,16 @@ def _row_pearson(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def spearman(x: Sequence[float | None], y: Sequence[float | None], score: str, pairs: str,
              n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> Correlation:
     """Spearman's rho of the pairs where both values exist, scipy's p-value, and a seeded percentile
-    bootstrap 95% interval (pairs resampled with replacement; resamples with a constant side skipped)."""
+    bootstrap 95% interval (pairs resampled with replacement; resamples with a constant side
+    skipped)."""
     a, b = _present(x, y)
     n = len(a)
     if n < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return Correlation(score=score, pairs=pairs, n=n, rho=None, ci_low=None, ci_high=None, p_value=None)
+        return Correlation(score=score, pairs=pairs, n=n, rho=None, ci_low=None, ci_high=None,
+                           p_value=None)
     result = spearmanr(a, b)
     draws = np.random.default_rng(seed).integers(0, n, size=(n_bootstrap, n))
     boot = _row_pearson(rankdata(a[draws], axis=1), rankdata(b[draws], axis=1))
     low, high = np.nanpercentile(boot, [2.5, 97.5])
-    return Correlation(score=score, pairs=pairs, n=n, rho=float(result.statistic), ci_low=float(low),
-                       ci_high=float(high), p_value=float(result.pvalue))
+    return Correlation(score=score, pairs=pairs, n=n, rho=float(result.statistic),
+                       ci_low=float(low), ci_high=float(high), p_value=float(result.pvalue))

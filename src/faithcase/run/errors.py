@@ -2,4 +2,5 @@
 
 
 class FaithcaseError(Exception):
-    """A problem with the user's input (files, config, arguments), with a message saying what to do."""
+    """A problem with the user's input (files, config, arguments), with a message saying what to
+    do."""

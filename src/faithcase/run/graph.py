@@ -39,8 +39,8 @@ def failed_stage(err: BaseException) -> str | None:
 @dataclass(frozen=True)
 class Stage:
     """A stage's whole declaration. Its fingerprint covers `key(ctx)` when given, else what the
-    context says of the stage (`ctx.stage_key(stage)`: its config section and the resources it uses),
-    and the fingerprints of its inputs."""
+    context says of the stage (`ctx.stage_key(stage)`: its config section and the resources it
+    uses), and the fingerprints of its inputs."""
 
     name: str
     compute: Callable[[Job], Any]  # job -> value; files through job.write / job.write_bytes
@@ -50,7 +50,7 @@ class Stage:
     artifact: type | None = None  # the model of its one artifact `<name>.json`
     load: Callable[[Job], Any] | None = None  # job -> value read back (default: the artifact)
     printer: Callable[[Any, dict], None] | None = None  # (value, upstream values) -> prints it
-    check: Callable[[Any], None] | None = None  # ctx -> raises on bad settings, before any stage runs
+    check: Callable[[Any], None] | None = None  # ctx -> raises on bad settings, before any run
     doc: str = ""
     key: Callable[[Any], Any] | None = None  # ctx -> what the fingerprint covers (see above)
     files: Callable[[Any], list[Path]] | None = None  # files the stage writes itself (not staged)
@@ -142,8 +142,8 @@ class Graph:
 
     def run(self, ctx: Any, ledger: Path, force: Iterable[str] = (),
             report: Callable[[str], None] | None = None, strict: bool = False) -> GraphRun:
-        return GraphRun(self, ctx, Ledger(ledger), frozenset(force), report or (lambda message: None),
-                        strict)
+        return GraphRun(self, ctx, Ledger(ledger), frozenset(force),
+                        report or (lambda message: None), strict)
 
 
 @dataclass
@@ -196,7 +196,8 @@ class GraphRun:
         return [self.ledger.resolve(f) for f in self.ledger.files(name)]
 
     def check(self, name: str) -> None:
-        """Run the settings checks of the stage and everything upstream of it, before anything runs."""
+        """Run the settings checks of the stage and everything upstream of it, before anything
+        runs."""
         for upstream in self.graph.order([name]):
             stage = self.graph.stages[upstream]
             if stage.check and upstream not in self.checked:
@@ -231,7 +232,8 @@ class GraphRun:
 
     def _job(self, stage: Stage, inputs: dict[str, Any]) -> Job:
         forced = stage.name in self.force
-        return Job(stage=stage, ctx=self.ctx, inputs=inputs, fingerprint=self.fingerprint(stage.name),
+        return Job(stage=stage, ctx=self.ctx, inputs=inputs,
+                   fingerprint=self.fingerprint(stage.name),
                    upstream={i: self.fingerprint(i) for i in stage.inputs}, folder=self.folder,
                    trusted=lambda file: None if forced else self.ledger.trusted(stage.name, file),
                    staged=StagedFiles(), note=self.ledger.note(stage.name))

@@ -76,7 +76,8 @@ class Runtime:
             from faithcase.saes import check_compatible, load_sae
 
             sae_cfg = getattr(self.cfg, key)
-            sae = load_sae(self.sae_path(key), format=sae_cfg.format, hook=self.cfg.hook, device=self.device)
+            sae = load_sae(self.sae_path(key), format=sae_cfg.format, hook=self.cfg.hook,
+                           device=self.device)
             _check_finite_encoder(key, sae)
             self._saes[key] = sae
             if len(self._saes) == 2:
@@ -87,8 +88,9 @@ class Runtime:
         """The SAE, checked to read vectors as wide as the model's residual stream."""
         sae = self.sae(key)
         if sae.d_in != self.lm.d_model:
-            raise FaithcaseError(f"{key} reads vectors of d_in={sae.d_in} but {self.cfg.model.name} has d_model="
-                                 f"{self.lm.d_model} at {self.cfg.hook}: the SAE was not trained on this model")
+            raise FaithcaseError(f"{key} reads vectors of d_in={sae.d_in} but "
+                                 f"{self.cfg.model.name} has d_model={self.lm.d_model} at "
+                                 f"{self.cfg.hook}: the SAE was not trained on this model")
         return sae
 
     def sae_hash(self, key: str) -> str:
@@ -101,8 +103,8 @@ class Runtime:
 
     def sae_info(self, key: str) -> SAEInfo:
         sae = self.sae(key)
-        return SAEInfo(path=str(self.sae_path(key)), format=sae.format, d_in=sae.d_in, d_sae=sae.d_sae,
-                       hook_name=sae.hook_name, sha256=self.sae_hash(key))
+        return SAEInfo(path=str(self.sae_path(key)), format=sae.format, d_in=sae.d_in,
+                       d_sae=sae.d_sae, hook_name=sae.hook_name, sha256=self.sae_hash(key))
 
     # ---------------------------------------------------------------- models
 
@@ -120,7 +122,8 @@ class Runtime:
         start = time.perf_counter()
         with self.console.status(f"loading {model.name} …"):
             loaded = load_model(model.name, path=_resolved(model.path, self.base_dir()),
-                                gguf=_resolved(model.gguf, self.base_dir()), device=self.device, dtype=model.dtype)
+                                gguf=_resolved(model.gguf, self.base_dir()), device=self.device,
+                                dtype=model.dtype)
         self.load_seconds["lm"] = time.perf_counter() - start
         return loaded
 
@@ -132,7 +135,8 @@ class Runtime:
         start = time.perf_counter()
         with self.console.status(f"loading embedder {embed.model} …"):
             loaded = load_embedder(embed.model, device=self.device, batch_size=embed.batch_size,
-                                   base_dir=self.base_dir(), trust_remote_code=embed.trust_remote_code)
+                                   base_dir=self.base_dir(),
+                                   trust_remote_code=embed.trust_remote_code)
         self.load_seconds["embedder"] = time.perf_counter() - start
         return loaded
 
@@ -148,8 +152,8 @@ class Runtime:
 
     def resource_key(self, name: str):
         if name == "saes":
-            return {key: [self.sae_hash(key), getattr(self.cfg, key).format] for key in SAE_KEYS} | {
-                "hook": self.cfg.hook}
+            return {key: [self.sae_hash(key), getattr(self.cfg, key).format]
+                    for key in SAE_KEYS} | {"hook": self.cfg.hook}
         if name == "model":
             return affecting(self.cfg.model) | {"hook": self.cfg.hook}
         if name == "corpus":
@@ -166,14 +170,17 @@ class Runtime:
 
         corpus = self.cfg.corpus
         texts = load_texts(corpus.source, kind=corpus.kind, text_column=corpus.text_column,
-                           hf_config=corpus.hf_config, split=corpus.split, streaming=corpus.streaming,
-                           base_dir=self.base_dir())
+                           hf_config=corpus.hf_config, split=corpus.split,
+                           streaming=corpus.streaming, base_dir=self.base_dir())
         return token_sequences(texts, self.lm.tokenizer, seq_len=corpus.seq_len,
-                               max_tokens=corpus.max_tokens, seed=corpus.seed, bos_id=self.lm.bos_token_id)
+                               max_tokens=corpus.max_tokens, seed=corpus.seed,
+                               bos_id=self.lm.bos_token_id)
 
-    def activation_batches(self, hook: str | None = None, description: str = "corpus pass") -> Iterator[tuple]:
-        """(seq_ids, tokens, resid, excluded) per corpus batch, the pass truncated at `hook` (default:
-        the SAEs' hook). A whole pass is kept in memory when it fits corpus.memory_mib."""
+    def activation_batches(self, hook: str | None = None,
+                           description: str = "corpus pass") -> Iterator[tuple]:
+        """(seq_ids, tokens, resid, excluded) per corpus batch, the pass truncated at `hook`
+        (default: the SAEs' hook). A whole pass is kept in memory when it fits
+        corpus.memory_mib."""
         hook = hook or self.cfg.hook
         if hook in self._passes:
             yield from self._passes[hook]
@@ -212,10 +219,12 @@ class Runtime:
 
         sequences = self.sequences
         size = self.cfg.corpus.batch_size
-        batches = [sequences[start:start + size] for start in range(0, len(sequences), size)][:RESIDUAL_NORM_BATCHES]
+        batches = [sequences[start:start + size]
+                   for start in range(0, len(sequences), size)][:RESIDUAL_NORM_BATCHES]
         outliers = self.cfg.outliers
         return median_residual_norm(self.lm, batches, layer,
-                                    lambda resid: excluded_positions(resid, outliers.norm_ratio, outliers.exclude_bos))
+                                    lambda resid: excluded_positions(resid, outliers.norm_ratio,
+                                                                     outliers.exclude_bos))
 
     @cached_property
     def token_text(self) -> Callable[[list[int]], list[str]]:
@@ -224,19 +233,28 @@ class Runtime:
 
 
 def _progress(console: Console):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TimeRemainingColumn())
     return Progress(*columns, console=console, transient=True)
 
 
 def _check_finite_encoder(key: str, sae) -> None:
-    """Non-finite decoder rows are dead features (counted by match); a non-finite encoder cannot encode."""
-    tensors = [sae.W_enc, sae.b_enc, sae.b_dec] + ([sae.threshold] if sae.threshold is not None else [])
+    """Non-finite decoder rows are dead features (counted by match); a non-finite encoder cannot
+    encode."""
+    tensors = [sae.W_enc, sae.b_enc, sae.b_dec]
+    tensors += [sae.threshold] if sae.threshold is not None else []
     bad = sum(int((~torch.isfinite(t)).sum()) for t in tensors)
     if bad:
-        raise FaithcaseError(f"{key} ({sae.path}) has {bad} non-finite values in its encoder weights or biases: "
-                             "check the checkpoint")
+        raise FaithcaseError(f"{key} ({sae.path}) has {bad} non-finite values in its encoder "
+                             "weights or biases: check the checkpoint")
 
 
 def _resolved(spec: str | None, base_dir: Path) -> str | None:

@@ -136,8 +136,10 @@ def _adapter(model: Any) -> TypeAdapter:
 
 
 def fingerprint(*parts: Any) -> str:
-    """A stable hash of JSON-able inputs (config sections, file hashes, upstream fingerprints, version)."""
-    blob = orjson.dumps([__version__, *parts], option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY)
+    """A stable hash of JSON-able inputs (config sections, file hashes, upstream fingerprints,
+    version)."""
+    blob = orjson.dumps([__version__, *parts],
+                        option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY)
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
@@ -222,5 +224,6 @@ class Ledger:
                note: Any = None) -> None:
         self.entries = self._read()
         self.entries[stage] = {"fingerprint": fingerprint, "seconds": round(seconds, 2),
-                               "files": {self._relative(p): d for p, d in files.items()}, "note": note}
+                               "files": {self._relative(p): d for p, d in files.items()},
+                               "note": note}
         write_json(self.path, self.entries)

@@ -1,1 +1,2 @@
-"""The stage computations: plain functions over tensors and pydantic artifacts, one module per stage."""
+"""The stage computations: plain functions over tensors and pydantic artifacts, one module per
+stage."""

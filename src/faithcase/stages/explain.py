@@ -45,7 +45,8 @@ from faithcase.artifacts import (
     SweepPoint,
 )
 from faithcase.config import ExplainConfig, affecting
-from faithcase.numerics.directions import unit_directions
+from faithcase.numerics.directions import random_directions, unit_directions
+from faithcase.numerics.sweep_scores import best_scales, best_selfsim, score_sweep
 from faithcase.run.graph import Stage
 from faithcase.run.store import fingerprint
 from faithcase.run.errors import FaithcaseError
@@ -58,18 +59,16 @@ NULL_QUANTILES = {"q05": 0.05, "q25": 0.25, "q50": 0.5, "q75": 0.75, "q95": 0.95
 Progress = Callable[[str, int, int], None]  # (what, done, total)
 
 
-# ---------------------------------------------------------------- directions and norms
-
-
 # ---------------------------------------------------------------- scales and layers
 
 
 def scale_grid(cfg: ExplainConfig) -> list[float]:
-    """The scales to sweep: cfg.scales as given, or n_scales geometric steps min_scale..max_scale."""
+    """The scales to sweep: cfg.scales as given, or n_scales geometric steps
+    min_scale..max_scale."""
     if cfg.scales == "auto":
         if not cfg.min_scale < cfg.max_scale:
-            raise FaithcaseError(f"explain.min_scale ({cfg.min_scale}) must be below explain.max_scale "
-                                 f"({cfg.max_scale}).")
+            raise FaithcaseError(f"explain.min_scale ({cfg.min_scale}) must be below "
+                                 f"explain.max_scale ({cfg.max_scale}).")
         ratio = math.log(cfg.max_scale / cfg.min_scale) / (cfg.n_scales - 1)
         return [round(cfg.min_scale * math.exp(ratio * i), 6) for i in range(cfg.n_scales)]
     return check_scales(cfg.scales)
@@ -77,7 +76,8 @@ def scale_grid(cfg: ExplainConfig) -> list[float]:
 
 def check_scales(scales: Sequence[float]) -> list[float]:
     if len(scales) == 0:
-        raise FaithcaseError("explain.scales is empty; give positive scales such as [1, 2, 4] or 'auto'.")
+        raise FaithcaseError("explain.scales is empty; give positive scales such as [1, 2, 4] "
+                             "or 'auto'.")
     bad = [s for s in scales if not (math.isfinite(s) and s > 0)]
     if bad:
         raise FaithcaseError(f"explain.scales must be positive, got {bad}; "
@@ -86,13 +86,15 @@ def check_scales(scales: Sequence[float]) -> list[float]:
 
 
 def eligible_scales(cfg: ExplainConfig, n_scales: int) -> list[bool]:
-    """Which grid scales may be chosen: an auto grid skips its skip_lowest lowest; a list is used as given."""
+    """Which grid scales may be chosen: an auto grid skips its skip_lowest lowest; a list is
+    used as given."""
     skip = min(cfg.skip_lowest, n_scales - 1) if cfg.scales == "auto" else 0
     return [i >= skip for i in range(n_scales)]
 
 
 def insert_layer(cfg: ExplainConfig, sae_layer: int | None = None) -> int:
-    """The layer whose `hook_resid_pre` is steered: explain.insert_layer, or the SAE's layer for "sae"."""
+    """The layer whose `hook_resid_pre` is steered: explain.insert_layer, or the SAE's layer
+    for "sae"."""
     if cfg.insert_layer != "sae":
         return int(cfg.insert_layer)
     if sae_layer is None:
@@ -120,53 +122,25 @@ def default_read_layer(n_layers: int) -> int:
 # ---------------------------------------------------------------- scores
 
 
-def _min_max(values: torch.Tensor) -> torch.Tensor:
-    low = values.min(dim=-1, keepdim=True).values
-    span = values.max(dim=-1, keepdim=True).values - low
-    return torch.where(span > 0, (values - low) / span.clamp_min(1e-12), torch.zeros_like(values))
-
-
-def score_sweep(selfsim: torch.Tensor, curve: torch.Tensor, selfsim_weight: float,
-                criterion_weight: float) -> torch.Tensor:
-    """Per feature, both curves min-max normalized over the grid; score = w_s·selfsim − w_c·curve."""
-    return selfsim_weight * _min_max(selfsim) - criterion_weight * _min_max(curve)
-
-
 def criterion_curve(result: Sweep, criterion: str) -> torch.Tensor:
     return result.ce if criterion == "ce" else result.entropy
-
-
-def best_scales(scores: torch.Tensor, eligible: Sequence[bool], n_best: int) -> list[list[int]]:
-    """Indices of the n_best highest-scoring eligible scales per feature, best first."""
-    allowed = torch.tensor(eligible, dtype=torch.bool)
-    masked = torch.where(allowed[None, :], scores, torch.full_like(scores, -math.inf))
-    k = min(n_best, int(allowed.sum()))
-    return masked.topk(k, dim=-1).indices.tolist()
-
-
-def best_selfsim(selfsim: torch.Tensor, eligible: Sequence[bool]) -> torch.Tensor:
-    """Per row, the highest self-similarity over the eligible scales."""
-    return selfsim[:, torch.tensor(eligible, dtype=torch.bool)].max(dim=-1).values
 
 
 # ---------------------------------------------------------------- the failure test
 
 
-def random_directions(n: int, d_model: int, seed: int) -> torch.Tensor:
-    """n seeded random unit directions [n, d_model] (float32)."""
-    directions = torch.randn(n, d_model, generator=torch.Generator().manual_seed(seed))
-    return directions / directions.norm(dim=-1, keepdim=True)
-
-
-def null_distribution(lm, prompt: PromptSpec, cfg: ExplainConfig, residual_norm: float, insert: int, read: int,
-                      key: str = "", progress: Progress | None = None) -> NullDistribution:
-    """Best self-similarities of cfg.n_null random unit directions through the same prompt and sweep."""
+def null_distribution(lm, prompt: PromptSpec, cfg: ExplainConfig, residual_norm: float,
+                      insert: int, read: int, key: str = "",
+                      progress: Progress | None = None) -> NullDistribution:
+    """Best self-similarities of cfg.n_null random unit directions through the same prompt and
+    sweep."""
     scales = scale_grid(cfg)
-    result = sweep(lm, prompt, random_directions(cfg.n_null, lm.d_model, cfg.seed), scales, insert, read, cfg.mode,
-                   residual_norm, cfg.batch_size, progress)
+    result = sweep(lm, prompt, random_directions(cfg.n_null, lm.d_model, cfg.seed), scales,
+                   insert, read, cfg.mode, residual_norm, cfg.batch_size, progress)
     best = best_selfsim(result.selfsim, eligible_scales(cfg, len(scales))).double()
     quantiles = {name: float(torch.quantile(best, q)) for name, q in NULL_QUANTILES.items()}
-    return NullDistribution(key=key, n=cfg.n_null, seed=cfg.seed, best_selfsim=best.tolist(), quantiles=quantiles)
+    return NullDistribution(key=key, n=cfg.n_null, seed=cfg.seed, best_selfsim=best.tolist(),
+                            quantiles=quantiles)
 
 
 def needs_null(cfg: ExplainConfig) -> bool:
@@ -174,14 +148,17 @@ def needs_null(cfg: ExplainConfig) -> bool:
     return bool(cfg.n_null) and cfg.failed_selfsim is None
 
 
-def failure_threshold(cfg: ExplainConfig, null: NullDistribution | None) -> tuple[float | None, str]:
-    """(threshold, where it comes from): the fixed explain.failed_selfsim, else the null's quantile."""
+def failure_threshold(cfg: ExplainConfig,
+                      null: NullDistribution | None) -> tuple[float | None, str]:
+    """(threshold, where it comes from): the fixed explain.failed_selfsim, else the null's
+    quantile."""
     if cfg.failed_selfsim is not None:
         return cfg.failed_selfsim, "fixed"
     if null is None or not null.best_selfsim:
         return None, "none (explain.n_null is 0)"
     values = torch.tensor(null.best_selfsim, dtype=torch.float64)
-    return float(torch.quantile(values, cfg.null_quantile)), f"null q{cfg.null_quantile:g} of {null.n}"
+    source = f"null q{cfg.null_quantile:g} of {null.n}"
+    return float(torch.quantile(values, cfg.null_quantile)), source
 
 
 def is_failed(best: float, threshold: float | None) -> bool:
@@ -197,8 +174,9 @@ def _stack(directions: dict[int, torch.Tensor], d_model: int) -> tuple[list[int]
         return [], torch.zeros(0, d_model)
     matrix = torch.stack([directions[f].detach().float().cpu().reshape(-1) for f in features])
     if matrix.shape[1] != d_model:
-        raise FaithcaseError(f"feature directions have {matrix.shape[1]} dimensions but the model's "
-                             f"residual stream has {d_model}; the SAE does not fit this model.")
+        raise FaithcaseError(f"feature directions have {matrix.shape[1]} dimensions but the "
+                             f"model's residual stream has {d_model}; the SAE does not fit this "
+                             "model.")
     return features, matrix
 
 
@@ -214,7 +192,8 @@ def mean_logprob(steered: list[float]) -> float | None:
 
 
 def specificity(steered: list[float], neutral: list[float]) -> float | None:
-    """Mean per-token log p(text | steered) − log p(text | neutral); None for a text of no tokens."""
+    """Mean per-token log p(text | steered) − log p(text | neutral); None for a text of no
+    tokens."""
     if not steered:
         return None
     return sum(s - n for s, n in zip(steered, neutral)) / len(steered)
@@ -369,7 +348,8 @@ def _called(value):
 
 def _reusable(previous: ExplainArtifact | None, features: Mapping[str, Sequence[int]],
               fingerprints: Mapping[str, Mapping[int, str]]) -> dict[str, dict]:
-    """Per SAE, the earlier explanations of the requested features made with the same fingerprint."""
+    """Per SAE, the earlier explanations of the requested features made with the same
+    fingerprint."""
     found: dict[str, dict] = {key: {} for key in features}
     for key, wanted in fingerprints.items():
         earlier = previous.features.get(key, {}) if previous else {}
@@ -385,13 +365,14 @@ def _reusable(previous: ExplainArtifact | None, features: Mapping[str, Sequence[
 
 def print_explain(artifact, inputs: dict) -> None:
     pairs = inputs["pairs"]
-    grid = table(f"self-explanations (failed: best self-similarity ≤ {fmt(artifact.threshold, 4)}, "
-                   f"{artifact.threshold_source})", ["kind", "rank", "sae1 explanation", "scale", "sae2 explanation",
-                                                     "scale "])
+    grid = table(f"self-explanations (failed: best self-similarity ≤ "
+                 f"{fmt(artifact.threshold, 4)}, {artifact.threshold_source})",
+                 ["kind", "rank", "sae1 explanation", "scale", "sae2 explanation", "scale "])
     for p in pairs.all_pairs():
         e1 = artifact.features["sae1"].get(str(p.index1))
         e2 = artifact.features["sae2"].get(str(p.index2))
-        grid.add_row(p.kind, str(p.rank), _explanation(e1), _scale(e1), _explanation(e2), _scale(e2))
+        grid.add_row(p.kind, str(p.rank), _explanation(e1), _scale(e1), _explanation(e2),
+                     _scale(e2))
     console.print(grid)
 
 

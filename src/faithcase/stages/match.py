@@ -15,7 +15,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from faithcase.render.tables import console, fmt, table
+from faithcase.render.tables import console, table
 from faithcase.artifacts import (
     Assignment,
     Histogram,
@@ -166,16 +166,18 @@ def print_match(artifact, inputs: dict) -> None:
     s = artifact.stats
     a = artifact.assignment
     order = sorted(range(len(a.similarity)), key=lambda i: -a.similarity[i])
-    grid = table(f"{s.n_matched} matched pairs · shared ratio (>{s.threshold}) {s.shared_ratio:.3f} · top-1 ratio "
-                   f"{s.top1_ratio:.3f} (SAE 1 → 2: {s.top1_ratio_sae1:.3f}) · mean {s.mean_similarity:.3f}",
-                   ["", "sae1", "sae2", "cosine"])
+    grid = table(f"{s.n_matched} matched pairs · shared ratio (>{s.threshold}) "
+                 f"{s.shared_ratio:.3f} · top-1 ratio {s.top1_ratio:.3f} "
+                 f"(SAE 1 → 2: {s.top1_ratio_sae1:.3f}) · mean {s.mean_similarity:.3f}",
+                 ["", "sae1", "sae2", "cosine"])
     for label, positions in (("highest", order[:5]), ("lowest", order[::-1][:5])):
         for i in positions:
             grid.add_row(label, str(a.index1[i]), str(a.index2[i]), f"{a.similarity[i]:.3f}")
     console.print(grid)
     solver = artifact.solver
     proof = "exact" if solver.exact else ("certified" if solver.certified else "not certified")
-    console.print(f"solver {solver.name} ({proof}), {solver.seconds:.2f} s; dead features {s.n_dead1} / {s.n_dead2}")
+    console.print(f"solver {solver.name} ({proof}), {solver.seconds:.2f} s; "
+                  f"dead features {s.n_dead1} / {s.n_dead2}")
 
 
 # ---------------------------------------------------------------- the stage

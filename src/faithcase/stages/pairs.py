@@ -26,14 +26,15 @@ from faithcase.run.errors import FaithcaseError
 def check_selection(n_matched: int, settings: PairsConfig) -> None:
     """Refuse selection sizes the matching cannot fill (before any corpus pass)."""
     if settings.n_pairs > n_matched:
-        raise FaithcaseError(f"--n-pairs {settings.n_pairs} is larger than the {n_matched} matched features: "
-                             f"choose at most {n_matched}")
+        raise FaithcaseError(f"--n-pairs {settings.n_pairs} is larger than the {n_matched} "
+                             f"matched features: choose at most {n_matched}")
     if settings.n_stratified > n_matched:
-        raise FaithcaseError(f"pairs.n_stratified {settings.n_stratified} is larger than the {n_matched} matched "
-                             f"pairs: choose at most {n_matched}")
+        raise FaithcaseError(f"pairs.n_stratified {settings.n_stratified} is larger than the "
+                             f"{n_matched} matched pairs: choose at most {n_matched}")
 
 
-def firing_pairs(assignment: Assignment, firing: dict[str, list[int]] | None, min_firing: int) -> np.ndarray:
+def firing_pairs(assignment: Assignment, firing: dict[str, list[int]] | None,
+                 min_firing: int) -> np.ndarray:
     """Boolean mask over the matched pairs: both features fire on at least min_firing tokens."""
     if firing is None:
         return np.ones(len(assignment.index1), dtype=bool)
@@ -51,16 +52,19 @@ def select_pairs(assignment: Assignment, settings: PairsConfig | None = None,
     check_selection(n_matched, settings)
     sims = np.asarray(assignment.similarity, dtype=np.float64)
     index1 = np.asarray(assignment.index1)
-    eligible = firing_pairs(assignment, firing if settings.require_firing else None, settings.min_firing)
+    eligible = firing_pairs(assignment, firing if settings.require_firing else None,
+                            settings.min_firing)
     rng = np.random.default_rng(settings.seed)
 
     by_similarity = np.lexsort((index1, -sims))  # descending, ties by SAE 1 index
     best = by_similarity[:settings.n_pairs].tolist()
     taken = set(best)
-    worst = [i for i in by_similarity[::-1].tolist() if eligible[i] and i not in taken][:settings.n_pairs]
+    worst = [i for i in by_similarity[::-1].tolist()
+             if eligible[i] and i not in taken][:settings.n_pairs]
     taken |= set(worst)
     rest = np.array([i for i in range(n_matched) if eligible[i] and i not in taken], dtype=np.int64)
-    drawn = rng.choice(rest, size=min(settings.n_pairs, len(rest)), replace=False).tolist() if len(rest) else []
+    drawn = (rng.choice(rest, size=min(settings.n_pairs, len(rest)), replace=False).tolist()
+             if len(rest) else [])
     taken |= set(drawn)
     edges = np.linspace(sims.min(), sims.max(), settings.strata + 1)
     pool = np.array([i for i in rest.tolist() if i not in taken], dtype=np.int64)
@@ -69,9 +73,11 @@ def select_pairs(assignment: Assignment, settings: PairsConfig | None = None,
     def ranked(positions: list[int], descending: bool = True) -> list[int]:
         return sorted(positions, key=lambda i: ((-sims[i] if descending else sims[i]), index1[i]))
 
-    chosen = {"best": best, "worst": worst, "random": ranked(drawn), "stratified": ranked(stratified)}
-    pairs = {kind: [Pair(kind=kind, rank=rank, index1=assignment.index1[i], index2=assignment.index2[i],
-                         similarity=assignment.similarity[i]) for rank, i in enumerate(positions, start=1)]
+    chosen = {"best": best, "worst": worst, "random": ranked(drawn),
+              "stratified": ranked(stratified)}
+    pairs = {kind: [Pair(kind=kind, rank=rank, index1=assignment.index1[i],
+                         index2=assignment.index2[i], similarity=assignment.similarity[i])
+                    for rank, i in enumerate(positions, start=1)]
              for kind, positions in chosen.items()}
     return PairsArtifact(pairs=pairs, n_eligible=int(eligible.sum()),
                          strata_edges=edges.tolist())

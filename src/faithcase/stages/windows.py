@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import torch
 
-from faithcase.render.tables import console, fmt, table
+from faithcase.render.tables import console
 from faithcase.artifacts import (
     CRITERIA,
     Context,
@@ -40,6 +40,7 @@ from faithcase.run.graph import Stage
 from faithcase.model.outliers import counted_positions
 from faithcase.model.tokens import TokenTexts, token_texts
 from faithcase.numerics.activation_stats import FINE_BINS, HISTOGRAM_METHOD, ActivationStats
+from faithcase.numerics.chunks import row_chunks
 from faithcase.numerics.topk_pools import (
     greedy_per_sequence,
     merge_into,
@@ -55,7 +56,6 @@ __all__ = ["FINE_BINS", "HISTOGRAM_METHOD", "QUANTILE_METHOD", "WindowCollector"
 ACTIVATING_SALT, NON_ACTIVATING_SALT = 0x1F2E3D, 0x4C5B6A
 WINDOW_ORDER = [("primary", True), ("secondary", True), ("seq", False), ("pos", False)]
 CONTEXT_ORDER = [("key", False), ("seq", False), ("start", False)]
-MAX_ENCODE_ELEMENTS = 1 << 26  # encode at most this many d_sae activations at once
 LOWEST, HIGHEST = -math.inf, torch.iinfo(torch.long).max  # empty pool slots sort last
 WINDOW_FIELDS = {
     "primary": (torch.float64, LOWEST),  # window sum, non-zero count, or peak activation
@@ -140,10 +140,9 @@ class WindowCollector:
     def _encode_selected(self, resid: torch.Tensor) -> torch.Tensor:
         """Exact full encode (TopK needs every pre-activation), then keep the selected columns:
         [N, F]."""
-        rows = max(1, MAX_ENCODE_ELEMENTS // max(1, int(self.sae.d_sae)))
         columns = None
         parts = []
-        for chunk in resid.split(rows):
+        for chunk in row_chunks(resid, self.sae.d_sae):
             encoded = self.sae.encode(chunk)
             if columns is None:
                 columns = self._feature_ids.to(encoded.device)

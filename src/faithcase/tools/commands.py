@@ -30,53 +30,71 @@ app.add_typer(demo_app, name="demo")
 
 @app.command()
 def rehearse(
-    work_dir: Annotated[Path, typer.Option("--work-dir", help="Model, SAEs, corpus, config and run folder.")] = Path("build/rehearsal"),
-    tokens: Annotated[Optional[int], typer.Option(help="Corpus tokens of the passes (default 4000).")] = None,
-    n_pairs: Annotated[Optional[int], typer.Option("--n-pairs", help="Best, worst and random pairs each (2).")] = None,
-    n_stratified: Annotated[Optional[int], typer.Option("--n-stratified", help="Stratified pairs (4).")] = None,
-    n_scales: Annotated[Optional[int], typer.Option("--n-scales", help="Steering scales (4).")] = None,
-    n_null: Annotated[Optional[int], typer.Option("--n-null", help="Random directions of the failure test (8).")] = None,
-    n_samples: Annotated[Optional[int], typer.Option("--n-samples", help="Sampled texts per feature (4).")] = None,
+    work_dir: Annotated[Path, typer.Option(
+        "--work-dir",
+        help="Model, SAEs, corpus, config and run folder.")] = Path("build/rehearsal"),
+    tokens: Annotated[Optional[int], typer.Option(
+        help="Corpus tokens of the passes (default 4000).")] = None,
+    n_pairs: Annotated[Optional[int], typer.Option(
+        "--n-pairs", help="Best, worst and random pairs each (2).")] = None,
+    n_stratified: Annotated[Optional[int], typer.Option(
+        "--n-stratified", help="Stratified pairs (4).")] = None,
+    n_scales: Annotated[Optional[int], typer.Option(
+        "--n-scales", help="Steering scales (4).")] = None,
+    n_null: Annotated[Optional[int], typer.Option(
+        "--n-null", help="Random directions of the failure test (8).")] = None,
+    n_samples: Annotated[Optional[int], typer.Option(
+        "--n-samples", help="Sampled texts per feature (4).")] = None,
 ):
-    """Every stage at the paper's shapes (random-weight Llama-3.2-1B architecture, two 14,336-feature
-    BatchTopK SAEs, bfloat16) on a reduced workload: time, peak RSS and projected full-size time per stage."""
+    """Every stage at the paper's shapes (random-weight Llama-3.2-1B architecture, two
+    14,336-feature BatchTopK SAEs, bfloat16) on a reduced workload: time, peak RSS and projected
+    full-size time per stage."""
     from faithcase.tools.rehearse import FULL, REDUCED
     from faithcase.tools.rehearse import rehearse as run_rehearsal
 
-    given = {"tokens": tokens, "n_pairs": n_pairs, "n_stratified": n_stratified, "n_scales": n_scales,
-             "n_null": n_null, "n_samples": n_samples}
+    given = {"tokens": tokens, "n_pairs": n_pairs, "n_stratified": n_stratified,
+             "n_scales": n_scales, "n_null": n_null, "n_samples": n_samples}
     workload = REDUCED | {name: value for name, value in given.items() if value is not None}
     with user_errors():
         for name in ("tokens", "n_pairs", "n_scales"):
             if workload[name] < 1:
-                raise FaithcaseError(f"--{name.replace('_', '-')} must be at least 1, got {workload[name]}")
+                raise FaithcaseError(f"--{name.replace('_', '-')} must be at least 1, "
+                                     f"got {workload[name]}")
         set_threads()
         rows = run_rehearsal(work_dir, workload, err_console)
-    table = tables.table(f"rehearsal at paper shapes: {workload['tokens']:,} tokens, {workload['n_pairs']} pairs per group + "
-                   f"{workload['n_stratified']} stratified, {workload['n_scales']} scales, {workload['n_null']} null "
-                   f"directions; projected to {FULL['tokens']:,} tokens, {FULL['n_pairs']} + {FULL['n_stratified']} "
-                   f"pairs, {FULL['n_scales']} scales, {FULL['n_null']} null",
-                   ["stage", "time s", "of which loading s", "peak RSS GiB", "× work", "projected s"])
+    table = tables.table(f"rehearsal at paper shapes: {workload['tokens']:,} tokens, "
+                         f"{workload['n_pairs']} pairs per group + "
+                         f"{workload['n_stratified']} stratified, {workload['n_scales']} scales, "
+                         f"{workload['n_null']} null directions; projected to "
+                         f"{FULL['tokens']:,} tokens, {FULL['n_pairs']} + {FULL['n_stratified']} "
+                         f"pairs, {FULL['n_scales']} scales, {FULL['n_null']} null",
+                         ["stage", "time s", "of which loading s", "peak RSS GiB", "× work",
+                          "projected s"])
     for row in rows:
-        table.add_row(row["stage"], f"{row['seconds']:.1f}", f"{row['load']:.1f}", f"{row['peak_rss_gib']:.2f}",
-                      f"{row['factor']:.0f}", f"{row['projected']:,.0f}")
+        table.add_row(row["stage"], f"{row['seconds']:.1f}", f"{row['load']:.1f}",
+                      f"{row['peak_rss_gib']:.2f}", f"{row['factor']:.0f}",
+                      f"{row['projected']:,.0f}")
     console.print(table)
-    console.print(f"the planted pairs came back as the best pairs; total projected on this machine: "
-                  f"{sum(r['projected'] for r in rows) / 3600:.1f} h")
+    console.print(f"the planted pairs came back as the best pairs; total projected on this "
+                  f"machine: {sum(r['projected'] for r in rows) / 3600:.1f} h")
 
 
 # ================================================================ bench
 
 
 @bench_app.command("match")
-def bench_match(sizes: Annotated[str, typer.Option(help="Comma-separated feature counts.")] = "2304,4608,14336",
-                big: Annotated[bool, typer.Option("--big", help="Also 65,536 × 65,536 (sparse only).")] = False):
-    """Dense scipy assignment vs faithcase's certified sparse solver on structured synthetic SAEs."""
+def bench_match(sizes: Annotated[str, typer.Option(
+                    help="Comma-separated feature counts.")] = "2304,4608,14336",
+                big: Annotated[bool, typer.Option(
+                    "--big", help="Also 65,536 × 65,536 (sparse only).")] = False):
+    """Dense scipy assignment vs faithcase's certified sparse solver on structured synthetic
+    SAEs."""
     from faithcase.tools.bench import run_match_bench
 
     with user_errors():
         set_threads()
-        run_match_bench(sizes=tuple(int(s) for s in sizes.split(",")), big=big, console=Console(width=160))
+        run_match_bench(sizes=tuple(int(s) for s in sizes.split(",")), big=big,
+                        console=Console(width=160))
 
 
 @bench_app.command("model")
@@ -95,7 +113,8 @@ def bench_windows(opts: RunOptions, n_tokens: int = 20_000, n_features: int = 30
     """Windows stage vs a bare truncated pass and a naive per-feature baseline."""
     from faithcase.tools.bench import bench_windows as measure
 
-    tables.print_dict("bench windows", measure(runtime(opts), n_tokens=n_tokens, n_features=n_features))
+    tables.print_dict("bench windows",
+                      measure(runtime(opts), n_tokens=n_tokens, n_features=n_features))
 
 
 @bench_app.command("explain")
@@ -104,7 +123,8 @@ def bench_explain(opts: RunOptions, n_features: int = 4, n_scales: int = 8):
     """Batched sweep and generation vs a per-(feature, scale) loop."""
     from faithcase.tools.bench import bench_explain as measure
 
-    tables.print_dict("bench explain", measure(runtime(opts), n_features=n_features, n_scales=n_scales))
+    tables.print_dict("bench explain",
+                      measure(runtime(opts), n_features=n_features, n_scales=n_scales))
 
 
 @bench_app.command("embed")
@@ -142,7 +162,8 @@ def _print_manifest(manifest: dict) -> None:
 
 def _print_quality(manifest: dict) -> None:
     """Held-out quality of each SAE against the targets, and the Hungarian shared-feature ratio."""
-    saes, match, targets = manifest.get("saes", {}), manifest.get("match", {}), manifest.get("targets", {})
+    saes, match = manifest.get("saes", {}), manifest.get("match", {})
+    targets = manifest.get("targets", {})
     if not saes:
         return
     table = Table(title="held-out quality (filtered tokens)")
@@ -151,8 +172,10 @@ def _print_quality(manifest: dict) -> None:
     for name, entry in saes.items():
         heldout = entry.get("heldout", {})
         met = targets.get("met_per_sae", {}).get(name)
-        table.add_row(name, str(entry.get("seed", "")), str(entry.get("k", "")), f"{heldout.get('fvu', float('nan')):.4f}",
-                      f"{heldout.get('l0', float('nan')):.1f}", f"{100 * heldout.get('dead_fraction', float('nan')):.2f}%",
+        table.add_row(name, str(entry.get("seed", "")), str(entry.get("k", "")),
+                      f"{heldout.get('fvu', float('nan')):.4f}",
+                      f"{heldout.get('l0', float('nan')):.1f}",
+                      f"{100 * heldout.get('dead_fraction', float('nan')):.2f}%",
                       "" if met is None else ("yes" if met else "no"))
     console.print(table)
     if match:
@@ -164,19 +187,24 @@ def _print_quality(manifest: dict) -> None:
 
 @demo_app.command("build")
 def demo_build(
-    work_dir: Annotated[Path, typer.Option("--work-dir", help="Samples, cached activations and the stage log.")] = Path("build/demo"),
-    out_dir: Annotated[Optional[Path], typer.Option("--out-dir", help="Bundle folder (default: the package's demo/bundle).")] = None,
-    shards: Annotated[Optional[int], typer.Option("--shards", help="Sample shards of 96 samples (missing ones are sampled).")] = None,
+    work_dir: Annotated[Path, typer.Option(
+        "--work-dir", help="Samples, cached activations and the stage log.")] = Path("build/demo"),
+    out_dir: Annotated[Optional[Path], typer.Option(
+        "--out-dir", help="Bundle folder (default: the package's demo/bundle).")] = None,
+    shards: Annotated[Optional[int], typer.Option(
+        "--shards", help="Sample shards of 96 samples (missing ones are sampled).")] = None,
     min_heldout_tokens: Annotated[Optional[int], typer.Option("--min-heldout-tokens")] = None,
     k: Annotated[Optional[int], typer.Option("--k", help="Latents kept per token (TopK).")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr")] = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild every stage.")] = False,
 ):
-    """Rebuild the demo bundle: sample the corpus, cache activations, train two TopK SAEs (resumable)."""
+    """Rebuild the demo bundle: sample the corpus, cache activations, train two TopK SAEs
+    (resumable)."""
     from faithcase.tools.demo.build import build_bundle, settings_with
 
     with user_errors():
         settings = settings_with(shards, min_heldout_tokens, k, epochs, lr)
-        manifest = build_bundle(out_dir, work_dir, settings=settings, force=force, console=err_console)
+        manifest = build_bundle(out_dir, work_dir, settings=settings, force=force,
+                                console=err_console)
         _print_manifest(manifest)
