@@ -196,12 +196,10 @@ def runtime(opts: RunOptions):
 @contextmanager
 def pipeline(opts: RunOptions, force: tuple[str, ...] = ()):
     """The pipeline's graph run on these options' run folder, under the folder's lock."""
-    from faithcase.pipeline import pipeline_run
-    from faithcase.run.lock import RunLock
+    from faithcase.pipeline import open_run
 
-    rt = runtime(opts)
-    with RunLock(rt.out_dir, wait=not opts.no_wait, report=err_console.print):
-        yield pipeline_run(rt, force, strict=opts.strict)
+    with open_run(runtime(opts), force, strict=opts.strict, wait=not opts.no_wait) as graph:
+        yield graph
 
 
 def set_threads() -> None:

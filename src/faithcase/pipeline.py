@@ -4,8 +4,11 @@ a new stage is one new module in `faithcase/stages/` and one line here."""
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from faithcase.run.graph import Graph, GraphRun
+from faithcase.run.lock import RunLock
 from faithcase.run.store import fingerprint
 
 STAGE_MODULES = ("match", "scan", "pairs", "explain", "windows", "embed", "assemble", "report")
@@ -21,3 +24,11 @@ STAGES = tuple(PIPELINE.order())
 
 def pipeline_run(rt, force: tuple[str, ...] = (), strict: bool = False) -> GraphRun:
     return PIPELINE.run(rt, rt.ledger_path, force, report=rt.console.print, strict=strict)
+
+
+@contextmanager
+def open_run(rt, force: tuple[str, ...] = (), strict: bool = False,
+             wait: bool = True) -> Iterator[GraphRun]:
+    """The pipeline's graph run on the Runtime's run folder, holding the folder's lock."""
+    with RunLock(rt.out_dir, wait=wait, report=rt.console.print):
+        yield pipeline_run(rt, force, strict)

@@ -71,9 +71,10 @@ def _sequences(rt, n_tokens: int) -> torch.Tensor:
 
 def _features(rt, n_features: int) -> dict[str, list[int]]:
     """The features a run would select: the match stage's pairs, topped up to n_features."""
-    from faithcase.pipeline import pipeline_run
+    from faithcase.pipeline import open_run
 
-    selected = pipeline_run(rt).get("pairs").selected_features()
+    with open_run(rt) as graph:
+        selected = graph.get("pairs").selected_features()
     out = {}
     for key in SAE_KEYS:
         chosen = list(selected[key])[:n_features]
@@ -243,12 +244,12 @@ def explain_speedup(lm, directions: dict[int, torch.Tensor], cfg, residual_norm:
 
 def bench_embed(rt) -> dict:
     """`embed_cache_speedup` on the run's SAE 1 windows and explanations."""
-    from faithcase.pipeline import pipeline_run
+    from faithcase.pipeline import open_run
     from faithcase.stages.embed import explanation_texts
 
-    graph = pipeline_run(rt)
-    windows = graph.get("windows")["sae1"].features
-    explanations = explanation_texts(graph.get("explain").features["sae1"])
+    with open_run(rt) as graph:
+        windows = graph.get("windows")["sae1"].features
+        explanations = explanation_texts(graph.get("explain").features["sae1"])
     return embed_cache_speedup(rt.embedder, windows, explanations, rt.cfg.embed)
 
 

@@ -112,14 +112,14 @@ def stage_in_process(config: str, stage: str, force: bool) -> dict:
     import resource
 
     from faithcase.config import load_config
-    from faithcase.pipeline import pipeline_run
+    from faithcase.pipeline import open_run
     from faithcase.run.runtime import Runtime
 
     rt = Runtime(load_config(config))
-    graph = pipeline_run(rt, (stage,) if force else ())
-    start = time.perf_counter()
-    value = graph.get(stage)
-    seconds = time.perf_counter() - start
+    with open_run(rt, (stage,) if force else ()) as graph:
+        start = time.perf_counter()
+        value = graph.get(stage)
+        seconds = time.perf_counter() - start
     extra = {}
     if stage == "pairs":
         extra["best"] = [[p.index1, p.index2] for p in value.pairs["best"]]
