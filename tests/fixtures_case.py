@@ -41,6 +41,7 @@ from faithcase.artifacts import (
     WindowsArtifact,
 )
 from faithcase.run.store import write_artifact
+from faithcase.stages.embed import top_token_explanation
 
 # (kind, rank, index1, index2, decoder similarity)
 PAIRS = [
@@ -199,34 +200,66 @@ def make_windows(features: dict[str, list[int]]) -> dict[str, WindowsArtifact]:
     return artifacts
 
 
-def auroc(sae: str, feature: int, explainer: str, side: str) -> float | None:
-    """A deterministic AUROC per (feature, explanation, own/partner); None for the unscorable feature."""
-    if (sae, feature) == NONE_AUROC:
+N_ACTIVATING = N_NON_ACTIVATING = 10  # each feature's embed documents: AUROCs are multiples of 0.01
+
+
+def auroc(documents_of: str, feature: int, explanation_of: str, explainer: str) -> float | None:
+    """A deterministic AUROC per (documents, explanation); None for the unscorable feature."""
+    if (documents_of, feature) == NONE_AUROC:
         return None
-    offset = {"self": 0, "baseline": 11, "null": 23}[explainer] + (5 if side == "partner" else 0)
-    return round(0.3 + ((feature * 7 + offset + (3 if sae == "sae2" else 0)) % 60) / 100, 3)
+    offset = {"self": 0, "baseline": 11, "null": 23}[explainer] + 3 * (documents_of == "sae2")
+    step = 7 if explanation_of == documents_of else 29  # cross scores rank the features differently
+    return round(0.3 + ((feature * step + offset) % 60) / 100, 2)
 
 
-def score_of(value: float | None, explanation: str) -> ExplanationScore:
-    return ExplanationScore(explanation=explanation, auroc=value, reason="too few activating contexts" if value is None
-                            else None, auroc_per_quantile=[value, None], similarities=[0.4, 0.1] if value else [])
+def similarities_with_auroc(target: float) -> list[float]:
+    """Similarities of N_ACTIVATING activating then N_NON_ACTIVATING non-activating documents whose
+    AUROC is `target`: activating document i ranks above exactly beaten[i] non-activating ones."""
+    wins = round(target * N_ACTIVATING * N_NON_ACTIVATING)
+    beaten = [wins // N_ACTIVATING + (i < wins % N_ACTIVATING) for i in range(N_ACTIVATING)]
+    return [(b - 0.5) / 100 for b in beaten] + [k / 100 for k in range(N_NON_ACTIVATING)]
 
 
-def make_embed(pairs: PairsArtifact) -> EmbedArtifact:
+def embed_documents(sae: str, feature: int) -> list[Document]:
+    n_activating = 1 if (sae, feature) == NONE_AUROC else N_ACTIVATING
+    return ([Document(text=f"{sae} f{feature} fires {i}: the cat & <dog>", label=1, quantile=0)
+             for i in range(n_activating)]
+            + [Document(text=f"{sae} f{feature} quiet {i}", label=0)
+               for i in range(N_NON_ACTIVATING)])
+
+
+def score_of(value: float | None, explanation: str | None) -> ExplanationScore:
+    if value is None:
+        return ExplanationScore(explanation=explanation, auroc=None,
+                                reason="too few activating contexts")
+    return ExplanationScore(explanation=explanation, auroc=value, auroc_per_quantile=[value],
+                            similarities=similarities_with_auroc(value))
+
+
+def make_embed(pairs: PairsArtifact, windows: dict[str, WindowsArtifact]) -> EmbedArtifact:
+    """Each selected feature's documents scored by its own SAE's explanations and by its partner's;
+    the null of a feature is the next selected feature of its SAE."""
+    selected = pairs.selected_features()
+    nulls = {sae: {str(f): features[(i + 1) % len(features)] for i, f in enumerate(features)}
+             for sae, features in selected.items()}
+    texts = {sae: {f: {"self": explanation_of(sae, f),
+                       "baseline": top_token_explanation(windows[sae].features[str(f)]),
+                       "null": explanation_of(sae, nulls[sae][str(f)])} for f in selected[sae]}
+             for sae in selected}
     features: dict[str, dict[str, ScoredFeature]] = {"sae1": {}, "sae2": {}}
     for p in pairs.all_pairs():
-        for sae, index in (("sae1", p.index1), ("sae2", p.index2)):
+        whose = {"sae1": p.index1, "sae2": p.index2}
+        for sae, index in whose.items():
             features[sae][str(index)] = ScoredFeature(
-                feature=index, documents=[Document(text="the cat & <dog>", label=1, quantile=0),
-                                          Document(text="no fire", label=0)],
-                own={n: score_of(auroc(sae, index, n, "own"), f"{n} of {sae} f{index}") for n in EXPLAINERS},
-                partner={n: score_of(auroc(sae, index, n, "partner"), f"partner {n}") for n in EXPLAINERS})
+                feature=index, documents=embed_documents(sae, index),
+                eleuther={of: {n: score_of(auroc(sae, index, of, n), texts[of][g][n])
+                               for n in EXPLAINERS} for of, g in whose.items()})
     similarities = [PairSimilarity(kind=p.kind, rank=p.rank, index1=p.index1, index2=p.index2,
                                    explanation_similarity=None if (p.kind, p.rank) == ("worst", 1)
                                    else round(0.2 + p.similarity / 2, 3)) for p in pairs.all_pairs()]
     return EmbedArtifact(meta=Meta(stage="embed", fingerprint="fp-embed"), embedder="mini",
                          query_template="Query: {explanation}", features=features, pairs=similarities,
-                         nulls={"sae1": {}, "sae2": {}}, templates={"{explanation}": 0.51, "Query:{explanation}": 0.5})
+                         nulls=nulls, templates={"{explanation}": 0.51, "Query:{explanation}": 0.5})
 
 
 def make_case_artifacts() -> CaseArtifacts:
@@ -235,5 +268,6 @@ def make_case_artifacts() -> CaseArtifacts:
     features = pairs.selected_features()
     config = {"run_name": "fixture", "model": {"name": "tiny/Model-<test>"}, "hook": "blocks.2.hook_resid_pre",
               "match": {"threshold": 0.7, "n_pairs": 2, "seed": 0}}
+    windows = make_windows(features)
     return CaseArtifacts(match=match, scan=make_scan(match), pairs=pairs, explain=make_explain(features),
-                         windows=make_windows(features), embed=make_embed(pairs), config=config)
+                         windows=windows, embed=make_embed(pairs, windows), config=config)

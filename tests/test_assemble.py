@@ -1,8 +1,11 @@
-"""assemble: documented fields, correspondence with the upstream artifacts, the evidence beside every score
-(agreement, baseline, null), group means and correlations recomputed independently, refusal of incomplete inputs."""
+"""assemble: the keys researchers read, what each `eleuther` slot means (checked against
+embed.json's documents and explanations), correspondence with the upstream artifacts, group means
+and correlations recomputed independently from the raw artifacts, the shared reader, refusal of
+incomplete inputs."""
 
 from __future__ import annotations
 
+from itertools import product
 from statistics import fmean
 
 import numpy as np
@@ -10,21 +13,18 @@ import orjson
 import pytest
 from fixtures_case import FAILED, N_TOKENS, NONE_AUROC, PAIRS, SILENT, make_case_artifacts
 from scipy.stats import spearmanr
+from sklearn.metrics import roc_auc_score
 
-from faithcase.artifacts import CRITERIA, EXPLAINERS, PAIR_KINDS
+from faithcase.artifacts import CRITERIA, EXPLAINERS, PAIR_KINDS, SAE_KEYS
 from faithcase.run.errors import FaithcaseError
 from faithcase.stages.assemble import assemble, check_complete, read_case_study, write_case_study
+from faithcase.stages.embed import top_token_explanation
 from faithcase.numerics.statistics import spearman
 
-PAIR_CASE_FIELDS = {"kind", "rank", "similarity", "indices", "agreement", "silent", "self_explanations", "eleuthers",
-                    "cross_eleuthers", "controls", "explanation_similarity", "windows", "scales", "failed", "stats"}
-AGREEMENT_FIELDS = {"pearson", "jaccard", "p2_given_1", "p1_given_2", "frequency1", "frequency2"}
-ACT_EXAMPLE_FIELDS = {"tokens", "texts", "acts"}
-STATS_FIELDS = {"n_tokens", "n_active", "frequency", "max", "mean_nonzero", "histogram"}
-SUMMARY_FIELDS = {"meta", "model", "hook", "sae1", "sae2", "match", "quality", "groups", "correlations", "failure",
-                  "templates", "n_left_out", "config"}
-GROUP_FIELDS = {"n_pairs", "n_left_out", "mean_similarity", "mean_pearson", "mean_jaccard", "own_auroc", "cross_auroc",
-                "pass_rate", "mean_explanation_similarity"}
+# what researchers read in case_study.json, and the names the one `eleuther` replaced
+RESEARCHER_KEYS = {"kind", "rank", "similarity", "indices", "self_explanations", "eleuthers",
+                   "windows"}
+RETIRED_KEYS = {"cross_eleuthers", "controls", "own_auroc", "cross_auroc", "own", "partner"}
 
 
 @pytest.fixture
@@ -40,37 +40,95 @@ def run(arts):
 def written(arts, tmp_path):
     cases, summary = run(arts)
     write_case_study(tmp_path, cases, summary)
-    return orjson.loads((tmp_path / "case_study.json").read_bytes()), orjson.loads((tmp_path / "summary.json").read_bytes())
+    return (orjson.loads((tmp_path / "case_study.json").read_bytes()),
+            orjson.loads((tmp_path / "summary.json").read_bytes()))
 
 
-def test_json_has_exactly_the_documented_fields(written):
+def recorded_auroc(arts, documents_of: str, feature: int, explanation_of: str, explainer: str):
+    """sklearn's AUROC of the similarities embed.json recorded for this (documents, explanation),
+    None where it recorded none."""
+    scored = arts.embed.features[documents_of][str(feature)]
+    score = scored.eleuther[explanation_of][explainer]
+    if not score.similarities:
+        return None
+    return roc_auc_score([d.label for d in scored.documents], score.similarities)
+
+
+def query_text(arts, explanation_of: str, feature: int, explainer: str) -> str:
+    """The explanation a score's query holds, from explain.json and windows_*.json."""
+    explained = arts.explain.features[explanation_of]
+    if explainer == "baseline":
+        return top_token_explanation(arts.windows[explanation_of].features[str(feature)])
+    if explainer == "null":
+        feature = arts.embed.nulls[explanation_of][str(feature)]
+    return explained[str(feature)].explanations[0]
+
+
+def mean(values):
+    values = [v for v in values if v is not None]
+    return fmean(values) if values else None
+
+
+def walk(tree, depth: int):
+    """Every (key path, leaf) of nested dicts `depth` levels deep."""
+    if depth == 0:
+        yield (), tree
+        return
+    for key, sub in tree.items():
+        for path, leaf in walk(sub, depth - 1):
+            yield (key, *path), leaf
+
+
+def test_researchers_keys_are_there_and_the_old_names_are_gone(written):
     entries, summary = written
     assert isinstance(entries, list) and len(entries) == len(PAIRS)
     for entry in entries:
-        assert set(entry) == PAIR_CASE_FIELDS and set(entry["agreement"]) == AGREEMENT_FIELDS
-        for key in ("indices", "silent", "self_explanations", "eleuthers", "cross_eleuthers", "windows", "scales",
-                    "failed", "stats"):
-            assert len(entry[key]) == 2, key
-        assert {side: set(v) for side, v in entry["controls"].items()} == {"own": {"baseline", "null"},
-                                                                           "cross": {"baseline", "null"}}
+        assert RESEARCHER_KEYS <= set(entry) and not RETIRED_KEYS & set(entry)
+        paths = [path for path, _ in walk(entry["eleuther"], 3)]
+        assert sorted(paths) == sorted(product(SAE_KEYS, SAE_KEYS, EXPLAINERS))
         for per_sae in entry["windows"]:
-            assert set(per_sae) == set(CRITERIA)
-            for examples in per_sae.values():
-                assert examples
-                for example in examples:
-                    assert set(example) == ACT_EXAMPLE_FIELDS
-                    assert len(example["tokens"]) == len(example["texts"]) == len(example["acts"])
-        for stats in entry["stats"]:
-            assert set(stats) == STATS_FIELDS
-    assert set(summary) == SUMMARY_FIELDS
-    assert set(summary["groups"]) == set(PAIR_KINDS)
+            assert set(per_sae) == set(CRITERIA) and all(per_sae.values())
     for group in summary["groups"].values():
-        assert set(group) == GROUP_FIELDS and set(group["own_auroc"]) == set(EXPLAINERS)
+        assert not RETIRED_KEYS & set(group)
+        assert sorted(path for path, _ in walk(group["eleuther"], 2)) == sorted(
+            product(("own", "cross"), EXPLAINERS))
 
 
 def test_pairs_are_ordered_by_kind_then_rank(written):
     entries, _ = written
     assert [(e["kind"], e["rank"]) for e in entries] == [(k, r) for k, r, *_ in PAIRS]
+
+
+def test_eleuther_is_keyed_by_documents_then_explanation(arts, written):
+    """eleuther[documents_of][explanation_of][explainer]: sklearn's AUROC of the similarities of
+    that SAE's feature's documents to that SAE's explanation, as embed.json recorded them."""
+    entries, _ = written
+    checked = 0
+    for entry in entries:
+        feature = dict(zip(SAE_KEYS, entry["indices"]))
+        for (documents_of, explanation_of, explainer), value in walk(entry["eleuther"], 3):
+            scored = arts.embed.features[documents_of][str(feature[documents_of])]
+            score = scored.eleuther[explanation_of][explainer]
+            assert score.explanation == query_text(arts, explanation_of, feature[explanation_of],
+                                                   explainer)
+            expected = recorded_auroc(arts, documents_of, feature[documents_of], explanation_of,
+                                      explainer)
+            assert value == (None if expected is None else pytest.approx(expected, abs=1e-12))
+            checked += expected is not None
+        # the researchers' eleuthers: each SAE's self-explanation on its own feature's documents
+        assert entry["eleuthers"] == [entry["eleuther"][sae][sae]["self"] for sae in SAE_KEYS]
+    assert checked > 0
+    none_sae, none_feature = NONE_AUROC
+    slot = SAE_KEYS.index(none_sae)
+    assert any(e["indices"][slot] == none_feature and e["eleuthers"][slot] is None for e in entries)
+
+
+def test_a_swapped_slot_would_be_seen(written):
+    """The fixture's scores differ between the slots: a reversed list or a transposed dict fails."""
+    entries, _ = written
+    entry = next(e for e in entries if None not in e["eleuthers"])
+    values = [value for _, value in walk(entry["eleuther"], 3)]
+    assert len(set(values)) == len(values)
 
 
 def test_entries_correspond_to_the_artifacts(arts, written):
@@ -87,13 +145,6 @@ def test_entries_correspond_to_the_artifacts(arts, written):
         assert entry["silent"] == [arts.scan.firing["sae1"][i1] == 0, arts.scan.firing["sae2"][i2] == 0]
         similarity = next(p for p in arts.embed.pairs if (p.kind, p.rank) == (kind, rank))
         assert entry["explanation_similarity"] == similarity.explanation_similarity
-        scored = [arts.embed.features["sae1"][str(i1)], arts.embed.features["sae2"][str(i2)]]
-        assert entry["eleuthers"] == [s.own["self"].auroc for s in scored]
-        # SAE 1's explanation on SAE 2's contexts sits on SAE 2's feature, and the reverse
-        assert entry["cross_eleuthers"] == [scored[1].partner["self"].auroc, scored[0].partner["self"].auroc]
-        for name in ("baseline", "null"):
-            assert entry["controls"]["own"][name] == [s.own[name].auroc for s in scored]
-            assert entry["controls"]["cross"][name] == [scored[1].partner[name].auroc, scored[0].partner[name].auroc]
         for slot, (sae, feature) in enumerate((("sae1", i1), ("sae2", i2))):
             explained = arts.explain.features[sae][str(feature)]
             assert entry["self_explanations"][slot] == explained.explanations[0]
@@ -102,46 +153,46 @@ def test_entries_correspond_to_the_artifacts(arts, written):
             source = arts.windows[sae].features[str(feature)]
             assert entry["stats"][slot] == source.stats.model_dump(mode="json")
             for criterion in CRITERIA:
-                expected = [{"tokens": w.tokens, "texts": w.texts, "acts": w.acts} for w in source.windows[criterion]]
+                # every window keeps where it comes from: its sequence and first token
+                expected = [{"tokens": w.tokens, "texts": w.texts, "acts": w.acts,
+                             "seq_id": w.seq_id, "start": w.start}
+                            for w in source.windows[criterion]]
                 assert entry["windows"][slot][criterion] == expected
-    none_sae, none_feature = NONE_AUROC
-    slot = 0 if none_sae == "sae1" else 1
-    assert any(e["indices"][slot] == none_feature and e["eleuthers"][slot] is None for e in entries)
 
 
 def test_group_means_leave_out_silent_pairs_and_match_a_brute_force_recomputation(arts, written):
+    """Every group mean recomputed from the raw pairs, scan, explain and embed artifacts: own is a
+    feature's documents by its own SAE's explanation, cross by its partner's."""
     _, summary = written
-
-    def mean(values):
-        values = [v for v in values if v is not None]
-        return fmean(values) if values else None
-
     position = {i1: k for k, i1 in enumerate(arts.match.assignment.index1)}
     left_out = 0
     for kind in PAIR_KINDS:
-        sims, pearson, own, cross, failed = [], [], {n: [] for n in EXPLAINERS}, {n: [] for n in EXPLAINERS}, []
-        members = [p for p in arts.pairs.pairs[kind]]
+        members = list(arts.pairs.pairs[kind])
         kept = [p for p in members if arts.scan.firing["sae1"][p.index1] and arts.scan.firing["sae2"][p.index2]]
         left_out += len(members) - len(kept)
+        own = {n: [] for n in EXPLAINERS}
+        cross = {n: [] for n in EXPLAINERS}
         for pair in kept:
-            sims.append(pair.similarity)
-            pearson.append(arts.scan.agreement.pearson[position[pair.index1]])
-            f1, f2 = arts.embed.features["sae1"][str(pair.index1)], arts.embed.features["sae2"][str(pair.index2)]
             for name in EXPLAINERS:
-                own[name] += [f1.own[name].auroc, f2.own[name].auroc]
-                cross[name] += [f2.partner[name].auroc, f1.partner[name].auroc]
-            failed += [arts.explain.features["sae1"][str(pair.index1)].failed,
-                       arts.explain.features["sae2"][str(pair.index2)].failed]
+                own[name] += [recorded_auroc(arts, "sae1", pair.index1, "sae1", name),
+                              recorded_auroc(arts, "sae2", pair.index2, "sae2", name)]
+                cross[name] += [recorded_auroc(arts, "sae1", pair.index1, "sae2", name),
+                                recorded_auroc(arts, "sae2", pair.index2, "sae1", name)]
+        failed = [arts.explain.features[sae][str(i)].failed for p in kept
+                  for sae, i in (("sae1", p.index1), ("sae2", p.index2))]
         group = summary["groups"][kind]
         assert group["n_pairs"] == len(members) and group["n_left_out"] == len(members) - len(kept)
-        assert group["mean_similarity"] == pytest.approx(mean(sims))
-        assert group["mean_pearson"] == pytest.approx(mean(pearson))
+        assert group["mean_similarity"] == pytest.approx(mean([p.similarity for p in kept]))
+        assert group["mean_pearson"] == pytest.approx(
+            mean([arts.scan.agreement.pearson[position[p.index1]] for p in kept]))
         for name in EXPLAINERS:
-            assert group["own_auroc"][name] == pytest.approx(mean(own[name]))
-            assert group["cross_auroc"][name] == pytest.approx(mean(cross[name]))
+            assert group["eleuther"]["own"][name] == pytest.approx(mean(own[name]), abs=1e-12)
+            assert group["eleuther"]["cross"][name] == pytest.approx(mean(cross[name]), abs=1e-12)
         assert group["pass_rate"] == pytest.approx(1 - sum(failed) / len(failed))
     assert summary["n_left_out"] == left_out == 1  # the stratified pair with SAE 2's silent feature
     assert summary["groups"]["worst"]["pass_rate"] == pytest.approx(0.5)  # 2 of the 4 worst features fail
+    assert summary["groups"]["best"]["eleuther"]["own"]["self"] == pytest.approx(
+        fmean([0.65, 0.57, 0.89, 0.54]))  # the fixture's AUROCs of best pairs (5, 12) and (17, 3)
     silent = next(e for e in written[0] if e["indices"][1] == SILENT[1])
     assert silent["silent"] == [False, True] and silent["agreement"]["pearson"] is None
 
@@ -151,9 +202,17 @@ def test_correlations_equal_scipy_and_an_independent_bootstrap(arts, written):
     stratified = [e for e in entries if e["kind"] == "stratified" and not any(e["silent"])]
     cosine = [e["similarity"] for e in stratified]
     rows = {(c["score"], c["pairs"]): c for c in summary["correlations"]}
+    def per_pair(e, side):  # the mean over the pair's two features, recomputed from embed.json
+        i1, i2 = e["indices"]
+        other = {"own": {"sae1": "sae1", "sae2": "sae2"},
+                 "cross": {"sae1": "sae2", "sae2": "sae1"}}[side]
+        return mean([recorded_auroc(arts, "sae1", i1, other["sae1"], "self"),
+                     recorded_auroc(arts, "sae2", i2, other["sae2"], "self")])
+
     expected = {"activation correlation": [e["agreement"]["pearson"] for e in stratified],
                 "explanation similarity": [e["explanation_similarity"] for e in stratified],
-                "own AUROC": [np.mean([a for a in e["eleuthers"] if a is not None]) for e in stratified]}
+                "own AUROC": [per_pair(e, "own") for e in stratified],
+                "cross AUROC": [per_pair(e, "cross") for e in stratified]}
     for score, values in expected.items():
         row = rows[(score, "stratified")]
         rho, p = spearmanr(cosine, values)
@@ -178,12 +237,9 @@ def test_bootstrap_interval_recomputed_resample_by_resample():
     assert spearman([1, 1, 1, 1], [1, 2, 3, 4], "s", "p").rho is None  # a constant side
 
 
-def test_summary_records_upstream_fingerprints_and_the_failure_test(arts, written):
+def test_summary_records_the_failure_test_and_leaves_meta_to_the_graph(arts, written):
     _, summary = written
-    assert summary["meta"]["stage"] == "assemble"
-    assert summary["meta"]["upstream"] == {
-        "match.json": "fp-match", "scan.json": "fp-scan", "pairs.json": "fp-pairs", "explain.json": "fp-explain",
-        "windows_sae1.json": "fp-windows-sae1", "windows_sae2.json": "fp-windows-sae2", "embed.json": "fp-embed"}
+    assert summary["meta"] is None  # the run graph stamps it when the stage commits
     assert summary["failure"]["threshold"] == arts.explain.threshold
     assert summary["failure"]["null_quantiles"] == arts.explain.null.quantiles
     assert summary["quality"]["sae2"]["warnings"] and summary["templates"] == arts.embed.templates
@@ -197,8 +253,35 @@ def test_case_study_round_trips(arts, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_case_study_round_trips_under_another_name(arts, tmp_path):
+    cases, summary = run(arts)
+    cases_path, _ = write_case_study(tmp_path, cases, summary, cases_name="other.json")
+    assert cases_path.name == "other.json"
+    assert read_case_study(tmp_path, "other.json") == (cases, summary)
+
+
 def test_reading_a_missing_case_study_says_to_assemble(tmp_path):
     with pytest.raises(FaithcaseError, match="faithcase assemble"):
+        read_case_study(tmp_path)
+
+
+@pytest.mark.parametrize("damage", [
+    lambda entries: entries[0].update(cross_eleuthers=[0.5, 0.5]),  # an old name
+    lambda entries: entries[0]["eleuther"]["sae1"].update(sae3={}),  # no such SAE
+    lambda entries: entries[0]["windows"][0]["max"][0].pop("seq_id"),
+])
+def test_an_invalid_case_study_is_one_error_naming_the_file_and_the_stage(arts, tmp_path, damage):
+    cases, summary = run(arts)
+    cases_path, _ = write_case_study(tmp_path, cases, summary)
+    entries = orjson.loads(cases_path.read_bytes())
+    damage(entries)
+    cases_path.write_bytes(orjson.dumps(entries))
+    with pytest.raises(FaithcaseError) as err:
+        read_case_study(tmp_path)
+    assert str(cases_path) in str(err.value) and "faithcase assemble" in str(err.value)
+    assert "--force" in str(err.value)
+    cases_path.write_bytes(b"[{")
+    with pytest.raises(FaithcaseError, match="invalid artifact"):
         read_case_study(tmp_path)
 
 
@@ -210,6 +293,12 @@ def test_reading_a_missing_case_study_says_to_assemble(tmp_path):
         (lambda a: a.windows["sae1"].features.pop("33"), "windows_sae1.json lacks feature 33 of sae1: run `faithcase windows`"),
         (lambda a: a.embed.features["sae2"].pop("30"), "embed.json lacks feature 30 of sae2: run `faithcase embed`"),
         (lambda a: a.embed.pairs.pop(), "embed.json lacks stratified pair 5 (26, 27): run `faithcase embed`"),
+        (lambda a: a.embed.features["sae1"]["5"].eleuther.pop("sae2"),
+         "embed.json lacks the scores of sae2's explanations on feature 5 of sae1: "
+         "run `faithcase embed`"),
+        (lambda a: a.embed.features["sae2"]["12"].eleuther["sae2"].pop("null"),
+         "embed.json lacks the scores of sae2's explanations on feature 12 of sae2: "
+         "run `faithcase embed`"),
         (lambda a: a.windows.pop("sae2"), "windows_sae2.json is missing: run `faithcase windows`"),
     ],
 )
@@ -225,3 +314,17 @@ def test_windows_of_the_wrong_sae_are_refused(arts):
     arts.windows["sae2"] = arts.windows["sae1"]
     with pytest.raises(FaithcaseError, match=r"windows_sae2.json holds the windows of sae1: run `faithcase windows --force`"):
         check_complete(arts.pairs, arts.explain, arts.windows, arts.embed)
+
+
+def test_the_summary_printer_shows_own_then_cross_means(arts, monkeypatch):
+    from faithcase.stages import assemble as stage
+
+    _, summary = run(arts)
+    printed = []
+    monkeypatch.setattr(stage.console, "print", printed.append)
+    stage.print_summary(summary)
+    cells = {column.header: list(column.cells) for column in printed[0].columns}
+    assert cells["group"] == list(PAIR_KINDS)
+    for header, side in (("own self/base/null", "own"), ("cross self/base/null", "cross")):
+        assert cells[header] == [" / ".join(f"{summary.groups[k].eleuther[side][n]:.2f}"
+                                            for n in EXPLAINERS) for k in PAIR_KINDS]

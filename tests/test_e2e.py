@@ -57,6 +57,9 @@ def test_run_on_a_tiny_config_writes_a_valid_case_study(copy_of_tiny_run):
     for name in ("match", "scan", "pairs", "explain", "embed"):  # ledger and artifact agree
         meta = orjson.loads((out / f"{name}.json").read_bytes())["meta"]
         assert meta["fingerprint"] == ledger[name]["fingerprint"] and meta["stage"] == name
+    upstream = orjson.loads((out / "summary.json").read_bytes())["meta"]["upstream"]
+    assert upstream == {name: ledger[name]["fingerprint"]
+                        for name in ("match", "scan", "pairs", "explain", "windows", "embed")}
 
     # a second run with nothing changed reruns no stage
     again = faithcase("run", "--config", "tiny.yaml", cwd=tmp_path)

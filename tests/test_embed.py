@@ -9,6 +9,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from faithcase.artifacts import (
+    EXPLAINERS,
     Context,
     ExplainArtifact,
     ExplainBaseline,
@@ -184,46 +185,91 @@ def explained(texts: dict[int, str]) -> dict[str, FeatureExplanation]:
 def test_case_study_scores_self_baseline_null_own_and_across(embedder: Embedder) -> None:
     pets, money = feature(10, DOGS, OTHER), feature(20, OTHER, DOGS)
     for fw, word in ((pets, " dog"), (money, " tax")):
-        fw.windows["max"] = [Window(tokens=[0, 1], texts=["a", word], acts=[0.0, 2.0], seq_id=0, start=0, value=2.0)]
+        fw.windows["max"] = [Window(tokens=[0, 1], texts=["a", word], acts=[0.0, 2.0], seq_id=0,
+                                    start=0, value=2.0)]
     extra = feature(30, DOGS[:3] + OTHER[:3], OTHER[3:] + DOGS[3:])
+    lonely = feature(40, DOGS[:3] + OTHER[:3], OTHER[:3] + DOGS[3:])  # in no selected pair
 
     def artifact(key: str, found: dict) -> WindowsArtifact:
-        return WindowsArtifact(meta=Meta(stage="windows", fingerprint=""), sae=key, n_sequences=1, n_tokens=1,
-                               seq_len=2, window=2, excluded_positions=0, quantile_method="", features=found)
+        return WindowsArtifact(meta=Meta(stage="windows", fingerprint=""), sae=key, n_sequences=1,
+                               n_tokens=1, seq_len=2, window=2, excluded_positions=0,
+                               quantile_method="", features=found)
 
-    windows = {"sae1": artifact("sae1", {"10": pets, "30": extra}), "sae2": artifact("sae2", {"20": money, "30": extra})}
+    windows = {"sae1": artifact("sae1", {"10": pets, "30": extra}),
+               "sae2": artifact("sae2", {"20": money, "30": extra, "40": lonely})}
     explain = ExplainArtifact(
-        meta=Meta(stage="explain", fingerprint=""), baseline=ExplainBaseline(replace_zero="", add_zero="",
-                                                                             selfsim_zero=0, entropy_zero=0),
-        settings=ExplainSettings(prompt_text="", placeholder_token_id=0, placeholder_positions=[], insert_layer=0,
-                                 read_layer=0, mode="replace", residual_norm=1.0, scales=[1.0]),
+        meta=Meta(stage="explain", fingerprint=""),
+        baseline=ExplainBaseline(replace_zero="", add_zero="", selfsim_zero=0, entropy_zero=0),
+        settings=ExplainSettings(prompt_text="", placeholder_token_id=0, placeholder_positions=[],
+                                 insert_layer=0, read_layer=0, mode="replace", residual_norm=1.0,
+                                 scales=[1.0]),
         features={"sae1": explained({10: "dogs and puppies", 30: "mixed"}),
-                  "sae2": explained({20: "tax law and cooking", 30: "mixed"})})
+                  "sae2": explained({20: "tax law and cooking", 30: "mixed", 40: "alone"})})
     pairs = [Pair(kind="worst", rank=1, index1=10, index2=20, similarity=0.1),
              Pair(kind="best", rank=1, index1=30, index2=30, similarity=0.9)]
     settings = SETTINGS.model_copy(update={"n_peak_tokens": 1})
     result = embed_case_study(pairs, explain, windows, embedder, settings, n_quantiles=3)
+    # features[documents_of][feature].eleuther[explanation_of][explainer]
     one, two = result.features["sae1"]["10"], result.features["sae2"]["20"]
-    assert one.own["self"].explanation == "dogs and puppies" and one.own["self"].auroc > 0.9
-    assert one.own["baseline"].explanation == "dog" and two.own["baseline"].explanation == "tax"
+    assert set(one.eleuther) == set(two.eleuther) == {"sae1", "sae2"}
+    assert set(result.features["sae2"]["40"].eleuther) == {"sae2"}  # no partner: only its own
+    own1, own2 = one.eleuther["sae1"], two.eleuther["sae2"]
+    assert own1["self"].explanation == "dogs and puppies" and own1["self"].auroc > 0.9
+    assert own1["baseline"].explanation == "dog" and own2["baseline"].explanation == "tax"
     null_of = result.nulls["sae1"]["10"]
-    assert null_of == 30 and one.own["null"].explanation == "mixed"  # the only other feature of sae1
-    # SAE 1's explanation (dogs) on SAE 2's contexts (activating: OTHER): below chance; it sits on SAE 2's feature
-    assert two.partner["self"].explanation == "dogs and puppies" and two.partner["self"].auroc < 0.5
-    assert two.partner["baseline"].explanation == "dog" and one.partner["self"].explanation == "tax law and cooking"
-    eleuther_again = eleuther({"10": pets}, {"10": "dogs and puppies"}, embedder, settings, n_quantiles=3)["10"]
-    assert one.own["self"] == eleuther_again  # the case study scores as the public function does
+    assert null_of == 30 and own1["null"].explanation == "mixed"  # the only other feature of sae1
+    # SAE 1's explanation (dogs) on SAE 2's documents (activating: OTHER): below chance
+    cross = two.eleuther["sae1"]
+    assert cross["self"].explanation == "dogs and puppies" and cross["self"].auroc < 0.5
+    assert cross["baseline"].explanation == "dog"
+    assert one.eleuther["sae2"]["self"].explanation == "tax law and cooking"
+    assert one.eleuther["sae2"]["self"].auroc < 0.5  # taxes retrieve the non-activating OTHER
+    again = eleuther({"10": pets}, {"10": "dogs and puppies"}, embedder, settings, n_quantiles=3)
+    assert own1["self"] == again["10"]  # the case study scores as the public function does
+    crossed = eleuther({"20": money}, {"20": "dogs and puppies"}, embedder, settings, n_quantiles=3)
+    assert cross["self"] == crossed["20"]  # the partner's explanation on this feature's documents
     for scored_feature in (one, two):
-        for score in (*scored_feature.own.values(), *scored_feature.partner.values()):
-            if score.auroc is not None:
-                pairs_of = list(zip(scored_feature.documents, score.similarities))
-                assert score.auroc == pytest.approx(recomputed_auroc(pairs_of), abs=1e-12)
+        for by_explainer in scored_feature.eleuther.values():
+            for score in by_explainer.values():
+                if score.auroc is not None:
+                    pairs_of = list(zip(scored_feature.documents, score.similarities))
+                    assert score.auroc == pytest.approx(recomputed_auroc(pairs_of), abs=1e-12)
     similarity = result.pairs[0].explanation_similarity
     vectors = embedder.embed(["dogs and puppies", "tax law and cooking"])
     assert similarity == pytest.approx(float(vectors[0] @ vectors[1]), abs=1e-6)
     assert set(result.templates) == {TEMPLATE, BARE_TEMPLATE, RETRIEVAL_INSTRUCTION}
     with pytest.raises(FaithcaseError, match="no feature 99"):
-        embed_case_study([pairs[0].model_copy(update={"index2": 99})], explain, windows, embedder, settings)
+        embed_case_study([pairs[0].model_copy(update={"index2": 99})], explain, windows, embedder,
+                         settings)
+
+
+def test_the_embed_printer_reads_each_slot(monkeypatch) -> None:
+    """print_embed's columns: own 1, own 2, cross 1→2 (SAE 1's explanations on SAE 2's documents),
+    cross 2→1."""
+    from faithcase.artifacts import EmbedArtifact, PairsArtifact
+    from faithcase.stages import embed as stage
+
+    def scores(auroc: float):
+        return {n: {"explanation": n, "auroc": auroc + i / 100} for i, n in enumerate(EXPLAINERS)}
+
+    docs = [{"text": "a", "label": 1}]
+    artifact = EmbedArtifact.model_validate({
+        "embedder": "m", "query_template": "{explanation}", "pairs": [], "nulls": {},
+        "features": {"sae1": {"1": {"feature": 1, "documents": docs,
+                                    "eleuther": {"sae1": scores(0.1), "sae2": scores(0.4)}}},
+                     "sae2": {"2": {"feature": 2, "documents": docs,
+                                    "eleuther": {"sae2": scores(0.2), "sae1": scores(0.3)}}}}})
+    pairs = PairsArtifact(pairs={"best": [Pair(kind="best", rank=1, index1=1, index2=2,
+                                                similarity=0.9)]}, n_eligible=1, strata_edges=[])
+    printed = []
+    monkeypatch.setattr(stage.console, "print", printed.append)
+    stage.print_embed(artifact, {"pairs": pairs})
+    (grid,) = printed
+    cells = {column.header: list(column.cells) for column in grid.columns}
+    expected = {header: [" / ".join(f"{a + i / 100:.2f}" for i in range(3))]
+                for header, a in (("own 1", 0.1), ("own 2", 0.2), ("cross 1→2", 0.3),
+                                  ("cross 2→1", 0.4))}
+    assert {header: cells[header] for header in expected} == expected
 
 
 def test_nulls_are_other_features_and_seeded() -> None:

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from fixtures_case import make_case_artifacts
 
-from faithcase.artifacts import CRITERIA, SAE_KEYS
+from faithcase.artifacts import CRITERIA, EXPLAINERS, SAE_KEYS
 from faithcase.stages.assemble import assemble
 from faithcase.render.plots import decoder_vs_agreement, make_plots
-from faithcase.stages.report import render_report, write_report
+from faithcase.stages.report import build_report, render_report, report_files
 
 VOID_TAGS = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 CHROMIUM = "/usr/bin/chromium"
@@ -139,6 +139,8 @@ def test_every_window_token_is_highlighted_by_activation(rendered):
                 windows = panel[0].find_all("div", "win")
                 assert len(windows) == len(expected)
                 for window, example in zip(windows, expected):
+                    assert (window.attrs["data-seq-id"], window.attrs["data-start"]) == (
+                        str(example.seq_id), str(example.start))
                     tokens = window.find_all("span", "tok")
                     assert [t.text() for t in tokens] == [displayed_token(t) for t in example.texts]
                     assert [float(t.attrs["data-act"]) for t in tokens] == pytest.approx(example.acts, rel=1e-5)
@@ -161,8 +163,8 @@ def test_summary_tables_evidence_and_sweeps(rendered):
         group = summary.groups[kind]
         assert cells[1:5] == [str(group.n_pairs), str(group.n_left_out), f"{group.mean_similarity:.3f}",
                               f"{group.mean_pearson:.3f}"]
-        assert cells[6:9] == [f"{group.own_auroc[n]:.3f}" for n in ("self", "baseline", "null")]
-        assert cells[9:12] == [f"{group.cross_auroc[n]:.3f}" for n in ("self", "baseline", "null")]
+        for side, shown_cells in (("own", cells[6:9]), ("cross", cells[9:12])):
+            assert shown_cells == [f"{group.eleuther[side][n]:.3f}" for n in EXPLAINERS]
     shown = [[c.text() for c in r.find_all("td")][:4] for r in correlations.find_all("tr")[1:]]
     assert shown == [[c.score, c.pairs, str(c.n), "—" if c.rho is None else f"{c.rho:.3f}"]
                      for c in summary.correlations]
@@ -175,6 +177,30 @@ def test_summary_tables_evidence_and_sweeps(rendered):
     assert escape(summary.model) in html
 
 
+def test_each_feature_shows_its_own_and_cross_aurocs(rendered):
+    """A feature's metrics: own = its documents by its own SAE's explanations, cross = by its
+    partner's, read from eleuther[documents_of][explanation_of][explainer]."""
+    cases, _, _, html = rendered
+    tree = parse(html)
+
+    def shown(value):
+        return "—" if value is None else f"{value:.3f}"
+
+    for case in cases:
+        features = pair_node(tree, case.kind, case.rank).find_all("div", "feature")
+        for slot, feature in enumerate(features):
+            docs, partner = SAE_KEYS[slot], SAE_KEYS[1 - slot]
+            own, cross = case.eleuther[docs][docs], case.eleuther[docs][partner]
+            metrics_div = feature.find_all("div", "metrics")[0]
+            spans = [m for m in metrics_div.children if isinstance(m, Node)]
+            metrics = {m.find_all("em")[0].text(): m.text()[len(m.find_all("em")[0].text()):]
+                       for m in spans}
+            assert metrics["own AUROC"] == shown(own["self"]) == shown(case.eleuthers[slot])
+            assert metrics["cross AUROC"] == shown(cross["self"])
+            for label, scores in (("baseline · null", own), ("cross b · n", cross)):
+                assert metrics[label] == f"{shown(scores['baseline'])} · {shown(scores['null'])}"
+
+
 def test_report_without_explain_or_plots_still_renders(rendered):
     cases, summary, _, _ = rendered
     html = render_report(cases, summary, {})
@@ -183,11 +209,24 @@ def test_report_without_explain_or_plots_still_renders(rendered):
     assert len(tree.root.find_all("div", "pair")) == len(cases)
 
 
-def test_write_report_writes_index_and_pngs(rendered, tmp_path):
+def written_report(folder):
+    arts = make_case_artifacts()
+    cases, summary = assemble(arts.match, arts.scan, arts.pairs, arts.explain, arts.windows, arts.embed,
+                              arts.config)
+    background = (arts.match.assignment.similarity, arts.scan.agreement.pearson)
+    return build_report(folder, cases, summary, arts.explain, background), (cases, summary, arts.explain,
+                                                                            background)
+
+
+def test_build_report_writes_index_and_pngs(rendered, tmp_path):
     _, _, plots, html = rendered
-    index = write_report(tmp_path, html, plots)
+    index, inputs = written_report(tmp_path)
     assert index == tmp_path / "report" / "index.html"
     assert index.read_text(encoding="utf-8") == html
+    files = report_files(*inputs)
+    assert set(files) == {"report/index.html"} | {f"report/{name}" for name in plots}
+    for name, payload in files.items():
+        assert (tmp_path / name).read_bytes() == payload
     for name, png in plots.items():
         assert (tmp_path / "report" / name).read_bytes() == png
     assert not [p for p in (tmp_path / "report").iterdir() if p.name.endswith(".tmp")]
@@ -239,8 +278,8 @@ def driver(tmp_path):
 def test_report_in_headless_chromium(rendered, driver, tmp_path):
     from selenium.webdriver.common.by import By
 
-    cases, _, plots, html = rendered
-    index = write_report(tmp_path, html, plots)
+    cases = rendered[0]
+    index, _ = written_report(tmp_path)
     driver.set_window_size(1400, 2000)
     driver.get(index.as_uri())
     assert driver.execute_script("return document.readyState") == "complete"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -326,7 +325,11 @@ class WindowsArtifact(Artifact):
 
 # ---------------------------------------------------------------- embed
 
-EXPLAINERS = ("self", "baseline", "null")  # the explanation, the top-token baseline, another feature's
+Explainer = Literal["self", "baseline", "null"]  # the explanation, top-token baseline, a null
+EXPLAINERS: tuple[Explainer, ...] = ("self", "baseline", "null")
+SAEKey = Literal["sae1", "sae2"]
+Side = Literal["own", "cross"]  # a feature's documents by its own SAE's explanation / its partner's
+SIDES: tuple[Side, ...] = ("own", "cross")
 
 
 class Document(Model):
@@ -344,13 +347,14 @@ class ExplanationScore(Model):
 
 
 class ScoredFeature(Model):
-    """One feature's documents (its activating and non-activating contexts), scored by several
-    explanations: its own (`own`) and those of its matched partner in the other SAE (`partner`)."""
+    """One feature's documents (its activating and non-activating contexts) scored by explanations:
+    `EmbedArtifact.features[documents_of][str(feature)].eleuther[explanation_of][explainer]`. Its
+    own SAE's key holds its own explanations; the other SAE's key (when it is in a selected pair)
+    its matched partner's explanations, scored on these documents."""
 
     feature: int
     documents: list[Document]
-    own: dict[str, ExplanationScore]  # EXPLAINERS -> score
-    partner: dict[str, ExplanationScore] = {}
+    eleuther: dict[SAEKey, dict[Explainer, ExplanationScore]]  # explanation_of -> explainer
 
 
 class PairSimilarity(Model):
@@ -366,29 +370,41 @@ class EmbedArtifact(Artifact):
     query_template: str
     features: dict[str, dict[str, ScoredFeature]]  # sae key -> str(feature)
     pairs: list[PairSimilarity]
-    nulls: dict[str, dict[str, int]]  # sae key -> str(feature) -> the feature whose explanation is its null
-    templates: dict[str, float | None] = {}  # query template -> mean own AUROC of the self-explanations
+    nulls: dict[str, dict[str, int]]  # sae -> str(feature) -> the feature whose explanation is null
+    templates: dict[str, float | None] = {}  # query template -> mean own AUROC of self-explanations
 
 
 # ---------------------------------------------------------------- assemble
 
 
+class CaseWindow(ActExample):  # a top-activating window in the case study, with where it starts
+    seq_id: int
+    start: int
+
+
 class PairCase(Model):
+    """A selected pair; lists of two are [sae1, sae2]; `eleuther` is keyed documents_of, then
+    explanation_of, then explainer (["sae1"]["sae2"]["self"]: SAE 2's explanation, SAE 1's docs)."""
+
     kind: PairKind
     rank: int
     similarity: float
     indices: list[int]
     agreement: PairAgreement
-    silent: list[bool]  # the feature never fires on the corpus: the pair is left out of the group means
+    silent: list[bool]  # never fires on the corpus: the pair is left out of the group means
     self_explanations: list[str | None]
-    eleuthers: list[float | None]
-    cross_eleuthers: list[float | None]  # each explanation on the partner's contexts
-    controls: dict[str, dict[str, list[float | None]]]  # own|cross -> baseline|null -> [sae1, sae2]
+    eleuthers: list[float | None]  # each SAE's self-explanation on its own feature's documents
+    eleuther: dict[SAEKey, dict[SAEKey, dict[Explainer, float | None]]]
     explanation_similarity: float | None
-    windows: list[dict[Criterion, list[ActExample]]]
+    windows: list[dict[Criterion, list[CaseWindow]]]
     scales: list[float | None]
     failed: list[bool]
     stats: list[FeatureStats]
+
+    def scores(self, side: Side, explainer: Explainer) -> list[float | None]:
+        """[on sae1's documents, on sae2's], by their own SAE's explanation or the partner's."""
+        return [self.eleuther[d][d if side == "own" else o][explainer]
+                for d, o in zip(SAE_KEYS, SAE_KEYS[::-1])]
 
 
 class GroupSummary(Model):
@@ -397,14 +413,13 @@ class GroupSummary(Model):
     mean_similarity: float | None
     mean_pearson: float | None
     mean_jaccard: float | None
-    own_auroc: dict[str, float | None]  # EXPLAINERS -> mean
-    cross_auroc: dict[str, float | None]
+    eleuther: dict[Side, dict[Explainer, float | None]]  # own|cross -> explainer -> mean AUROC
     pass_rate: float | None  # share of explanations that pass the self-similarity test
     mean_explanation_similarity: float | None
 
 
 class Correlation(Model):
-    """Spearman's rho of decoder cosine with a score over a set of pairs, with a bootstrap interval."""
+    """Spearman's rho of decoder cosine with a score over some pairs, with a bootstrap interval."""
 
     score: str
     pairs: str  # which pairs
@@ -424,7 +439,7 @@ class CaseStudySummary(Artifact):
     quality: dict[str, SAEQuality]
     groups: dict[str, GroupSummary]
     correlations: list[Correlation]
-    failure: dict[str, Any]  # the self-similarity threshold, where it came from, the null's quantiles
+    failure: dict[str, Any]  # the self-similarity threshold, its source, the null's quantiles
     templates: dict[str, float | None]
     n_left_out: int
     config: dict[str, Any]

@@ -12,8 +12,8 @@ import matplotlib
 matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
 
-from faithcase.artifacts import (
-    # noqa: E402     PAIR_KINDS,
+from faithcase.artifacts import (  # noqa: E402
+    PAIR_KINDS,
     SAE_KEYS,
     CaseStudySummary,
     ExplainArtifact,
@@ -113,8 +113,9 @@ def scale_sweeps(cases: list[PairCase], explain: ExplainArtifact, path: Path | N
 
 
 def auroc_by_group(cases: list[PairCase], path: Path | None = None) -> bytes:
-    """Mean own and cross AUROC per pair group of the self-explanation, the top-token baseline and the
-    null, each value a point; pairs with a feature that never fires are left out. 0.5 = chance."""
+    """Mean own and cross AUROC per pair group of the self-explanation, the top-token baseline and
+    the null, each value a point; pairs with a feature that never fires are left out. 0.5 = chance.
+    Own: each feature's documents by its own SAE's explanation; cross: by its partner's."""
     fig = new_figure(7.6, 3.6)
     ax = fig.add_subplot()
     jitter = random.Random(0)
@@ -124,26 +125,22 @@ def auroc_by_group(cases: list[PairCase], path: Path | None = None) -> bytes:
             members = [c for c in cases if c.kind == kind and not any(c.silent)]
             for e, (name, (alpha, hatch)) in enumerate(EXPLAINER_STYLES.items()):
                 x = position + offset + (e - 1) * width
-                values = [a for c in members for a in _aurocs(c, label, name) if a is not None]
+                values = [a for c in members for a in c.scores(label, name) if a is not None]
                 if not values:
                     continue
-                ax.bar(x, sum(values) / len(values), width=width * 0.92, color=KIND_COLORS[kind], alpha=alpha,
-                       hatch=hatch, edgecolor=KIND_COLORS[kind], label=f"{label} {name}" if position == 0 else None)
-                ax.scatter([x + jitter.uniform(-width / 4, width / 4) for _ in values], values, s=4, color="#222222",
-                           zorder=3, linewidths=0)
+                ax.bar(x, sum(values) / len(values), width=width * 0.92, color=KIND_COLORS[kind],
+                       alpha=alpha, hatch=hatch, edgecolor=KIND_COLORS[kind],
+                       label=f"{label} {name}" if position == 0 else None)
+                ax.scatter([x + jitter.uniform(-width / 4, width / 4) for _ in values], values, s=4,
+                           color="#222222", zorder=3, linewidths=0)
     ax.axhline(0.5, color="#444444", linestyle="--", linewidth=1.0)
-    ax.set_xticks(range(len(PAIR_KINDS)), [f"{k}\nown | cross" for k in PAIR_KINDS], fontsize=8)
+    ax.set_xticks(range(len(PAIR_KINDS)), [f"{k}\nown | cross" for k in PAIR_KINDS],
+                  fontsize=8)
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("embedding AUROC", fontsize=9)
     ax.set_title("Self-explanation (solid) vs top-token baseline (//) vs null (..)", fontsize=10)
     style_axes(ax)
     return to_png(fig, path)
-
-
-def _aurocs(case: PairCase, side: str, name: str) -> list[float | None]:
-    if name == "self":
-        return case.eleuthers if side == "own" else case.cross_eleuthers
-    return case.controls[side][name]
 
 
 def decoder_vs_agreement(cases: list[PairCase], background: tuple[list, list] | None, path: Path | None = None) -> bytes:
@@ -166,26 +163,31 @@ def decoder_vs_agreement(cases: list[PairCase], background: tuple[list, list] | 
     return to_png(fig, path)
 
 
-def decoder_vs_scores(cases: list[PairCase], summary: CaseStudySummary, path: Path | None = None) -> bytes:
-    """Decoder cosine against each score, every selected pair coloured by kind; rho over the stratified pairs."""
+def decoder_vs_scores(cases: list[PairCase], summary: CaseStudySummary,
+                      path: Path | None = None) -> bytes:
+    """Decoder cosine against each score, every selected pair coloured by kind; rho over the
+    stratified pairs."""
     def mean(values):
         present = [v for v in values if v is not None]
         return sum(present) / len(present) if present else None
 
     scores = {"activation correlation": lambda c: c.agreement.pearson,
               "explanation similarity": lambda c: c.explanation_similarity,
-              "own AUROC": lambda c: mean(c.eleuthers), "cross AUROC": lambda c: mean(c.cross_eleuthers)}
+              "own AUROC": lambda c: mean(c.scores("own", "self")),
+              "cross AUROC": lambda c: mean(c.scores("cross", "self"))}
     rho = {c.score: c for c in summary.correlations if c.pairs == "stratified"}
     fig = new_figure(10.0, 2.8)
     for i, (name, value) in enumerate(scores.items()):
         ax = fig.add_subplot(1, len(scores), i + 1)
         for kind in PAIR_KINDS:
-            points = [(c.similarity, value(c)) for c in cases if c.kind == kind and not any(c.silent)]
+            points = [(c.similarity, value(c)) for c in cases
+                      if c.kind == kind and not any(c.silent)]
             points = [p for p in points if p[1] is not None]
             if points:
                 ax.scatter(*zip(*points), s=10, color=KIND_COLORS[kind], label=kind, linewidths=0)
         r = rho.get(name)
-        title = name if r is None or r.rho is None else f"{name}\nρ {r.rho:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]"
+        title = name if r is None or r.rho is None else \
+            f"{name}\nρ {r.rho:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}]"
         ax.set_title(title, fontsize=8)
         ax.set_xlabel("decoder cosine", fontsize=8)
         if "AUROC" in name:

@@ -10,16 +10,14 @@ delphi's retrieval instruction for embedders trained with one, the bare explanat
 
 Every feature's documents are scored by three explanations: its self-explanation, a top-token
 baseline (its most frequent peak tokens) and a null (another selected feature's self-explanation,
-seeded); and by the same three of its matched partner in the other SAE (cross scores).
+seeded); and by the same three of its matched partner in the other SAE (cross scores). A score is
+at `features[documents_of][feature].eleuther[explanation_of][explainer]` of embed.json.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,6 +41,7 @@ from faithcase.artifacts import (
 )
 from faithcase.config import BARE_TEMPLATE, QUERY_PLACEHOLDER as PLACEHOLDER, RETRIEVAL_INSTRUCTION, EmbedConfig
 from faithcase.run.errors import FaithcaseError
+from faithcase.run.graph import Stage
 from faithcase.model.embedder import Embedder
 
 
@@ -98,18 +97,15 @@ def make_query(template: str, explanation: str) -> str:
     return template.replace(PLACEHOLDER, explanation)
 
 
-def _check_template(template: str) -> None:
-    if PLACEHOLDER not in template:
-        raise FaithcaseError(f"embed.query_template must contain {PLACEHOLDER}, got {template!r}")
-
-
 def _auroc(labels: np.ndarray, sims: np.ndarray) -> float | None:
     if len(labels) == 0 or labels.min() == labels.max():
         return None
     return float(roc_auc_score(labels, sims))
 
 
-def _why_not(explanation: str | None, docs: list[Document], settings: EmbedConfig) -> str | None:
+def unscorable_reason(explanation: str | None, docs: list[Document],
+                      settings: EmbedConfig) -> str | None:
+    """Why a feature's documents cannot be scored by an explanation, or None when they can."""
     n_act = sum(d.label for d in docs)
     if explanation is None or not explanation.strip():
         return "no explanation"
@@ -148,7 +144,7 @@ class _Batch:
         self.jobs: list[tuple[list[Document], str | None, str | None]] = []
 
     def add(self, docs: list[Document], explanation: str | None) -> int:
-        self.jobs.append((docs, explanation, _why_not(explanation, docs, self.settings)))
+        self.jobs.append((docs, explanation, unscorable_reason(explanation, docs, self.settings)))
         return len(self.jobs) - 1
 
     def run(self, n_quantiles: int | None) -> list[ExplanationScore]:
@@ -170,7 +166,6 @@ def eleuther(windows: Mapping[str, FeatureWindows], explanations: Mapping[str, s
     (default: highest quantile seen + 1).
     """
     settings = settings or EmbedConfig()
-    _check_template(settings.template)
     batch = _Batch(embedder, settings, settings.template)
     jobs = {key: batch.add(documents(feature), explanations.get(key)) for key, feature in windows.items()}
     scores = batch.run(n_quantiles)
@@ -185,47 +180,67 @@ def explanation_similarity(embedder: Embedder, text1: str | None, text2: str | N
     return float(vectors[0] @ vectors[1])
 
 
-def embed_case_study(pairs: list[Pair], explain: ExplainArtifact, windows: Mapping[str, WindowsArtifact],
-                     embedder: Embedder, settings: EmbedConfig | None = None,
+def embed_case_study(pairs: list[Pair], explain: ExplainArtifact,
+                     windows: Mapping[str, WindowsArtifact], embedder: Embedder,
+                     settings: EmbedConfig | None = None,
                      n_quantiles: int | None = None) -> EmbedArtifact:
     """Every selected feature's documents scored by its own self-explanation, top-token baseline and
-    null, and by those of its matched partner; `n_quantiles` is windows.n_quantiles."""
+    null, and by those of its matched partner; `n_quantiles` is windows.n_quantiles. A score sits at
+    `features[documents_of][feature].eleuther[explanation_of][explainer]`."""
     settings = settings or EmbedConfig()
-    _check_template(settings.template)
     found = {key: windows[key].features for key in SAE_KEYS}
     for pair in pairs:
         for key, index in (("sae1", pair.index1), ("sae2", pair.index2)):
             if str(index) not in found[key]:
-                raise FaithcaseError(f"the windows of {key} have no feature {index}: rerun `faithcase windows --force`")
+                raise FaithcaseError(f"the windows of {key} have no feature {index}: "
+                                     "rerun `faithcase windows --force`")
     explained = {key: explanation_texts(explain.features[key]) for key in SAE_KEYS}
-    nulls = {key: null_partners(sorted(found[key], key=int), settings.seed + i) for i, key in enumerate(SAE_KEYS)}
-    texts = {key: {f: {"self": explained[key].get(f), "baseline": top_token_explanation(w, settings.n_peak_tokens),
-                       "null": explained[key].get(nulls[key].get(f, ""))} for f, w in found[key].items()}
-             for key in SAE_KEYS}
+    nulls = {key: null_partners(sorted(found[key], key=int), settings.seed + i)
+             for i, key in enumerate(SAE_KEYS)}
+    texts = {key: {f: {"self": explained[key].get(f),
+                       "baseline": top_token_explanation(w, settings.n_peak_tokens),
+                       "null": explained[key].get(nulls[key].get(f, ""))}
+                   for f, w in found[key].items()} for key in SAE_KEYS}
     docs = {key: {f: documents(w) for f, w in found[key].items()} for key in SAE_KEYS}
-    partner_of = {("sae1", str(p.index1)): ("sae2", str(p.index2)) for p in pairs}
-    partner_of |= {b: a for a, b in partner_of.items()}
-
-    batch = _Batch(embedder, settings, settings.template)
-    own = {(key, f, name): batch.add(docs[key][f], texts[key][f][name]) for key in SAE_KEYS for f in found[key]
-           for name in EXPLAINERS}
-    partner = {(key, f, name): batch.add(docs[key][f], texts[other][g][name])
-               for (key, f), (other, g) in partner_of.items() for name in EXPLAINERS}
-    scores = batch.run(n_quantiles)
-    features = {key: {f: ScoredFeature(feature=int(f), documents=docs[key][f],
-                                       own={n: scores[own[key, f, n]] for n in EXPLAINERS},
-                                       partner={n: scores[partner[key, f, n]] for n in EXPLAINERS
-                                                if (key, f, n) in partner})
-                      for f in sorted(found[key], key=int)} for key in SAE_KEYS}
+    features = _score_features(embedder, settings, docs, texts, _explainers(pairs, found),
+                               n_quantiles)
     similarities = [PairSimilarity(kind=p.kind, rank=p.rank, index1=p.index1, index2=p.index2,
                                    explanation_similarity=explanation_similarity(
                                        embedder, explained["sae1"].get(str(p.index1)),
                                        explained["sae2"].get(str(p.index2)))) for p in pairs]
     return EmbedArtifact(embedder=settings.model,
                          query_template=settings.template, features=features, pairs=similarities,
-                         nulls={key: {f: int(g) for f, g in nulls[key].items()} for key in SAE_KEYS},
+                         nulls={key: {f: int(g) for f, g in nulls[key].items()}
+                                for key in SAE_KEYS},
                          templates=_template_check(embedder, settings, docs, explained, n_quantiles)
                          if settings.compare_templates else {})
+
+
+def _explainers(pairs: list[Pair], found: Mapping[str, Mapping[str, Any]]
+                ) -> dict[tuple[str, str], dict[str, str]]:
+    """(documents_of, feature) -> explanation_of -> the feature whose explanations score these
+    documents: the feature itself, and its matched partner in the other SAE when it has one."""
+    whose = {(key, f): {key: f} for key in SAE_KEYS for f in found[key]}
+    for p in pairs:
+        whose["sae1", str(p.index1)]["sae2"] = str(p.index2)
+        whose["sae2", str(p.index2)]["sae1"] = str(p.index1)
+    return whose
+
+
+def _score_features(embedder: Embedder, settings: EmbedConfig, docs, texts,
+                    whose: dict[tuple[str, str], dict[str, str]],
+                    n_quantiles: int | None) -> dict[str, dict[str, ScoredFeature]]:
+    """One batch of every (documents, explanation) score, keyed by SAE then feature."""
+    batch = _Batch(embedder, settings, settings.template)
+    jobs = {(key, f, of, name): batch.add(docs[key][f], texts[of][g][name])
+            for (key, f), sources in whose.items() for of, g in sources.items()
+            for name in EXPLAINERS}
+    scores = batch.run(n_quantiles)
+    return {key: {f: ScoredFeature(
+        feature=int(f), documents=docs[key][f],
+        eleuther={of: {n: scores[jobs[key, f, of, n]] for n in EXPLAINERS}
+                  for of in SAE_KEYS if of in whose[key, f]})
+        for f in sorted(docs[key], key=int)} for key in SAE_KEYS}
 
 
 def _template_check(embedder: Embedder, settings: EmbedConfig, docs, explained, n_quantiles) -> dict[str, float | None]:
@@ -246,15 +261,39 @@ def _template_check(embedder: Embedder, settings: EmbedConfig, docs, explained, 
 
 
 def print_embed(artifact, inputs: dict) -> None:
+    """Per pair: each feature's documents by its own SAE's explanations, then by the partner's
+    ("cross 1→2": SAE 1's explanations on SAE 2's feature's documents)."""
     pairs = inputs["pairs"]
     grid = table("embedding scores (AUROC): self / baseline / null",
-                   ["kind", "rank", "sae1", "sae2", "own 1", "own 2", "cross 1→2", "cross 2→1"])
+                 ["kind", "rank", "sae1", "sae2", "own 1", "own 2", "cross 1→2", "cross 2→1"])
 
-    def three(scores) -> str:
-        return " / ".join(fmt(scores[name].auroc, 2) for name in ("self", "baseline", "null"))
+    def three(feature, explanation_of: str) -> str:
+        scores = feature.eleuther.get(explanation_of, {})
+        return " / ".join(fmt(scores[name].auroc if name in scores else None, 2)
+                          for name in EXPLAINERS)
 
     for p in pairs.all_pairs():
-        f1, f2 = artifact.features["sae1"][str(p.index1)], artifact.features["sae2"][str(p.index2)]
-        grid.add_row(p.kind, str(p.rank), str(p.index1), str(p.index2), three(f1.own), three(f2.own),
-                      three(f2.partner), three(f1.partner))
+        f1 = artifact.features["sae1"][str(p.index1)]
+        f2 = artifact.features["sae2"][str(p.index2)]
+        grid.add_row(p.kind, str(p.rank), str(p.index1), str(p.index2), three(f1, "sae1"),
+                     three(f2, "sae2"), three(f2, "sae1"), three(f1, "sae2"))
     console.print(grid)
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def _compute(job) -> EmbedArtifact:
+    rt, up = job.ctx, job.inputs
+    with rt.console.status("embedding explanations and contexts …"):
+        artifact = embed_case_study(up["pairs"].all_pairs(), up["explain"], up["windows"],
+                                    rt.embedder, job.settings, rt.cfg.windows.n_quantiles)
+    job.write(job.stage.file, artifact)
+    return artifact
+
+
+STAGE = Stage(
+    "embed", _compute, inputs=("pairs", "explain", "windows"), section="embed",
+    artifact=EmbedArtifact, printer=print_embed,
+    doc="Eleuther embedding score (AUROC) of every explanation, its baseline and null, own and "
+        "across the pair.")

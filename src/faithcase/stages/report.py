@@ -9,15 +9,19 @@ from pathlib import Path
 
 from faithcase.artifacts import (
     CRITERIA,
+    EXPLAINERS,
     PAIR_KINDS,
     REPORT_DIR,
+    REPORT_INDEX,
     SAE_KEYS,
-    ActExample,
+    SIDES,
     CaseStudySummary,
+    CaseWindow,
     ExplainArtifact,
     PairCase,
 )
-from faithcase.run.store import write_bytes_atomic
+from faithcase.run.graph import Stage
+from faithcase.run.store import StagedFiles
 from faithcase.render.style import CSS, JS
 
 CRITERION_HELP = {
@@ -82,11 +86,14 @@ def criterion_value(criterion: str, acts: list[float]) -> float:
     return max(acts)
 
 
-def window_html(example: ActExample, criterion: str, feature_max: float) -> str:
+def window_html(example: CaseWindow, criterion: str, feature_max: float) -> str:
     value = criterion_value(criterion, example.acts)
     label = pct(value) if criterion == "density" else fmt(value, 2)
     tokens = "".join(token_html(t, a, feature_max) for t, a in zip(example.texts, example.acts))
-    return f'<div class="win"><span class="wv" title="{escape(criterion)}">{label}</span><span class="toks">{tokens}</span></div>'
+    where = (f'data-seq-id="{example.seq_id}" data-start="{example.start}" '
+             f'title="sequence {example.seq_id}, from token {example.start}"')
+    return (f'<div class="win" {where}><span class="wv" title="{escape(criterion)}">{label}</span>'
+            f'<span class="toks">{tokens}</span></div>')
 
 
 def feature_max_of(case: PairCase, slot: int) -> float:
@@ -121,36 +128,45 @@ def sweep_html(explain: ExplainArtifact, sae: str, feature: int) -> str:
     return "".join(parts)
 
 
+def metrics_html(case: PairCase, slot: int) -> str:
+    """A feature's scale, its AUROCs (`eleuther[its SAE][explanation_of][explainer]`), frequency."""
+    docs = SAE_KEYS[slot]
+    partner = SAE_KEYS[1 - slot]
+    own, cross = case.eleuther[docs][docs], case.eleuther[docs][partner]
+    scale, stats = case.scales[slot], case.stats[slot]
+    return (
+        f'<span><em>scale</em>{"—" if scale is None else f"{scale:g}"}</span>'
+        f"<span><em>own AUROC</em>{auroc_html(own['self'])}</span>"
+        '<span title="the partner\'s explanation scored on this feature\'s contexts">'
+        f"<em>cross AUROC</em>{auroc_html(cross['self'])}</span>"
+        '<span title="own AUROC of the top-token baseline / of the null"><em>baseline · null</em>'
+        f"{auroc_html(own['baseline'])} · {auroc_html(own['null'])}</span>"
+        '<span title="cross AUROC of the partner\'s baseline / null"><em>cross b · n</em>'
+        f"{auroc_html(cross['baseline'])} · {auroc_html(cross['null'])}</span>"
+        f"<span><em>freq</em>{stats.frequency:.2%}</span>"
+        f"<span><em>max act</em>{stats.max:.2f}</span>"
+    )
+
+
 def feature_html(case: PairCase, slot: int, explain: ExplainArtifact | None) -> str:
     sae = SAE_KEYS[slot]
     feature = case.indices[slot]
     failed = case.failed[slot]
     explanation = case.self_explanations[slot]
-    stats = case.stats[slot]
-    classes = "explanation" + (" failed" if failed else "") + ("" if explanation is not None else " none")
+    classes = ("explanation" + (" failed" if failed else "")
+               + ("" if explanation is not None else " none"))
     text = escape(explanation) if explanation is not None else "no explanation"
-    flag = ' <span class="flag" title="best self-similarity at most the failure threshold">failed</span>' \
-        if failed else ""
+    flag = (' <span class="flag" title="best self-similarity at most the failure threshold">'
+            "failed</span>") if failed else ""
     if case.silent[slot]:
-        flag += ' <span class="silent" title="never fires on the corpus: left out of the group means">silent</span>'
-    scale = case.scales[slot]
-    own, cross = case.controls["own"], case.controls["cross"]
-    metrics = (
-        f'<span><em>scale</em>{"—" if scale is None else f"{scale:g}"}</span>'
-        f"<span><em>own AUROC</em>{auroc_html(case.eleuthers[slot])}</span>"
-        f'<span title="this explanation scored on the partner feature\'s contexts"><em>cross AUROC</em>'
-        f"{auroc_html(case.cross_eleuthers[slot])}</span>"
-        f'<span title="own AUROC of the top-token baseline / of the null"><em>baseline · null</em>'
-        f"{auroc_html(own['baseline'][slot])} · {auroc_html(own['null'][slot])}</span>"
-        f'<span title="cross AUROC of the baseline / null"><em>cross b · n</em>'
-        f"{auroc_html(cross['baseline'][slot])} · {auroc_html(cross['null'][slot])}</span>"
-        f"<span><em>freq</em>{stats.frequency:.2%}</span><span><em>max act</em>{stats.max:.2f}</span>"
-    )
+        flag += (' <span class="silent" title="never fires on the corpus: left out of the group'
+                 ' means">silent</span>')
     feature_max = feature_max_of(case, slot)
     panels = []
     for criterion in CRITERIA:
         examples = case.windows[slot].get(criterion, [])
-        body = "".join(window_html(ex, criterion, feature_max) for ex in examples) or '<div class="empty">no windows</div>'
+        body = ("".join(window_html(ex, criterion, feature_max) for ex in examples)
+                or '<div class="empty">no windows</div>')
         shown = " shown" if criterion == CRITERIA[0] else ""
         panels.append(
             f'<div class="windows{shown}" data-criterion="{criterion}">'
@@ -161,7 +177,7 @@ def feature_html(case: PairCase, slot: int, explain: ExplainArtifact | None) -> 
         f'<div class="feature" data-sae="{sae}" data-feature="{feature}">'
         f'<div class="feature-head"><b>{sae.upper()} · feature {feature}</b>{flag}</div>'
         f'<blockquote class="{classes}">{text}</blockquote>'
-        f'<div class="metrics">{metrics}</div>{"".join(panels)}{extra}</div>'
+        f'<div class="metrics">{metrics_html(case, slot)}</div>{"".join(panels)}{extra}</div>'
     )
 
 
@@ -234,29 +250,32 @@ def header_html(summary: CaseStudySummary, explain: ExplainArtifact | None) -> s
     return (
         "<header><h1>Matched-feature case study</h1>"
         f'<p class="sub">model <code>{escape(summary.model)}</code> · hook <code>{escape(summary.hook)}</code>'
-        f" · {escape(summary.meta.created)}</p>"
+        f" · {escape(summary.meta.created if summary.meta else 'not committed by a run')}</p>"
         f'<div class="saes">{sae_box("SAE 1", "sae1", summary.sae1)}{sae_box("SAE 2", "sae2", summary.sae2)}</div>'
         f'{warning_html}<div class="chips">{chip_html}</div>{baseline}</header>'
     )
 
 
 def summary_table_html(summary: CaseStudySummary) -> str:
+    """Per group: agreement, then `eleuther[own|cross][explainer]` means, pass rate, similarity."""
     rows = []
     for kind in [k for k in PAIR_KINDS if k in summary.groups]:
         g = summary.groups[kind]
+        aurocs = "".join(f"<td>{auroc_html(g.eleuther[side].get(n))}</td>"
+                         for side in SIDES for n in EXPLAINERS)
         rows.append(
-            f'<tr><td><span class="badge {escape(kind)}">{escape(kind)}</span></td><td>{g.n_pairs}</td>'
-            f"<td>{g.n_left_out}</td><td>{fmt(g.mean_similarity)}</td><td><b>{fmt(g.mean_pearson)}</b></td>"
-            f"<td>{fmt(g.mean_jaccard)}</td>"
-            + "".join(f"<td>{auroc_html(g.own_auroc.get(n))}</td>" for n in ("self", "baseline", "null"))
-            + "".join(f"<td>{auroc_html(g.cross_auroc.get(n))}</td>" for n in ("self", "baseline", "null"))
-            + f"<td>{pct(g.pass_rate)}</td><td>{fmt(g.mean_explanation_similarity)}</td></tr>"
+            f'<tr><td><span class="badge {escape(kind)}">{escape(kind)}</span></td>'
+            f"<td>{g.n_pairs}</td><td>{g.n_left_out}</td><td>{fmt(g.mean_similarity)}</td>"
+            f"<td><b>{fmt(g.mean_pearson)}</b></td><td>{fmt(g.mean_jaccard)}</td>{aurocs}"
+            f"<td>{pct(g.pass_rate)}</td><td>{fmt(g.mean_explanation_similarity)}</td></tr>"
         )
-    head = ('<table class="summary"><tr><th rowspan="2">group</th><th rowspan="2">pairs</th><th rowspan="2">left out</th>'
-            '<th rowspan="2">decoder cos</th><th colspan="2">activation agreement</th><th colspan="3">own AUROC</th>'
-            '<th colspan="3">cross AUROC</th><th rowspan="2">explanations passing</th><th rowspan="2">explanation '
-            'similarity</th></tr><tr><th>Pearson</th><th>Jaccard</th><th>self</th><th>baseline</th><th>null</th>'
-            "<th>self</th><th>baseline</th><th>null</th></tr>")
+    names = "".join(f"<th>{n}</th>" for _ in SIDES for n in EXPLAINERS)
+    head = ('<table class="summary"><tr><th rowspan="2">group</th><th rowspan="2">pairs</th>'
+            '<th rowspan="2">left out</th><th rowspan="2">decoder cos</th>'
+            '<th colspan="2">activation agreement</th><th colspan="3">own AUROC</th>'
+            '<th colspan="3">cross AUROC</th><th rowspan="2">explanations passing</th>'
+            '<th rowspan="2">explanation similarity</th></tr>'
+            f"<tr><th>Pearson</th><th>Jaccard</th>{names}</tr>")
     return head + "".join(rows) + "</table>"
 
 
@@ -329,28 +348,51 @@ def render_report(
         f'{"".join(pair_html(c, explain) for c in cases)}</section>{sweep_section_html(plots)}'
         "<footer>Tokens are coloured by activation relative to the feature's maximum; hover a token for its value. "
         "↵ marks a newline. Own AUROC: the feature's explanation retrieving its own activating contexts; "
-        "cross AUROC: the same explanation on the matched partner's contexts; baseline: the feature's most frequent "
-        "peak tokens; null: another selected feature's explanation. Activation agreement is measured on the same "
-        "corpus tokens for both features. Group means leave out pairs with a feature that never fires.</footer>"
+        "cross AUROC: the matched partner's explanation on the feature's contexts; "
+        "baseline: the feature's most frequent peak tokens; null: another selected feature's "
+        "explanation. Activation agreement is measured on the same corpus tokens for both features. "
+        "Group means leave out pairs with a feature that never fires.</footer>"
         f"</main><script>{JS}</script></body></html>\n"
     )
 
 
-def write_report(out_dir: Path, html: str, plots: dict[str, bytes]) -> Path:
-    """Write the PNGs, then report/index.html, under out_dir, each atomically; returns the index path."""
-    report_dir = Path(out_dir) / REPORT_DIR
-    for name, png in plots.items():
-        write_bytes_atomic(report_dir / f"{plot_stem(Path(name).name)}.png", png)
-    index = report_dir / "index.html"
-    write_bytes_atomic(index, html.encode("utf-8"))
-    return index
-
-
-def build_report(out_dir: Path, cases: list[PairCase], summary: CaseStudySummary,
-                 explain: ExplainArtifact | None = None, background: tuple[list, list] | None = None) -> Path:
-    """Plots and the HTML page of a case study, written under out_dir/report; returns the index path.
-    `background` is (decoder cosine, activation Pearson) of every matched pair, for the ground-truth figure."""
+def report_files(cases: list[PairCase], summary: CaseStudySummary,
+                 explain: ExplainArtifact | None = None,
+                 background: tuple[list, list] | None = None) -> dict[str, bytes]:
+    """{path under the run folder: bytes}: the plots as PNGs and report/index.html. `background`
+    is (decoder cosine, activation Pearson) of every matched pair, for the ground-truth figure."""
     from faithcase.render.plots import make_plots
 
     plots = make_plots(cases, summary, explain, background)
-    return write_report(out_dir, render_report(cases, summary, plots, explain), plots)
+    files = {f"{REPORT_DIR}/{plot_stem(Path(name).name)}.png": png for name, png in plots.items()}
+    files[REPORT_INDEX] = render_report(cases, summary, plots, explain).encode("utf-8")
+    return files
+
+
+def build_report(out_dir: Path, cases: list[PairCase], summary: CaseStudySummary,
+                 explain: ExplainArtifact | None = None,
+                 background: tuple[list, list] | None = None) -> Path:
+    """The report of a case study written under out_dir/report as one commit; its index path."""
+    staged = StagedFiles()
+    for name, payload in report_files(cases, summary, explain, background).items():
+        staged.add(Path(out_dir) / name, payload)
+    staged.commit()
+    return Path(out_dir) / REPORT_INDEX
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def _compute(job) -> Path:
+    up = job.inputs
+    cases, summary = up["assemble"]
+    background = (up["match"].assignment.similarity, up["scan"].agreement.pearson)
+    for name, payload in report_files(cases, summary, up["explain"], background).items():
+        job.write_bytes(name, payload)
+    return job.folder / REPORT_INDEX
+
+
+STAGE = Stage(
+    "report", _compute, inputs=("assemble", "match", "scan", "explain"),
+    load=lambda job: job.folder / REPORT_INDEX,
+    doc="A static, self-contained HTML report with plots.")

@@ -258,21 +258,22 @@ def embed_cache_speedup(embedder, windows, explanations, settings) -> dict:
     feature scored by its own explanation, then by another feature's (as cross-scoring does)."""
     import numpy as np
 
-    from faithcase.stages.embed import _why_not, documents, eleuther, make_query, score
+    from faithcase.stages.embed import (
+        documents, eleuther, make_query, score, unscorable_reason)
 
     keys = list(windows)
     rotated = {key: explanations.get(keys[(i + 1) % len(keys)]) for i, key in enumerate(keys)}
     passes = [explanations, rotated]
     docs = {key: documents(feature) for key, feature in windows.items()}
     n_contexts = sum(len(docs[key]) for texts in passes for key in keys
-                     if _why_not(texts.get(key), docs[key], settings) is None)
+                     if unscorable_reason(texts.get(key), docs[key], settings) is None)
 
     def uncached():
         results = []
         for texts in passes:
             found = {}
             for key in keys:
-                why = _why_not(texts.get(key), docs[key], settings)
+                why = unscorable_reason(texts.get(key), docs[key], settings)
                 query = None if why else make_query(settings.template, texts[key])
                 vectors = None if why else embedder.embed([query, *(d.text for d in docs[key])],
                                                           use_cache=False)
