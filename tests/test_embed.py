@@ -286,10 +286,6 @@ def test_query_templates_per_model_and_bad_input_are_user_errors(embedder: Embed
     assert EmbedConfig().template == BARE_TEMPLATE and RETRIEVAL_INSTRUCTION.endswith("Query:{explanation}")
     with pytest.raises(ValueError, match="explanation"):
         EmbedConfig(query_template="no placeholder")
-    with pytest.raises(FaithcaseError, match="query_template"):
-        eleuther({"1": feature(1, DOGS, OTHER)}, {"1": "dogs"}, embedder,
-                 EmbedConfig.model_construct(query_template="no placeholder", min_activating=5, min_non_activating=5,
-                                             model="m", prompt_name=None))
     with pytest.raises(FaithcaseError, match="embedding model not found"):
         load_embedder(str(tmp_path / "no_such_model"), device="cpu")
     with pytest.raises(FaithcaseError, match="embedding model not found"):
