@@ -43,13 +43,14 @@ class Meta(Model):
     stage: str
     fingerprint: str
     version: str = __version__
-    created: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    created: str = Field(
+        default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     seconds: float | None = None
     upstream: dict[str, str] = {}  # upstream stage name -> its fingerprint when this one was made
 
 
 class Artifact(Model):
-    meta: Meta | None = None  # None until the graph commits it (the public functions leave it unset)
+    meta: Meta | None = None  # None until the graph commits it (public functions leave it unset)
 
 
 # ---------------------------------------------------------------- match
@@ -79,8 +80,8 @@ class MatchStats(Model):
     n_dead2: int
     n_matched: int
     shared_ratio: float  # share of matched pairs with similarity > threshold
-    top1_ratio: float  # FaithfulSAE's: share of alive SAE 2 features whose best SAE 1 cosine > threshold
-    top1_ratio_sae1: float  # the other direction: alive SAE 1 features whose best SAE 2 cosine > threshold
+    top1_ratio: float  # FaithfulSAE: share of alive SAE 2 features with best SAE 1 cos > threshold
+    top1_ratio_sae1: float  # the other way: alive SAE 1 features with best SAE 2 cosine > threshold
     mean_similarity: float
     histogram: Histogram
     dead1: list[int] = []  # indices of dead features (zero or non-finite decoder rows)
@@ -105,7 +106,7 @@ class SolverInfo(Model):
 
 
 class Assignment(Model):
-    """index1[i] (an SAE 1 feature) is matched to index2[i] with cosine similarity[i], sorted by index1."""
+    """index1[i] (an SAE 1 feature) matches index2[i] at cosine similarity[i], sorted by index1."""
 
     index1: list[int]
     index2: list[int]
@@ -113,7 +114,7 @@ class Assignment(Model):
 
 
 class Matching(Model):
-    """The optimal one-to-one matching of the alive features of two SAEs, with the paper's statistics."""
+    """The optimal one-to-one matching of two SAEs' alive features, with the paper's statistics."""
 
     stats: MatchStats
     solver: SolverInfo
@@ -139,7 +140,7 @@ class SAEQuality(Model):
 
 
 class PairAgreement(Model):
-    """Activation agreement of a matched pair over the same kept corpus tokens (the ground truth)."""
+    """Activation agreement of a matched pair on the same kept corpus tokens (the ground truth)."""
 
     pearson: float | None  # correlation of the two activations (None when one never varies)
     jaccard: float | None  # |fires in both| / |fires in either| (None when neither fires)
@@ -161,8 +162,9 @@ class AgreementTable(Model):
     n_both: list[int]
 
     def pair(self, i: int, n_tokens: int) -> PairAgreement:
-        return PairAgreement(pearson=self.pearson[i], jaccard=self.jaccard[i], p2_given_1=self.p2_given_1[i],
-                             p1_given_2=self.p1_given_2[i], frequency1=self.n1[i] / max(n_tokens, 1),
+        return PairAgreement(pearson=self.pearson[i], jaccard=self.jaccard[i],
+                             p2_given_1=self.p2_given_1[i], p1_given_2=self.p1_given_2[i],
+                             frequency1=self.n1[i] / max(n_tokens, 1),
                              frequency2=self.n2[i] / max(n_tokens, 1))
 
 
@@ -193,12 +195,14 @@ class PairsArtifact(Artifact):
 
     def all_pairs(self) -> list[Pair]:
         """Best, worst, random, then stratified; by rank within each kind."""
-        return [p for kind in PAIR_KINDS for p in sorted(self.pairs.get(kind, []), key=lambda p: p.rank)]
+        return [p for kind in PAIR_KINDS
+                for p in sorted(self.pairs.get(kind, []), key=lambda p: p.rank)]
 
     def selected_features(self) -> dict[str, list[int]]:
         """Sorted distinct feature indices of each SAE over all selected pairs."""
         pairs = self.all_pairs()
-        return {"sae1": sorted({p.index1 for p in pairs}), "sae2": sorted({p.index2 for p in pairs})}
+        return {"sae1": sorted({p.index1 for p in pairs}),
+                "sae2": sorted({p.index2 for p in pairs})}
 
 
 # ---------------------------------------------------------------- explain
@@ -216,14 +220,14 @@ class RankedText(Model):
     text: str
     scale: float
     greedy: bool
-    logprob: float | None = None  # mean per-token log p(text | steered prompt), closing quote included
+    logprob: float | None = None  # mean per-token log p(text | steered), closing quote included
     specificity: float | None  # mean log p(text | steered) - mean log p(text | neutral placeholder)
 
 
 class FeatureExplanation(Model):
     feature: int
     fingerprint: str  # per-feature cache key (settings + SAE hash + direction)
-    explanations: list[str]  # every generated text, ranked (see `ranking`): the first is the explanation
+    explanations: list[str]  # each generated text, ranked (`ranking`): the first is the explanation
     ranking: list[RankedText] = []
     scale: float | None  # the chosen scale (None when no scale could be chosen)
     scales: list[float] = []  # every scale explanations were generated at (best first)
@@ -233,7 +237,7 @@ class FeatureExplanation(Model):
 
 
 class ExplainBaseline(Model):
-    """What the model says with the placeholder zeroed (replace mode), unsteered (add mode) and neutral."""
+    """What the model says with the placeholder zeroed (replace), unsteered (add) and neutral."""
 
     replace_zero: str
     add_zero: str
@@ -292,7 +296,7 @@ class Context(ActExample):
     seq_id: int
     start: int
     max_act: float
-    quantile: int | None = None  # 0 = weakest decile of activating contexts; None for non-activating
+    quantile: int | None = None  # 0 = weakest decile of activating contexts; None if non-activating
 
 
 class FeatureStats(Model):

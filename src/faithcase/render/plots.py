@@ -1,4 +1,5 @@
-"""Report figures as PNG bytes (matplotlib, Agg; no pyplot global state). Each function can also save to a file."""
+"""Report figures as PNG bytes (matplotlib, Agg; no pyplot global state). Each function can also
+save to a file."""
 
 from __future__ import annotations
 
@@ -25,12 +26,14 @@ from faithcase.run.store import write_bytes_atomic
 KIND_COLORS = {"best": "#2b7bba", "worst": "#d1495b", "random": "#8c8c8c", "stratified": "#3a9d5d"}
 SELFSIM_COLOR = "#2b7bba"
 CRITERION_COLOR = "#e8871e"
-EXPLAINER_STYLES = {"self": (0.8, None), "baseline": (0.45, "//"), "null": (0.2, "..")}  # alpha, hatch
-SWEEP_KINDS = ("best", "worst", "random")  # stratified pairs are many; their sweeps stay in explain.json
+# alpha, hatch
+EXPLAINER_STYLES = {"self": (0.8, None), "baseline": (0.45, "//"), "null": (0.2, "..")}
+# stratified pairs are many; their sweeps stay in explain.json
+SWEEP_KINDS = ("best", "worst", "random")
 
 PLOT_FILES = {name: f"{name}.png" for name in (
-    "similarity_histogram", "decoder_vs_agreement", "auroc_by_group", "decoder_vs_scores", "null_selfsim",
-    "scale_sweeps")}
+    "similarity_histogram", "decoder_vs_agreement", "auroc_by_group", "decoder_vs_scores",
+    "null_selfsim", "scale_sweeps")}
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -55,24 +58,28 @@ def to_png(fig: Figure, path: Path | None = None) -> bytes:
 
 
 def similarity_histogram(stats: MatchStats, path: Path | None = None) -> bytes:
-    """Histogram of Hungarian-matched decoder cosine similarities, with the shared-feature threshold."""
+    """Histogram of Hungarian-matched decoder cosine similarities, with the shared-feature
+    threshold."""
     fig = new_figure(5.2, 3.4)
     ax = fig.add_subplot()
     edges, counts = stats.histogram.edges, stats.histogram.counts
     widths = [b - a for a, b in zip(edges[:-1], edges[1:])]
     colors = ["#2b7bba" if left >= stats.threshold else "#9ec3e0" for left in edges[:-1]]
-    ax.bar(edges[:-1], counts, width=widths, align="edge", color=colors, edgecolor="white", linewidth=0.5)
+    ax.bar(edges[:-1], counts, width=widths, align="edge", color=colors, edgecolor="white",
+           linewidth=0.5)
     ax.axvline(stats.threshold, color="#d1495b", linestyle="--", linewidth=1.2,
                label=f"threshold {stats.threshold:g}: {stats.shared_ratio:.1%} shared")
     ax.set_xlabel("decoder cosine similarity of matched pair", fontsize=9)
     ax.set_ylabel("pairs", fontsize=9)
-    ax.set_title(f"{stats.n_matched} matched pairs, mean similarity {stats.mean_similarity:.3f}", fontsize=10)
+    ax.set_title(f"{stats.n_matched} matched pairs, mean similarity {stats.mean_similarity:.3f}",
+                 fontsize=10)
     ax.legend(fontsize=8, frameon=False, loc="upper left")
     style_axes(ax)
     return to_png(fig, path)
 
 
-def scale_sweeps(cases: list[PairCase], explain: ExplainArtifact, path: Path | None = None, columns: int = 4) -> bytes:
+def scale_sweeps(cases: list[PairCase], explain: ExplainArtifact, path: Path | None = None,
+                 columns: int = 4) -> bytes:
     """Small multiples, one panel per feature of the best, worst and random pairs: the change of
     self-similarity and the criterion curve against the steering scale."""
     panels = [(case, slot) for case in cases if case.kind in SWEEP_KINDS for slot in range(2)]
@@ -86,20 +93,24 @@ def scale_sweeps(cases: list[PairCase], explain: ExplainArtifact, path: Path | N
         ax = fig.add_subplot(rows, columns, number + 1)
         entry = explain.features.get(sae, {}).get(str(feature))
         failed = case.failed[slot]
-        ax.set_title(f"{case.kind} #{case.rank} · {sae} f{feature}" + (" · failed" if failed else ""),
+        ax.set_title(f"{case.kind} #{case.rank} · {sae} f{feature}"
+                     + (" · failed" if failed else ""),
                      fontsize=8, color="#d1495b" if failed else "#222222")
         style_axes(ax)
         if entry is None or not entry.sweep:
-            ax.text(0.5, 0.5, "no sweep", ha="center", va="center", transform=ax.transAxes, fontsize=8)
+            ax.text(0.5, 0.5, "no sweep", ha="center", va="center", transform=ax.transAxes,
+                    fontsize=8)
             continue
         sweep = sorted(entry.sweep, key=lambda p: p.scale)
         scales = [p.scale for p in sweep]
-        ax.plot(scales, [p.selfsim for p in sweep], color=SELFSIM_COLOR, marker="o", markersize=2.5, linewidth=1.2)
+        ax.plot(scales, [p.selfsim for p in sweep], color=SELFSIM_COLOR, marker="o",
+                markersize=2.5, linewidth=1.2)
         ax.set_ylabel("Δ selfsim", fontsize=7, color=SELFSIM_COLOR)
         curve_ax = ax.twinx()
         values = [(p.ce if criterion == "ce" else p.entropy) for p in sweep]
-        curve_ax.plot(scales, [v if v is not None else math.nan for v in values], color=CRITERION_COLOR,
-                      marker="s", markersize=2.5, linewidth=1.0, linestyle="--")
+        curve_ax.plot(scales, [v if v is not None else math.nan for v in values],
+                      color=CRITERION_COLOR, marker="s", markersize=2.5, linewidth=1.0,
+                      linestyle="--")
         curve_ax.tick_params(labelsize=7, colors=CRITERION_COLOR)
         curve_ax.spines[["top"]].set_visible(False)
         if all(s > 0 for s in scales):
@@ -107,8 +118,8 @@ def scale_sweeps(cases: list[PairCase], explain: ExplainArtifact, path: Path | N
         if entry.scale is not None:
             ax.axvline(entry.scale, color="#222222", linewidth=1.0, linestyle=":")
         ax.tick_params(labelsize=7)
-    fig.suptitle(f"Scale sweeps (blue: Δ self-similarity, orange dashed: {criterion}, dotted: the explanation's scale)",
-                 fontsize=9)
+    fig.suptitle(f"Scale sweeps (blue: Δ self-similarity, orange dashed: {criterion}, "
+                 "dotted: the explanation's scale)", fontsize=9)
     return to_png(fig, path)
 
 
@@ -143,18 +154,23 @@ def auroc_by_group(cases: list[PairCase], path: Path | None = None) -> bytes:
     return to_png(fig, path)
 
 
-def decoder_vs_agreement(cases: list[PairCase], background: tuple[list, list] | None, path: Path | None = None) -> bytes:
-    """Decoder cosine against the activation correlation of every matched pair (grey) and of the selected ones."""
+def decoder_vs_agreement(cases: list[PairCase], background: tuple[list, list] | None,
+                         path: Path | None = None) -> bytes:
+    """Decoder cosine against the activation correlation of every matched pair (grey) and of the
+    selected ones."""
     fig = new_figure(5.6, 3.8)
     ax = fig.add_subplot()
     if background is not None:
         points = [(x, y) for x, y in zip(*background) if y is not None]
-        ax.scatter([x for x, _ in points], [y for _, y in points], s=3, color="#c8c8c8", linewidths=0,
+        ax.scatter([x for x, _ in points], [y for _, y in points], s=3, color="#c8c8c8",
+                   linewidths=0,
                    label=f"all matched ({len(points)})")
     for kind in PAIR_KINDS:
-        chosen = [(c.similarity, c.agreement.pearson) for c in cases if c.kind == kind and c.agreement.pearson is not None]
+        chosen = [(c.similarity, c.agreement.pearson) for c in cases
+                  if c.kind == kind and c.agreement.pearson is not None]
         if chosen:
-            ax.scatter(*zip(*chosen), s=16, color=KIND_COLORS[kind], label=kind, edgecolors="white", linewidths=0.4)
+            ax.scatter(*zip(*chosen), s=16, color=KIND_COLORS[kind], label=kind, edgecolors="white",
+                       linewidths=0.4)
     ax.set_xlabel("decoder cosine similarity", fontsize=9)
     ax.set_ylabel("activation Pearson correlation", fontsize=9)
     ax.set_title("Do matched directions fire together?", fontsize=10)
@@ -197,19 +213,24 @@ def decoder_vs_scores(cases: list[PairCase], summary: CaseStudySummary,
     return to_png(fig, path)
 
 
-def null_selfsim(cases: list[PairCase], explain: ExplainArtifact, path: Path | None = None) -> bytes:
-    """Histogram of the null's best self-similarities beside the selected features', and the threshold."""
+def null_selfsim(cases: list[PairCase], explain: ExplainArtifact,
+                 path: Path | None = None) -> bytes:
+    """Histogram of the null's best self-similarities beside the selected features', and the
+    threshold."""
     fig = new_figure(5.2, 3.4)
     ax = fig.add_subplot()
     features = [explain.features[sae][str(c.indices[slot])].best_selfsim for c in cases
-                for slot, sae in enumerate(SAE_KEYS) if str(c.indices[slot]) in explain.features.get(sae, {})]
+                for slot, sae in enumerate(SAE_KEYS)
+                if str(c.indices[slot]) in explain.features.get(sae, {})]
     null = explain.null.best_selfsim if explain.null else []
     values = null + features
     if values:
         bins = [min(values) + (max(values) - min(values) + 1e-9) * k / 30 for k in range(31)]
         if null:
-            ax.hist(null, bins=bins, color="#9e9e9e", alpha=0.7, density=True, label=f"random directions ({len(null)})")
-        ax.hist(features, bins=bins, color=SELFSIM_COLOR, alpha=0.55, density=True, label=f"features ({len(features)})")
+            ax.hist(null, bins=bins, color="#9e9e9e", alpha=0.7, density=True,
+                    label=f"random directions ({len(null)})")
+        ax.hist(features, bins=bins, color=SELFSIM_COLOR, alpha=0.55, density=True,
+                label=f"features ({len(features)})")
     if explain.threshold is not None:
         ax.axvline(explain.threshold, color="#d1495b", linestyle="--", linewidth=1.2,
                    label=f"threshold {explain.threshold:.3f} ({explain.threshold_source})")
@@ -221,7 +242,8 @@ def null_selfsim(cases: list[PairCase], explain: ExplainArtifact, path: Path | N
     return to_png(fig, path)
 
 
-def make_plots(cases: list[PairCase], summary: CaseStudySummary, explain: ExplainArtifact | None = None,
+def make_plots(cases: list[PairCase], summary: CaseStudySummary,
+               explain: ExplainArtifact | None = None,
                background: tuple[list, list] | None = None) -> dict[str, bytes]:
     """Every figure the inputs allow, keyed by file name (see PLOT_FILES)."""
     plots = {

@@ -85,7 +85,8 @@ def check_complete(pairs: PairsArtifact, explain: ExplainArtifact,
 
 def find_similarity(embed: EmbedArtifact, pair: Pair):
     for item in embed.pairs:
-        if (item.kind, item.rank, item.index1, item.index2) == (pair.kind, pair.rank, pair.index1, pair.index2):
+        if ((item.kind, item.rank, item.index1, item.index2)
+                == (pair.kind, pair.rank, pair.index1, pair.index2)):
             return item
     return None
 
@@ -188,10 +189,12 @@ def assemble(
     config: dict[str, Any],
     settings: AssembleConfig | None = None,
 ) -> tuple[list[PairCase], CaseStudySummary]:
-    """One PairCase per selected pair and the run's summary; FaithcaseError if an artifact lacks a pair."""
+    """One PairCase per selected pair and the run's summary; FaithcaseError if an artifact lacks
+    a pair."""
     check_complete(pairs, explain, windows, embed)
     position = {index: i for i, index in enumerate(match.assignment.index1)}
-    cases = [build_case(p, position[p.index1], scan, explain, windows, embed) for p in pairs.all_pairs()]
+    cases = [build_case(p, position[p.index1], scan, explain, windows, embed)
+             for p in pairs.all_pairs()]
     model_section = config.get("model")
     model_name = model_section.get("name") if isinstance(model_section, dict) else model_section
     null = explain.null
@@ -205,7 +208,8 @@ def assemble(
         groups=group_summary(cases),
         correlations=correlations(cases, match, scan, settings),
         failure={"threshold": explain.threshold, "source": explain.threshold_source,
-                 "null_quantiles": null.quantiles if null else None, "n_null": null.n if null else 0},
+                 "null_quantiles": null.quantiles if null else None,
+                 "n_null": null.n if null else 0},
         templates=embed.templates,
         n_left_out=sum(any(c.silent) for c in cases),
         config=config,

@@ -39,7 +39,12 @@ from faithcase.artifacts import (
     ScoredFeature,
     WindowsArtifact,
 )
-from faithcase.config import BARE_TEMPLATE, QUERY_PLACEHOLDER as PLACEHOLDER, RETRIEVAL_INSTRUCTION, EmbedConfig
+from faithcase.config import (
+    BARE_TEMPLATE,
+    QUERY_PLACEHOLDER as PLACEHOLDER,
+    RETRIEVAL_INSTRUCTION,
+    EmbedConfig,
+)
 from faithcase.run.errors import FaithcaseError
 from faithcase.run.graph import Stage
 from faithcase.model.embedder import Embedder
@@ -51,7 +56,8 @@ from faithcase.model.embedder import Embedder
 
 def explanation_texts(features: Mapping[str, FeatureExplanation]) -> dict[str, str | None]:
     """One explanation per feature (the first ranked non-empty text); None when there is none."""
-    return {key: next((e for e in feature.explanations if e.strip()), None) for key, feature in features.items()}
+    return {key: next((e for e in feature.explanations if e.strip()), None)
+            for key, feature in features.items()}
 
 
 def top_token_explanation(feature: FeatureWindows, n_tokens: int = 3) -> str | None:
@@ -76,7 +82,8 @@ def null_partners(features: Sequence[str], seed: int) -> dict[str, str]:
     """Each feature's null: another feature, by a seeded cyclic shift of a random order (no feature
     is its own null; with one feature there is none)."""
     order = [features[i] for i in np.random.default_rng(seed).permutation(len(features))]
-    return {order[i]: order[(i + 1) % len(order)] for i in range(len(order))} if len(order) > 1 else {}
+    return ({order[i]: order[(i + 1) % len(order)] for i in range(len(order))}
+            if len(order) > 1 else {})
 
 
 # ---------------------------------------------------------------- scoring
@@ -88,8 +95,10 @@ def context_text(context: Context) -> str:
 
 
 def documents(feature: FeatureWindows) -> list[Document]:
-    """A feature's documents: its activating contexts (label 1), then its non-activating ones (label 0)."""
-    return ([Document(text=context_text(c), label=1, quantile=c.quantile) for c in feature.activating]
+    """A feature's documents: its activating contexts (label 1), then its non-activating ones
+    (label 0)."""
+    return ([Document(text=context_text(c), label=1, quantile=c.quantile)
+             for c in feature.activating]
             + [Document(text=context_text(c), label=0) for c in feature.non_activating])
 
 
@@ -112,14 +121,17 @@ def unscorable_reason(explanation: str | None, docs: list[Document],
     if n_act < settings.min_activating:
         return f"only {n_act} activating contexts (need {settings.min_activating})"
     if len(docs) - n_act < settings.min_non_activating:
-        return f"only {len(docs) - n_act} non-activating contexts (need {settings.min_non_activating})"
+        return (f"only {len(docs) - n_act} non-activating contexts "
+                f"(need {settings.min_non_activating})")
     return None
 
 
-def score(docs: list[Document], doc_vecs: np.ndarray, explanation: str | None, query_vec: np.ndarray | None,
-          reason: str | None, n_quantiles: int | None) -> ExplanationScore:
-    """AUROC of the query's similarities separating activating from non-activating documents, overall and
-    per activation quantile (that quantile's activating documents vs every non-activating one)."""
+def score(docs: list[Document], doc_vecs: np.ndarray, explanation: str | None,
+          query_vec: np.ndarray | None, reason: str | None,
+          n_quantiles: int | None) -> ExplanationScore:
+    """AUROC of the query's similarities separating activating from non-activating documents,
+    overall and per activation quantile (that quantile's activating documents vs every
+    non-activating one)."""
     if reason is not None or query_vec is None:
         return ExplanationScore(explanation=explanation, auroc=None, reason=reason)
     sims = doc_vecs @ query_vec
@@ -131,8 +143,10 @@ def score(docs: list[Document], doc_vecs: np.ndarray, explanation: str | None, q
     for q in range(count):
         rows = np.array([d.quantile == q for d in docs]) | negatives
         chosen = labels[rows]
-        per_quantile.append(_auroc(chosen, sims[rows]) if chosen.any() and negatives.any() else None)
-    return ExplanationScore(explanation=explanation, auroc=_auroc(labels, sims), auroc_per_quantile=per_quantile,
+        per_quantile.append(_auroc(chosen, sims[rows])
+                            if chosen.any() and negatives.any() else None)
+    return ExplanationScore(explanation=explanation, auroc=_auroc(labels, sims),
+                            auroc_per_quantile=per_quantile,
                             similarities=[float(s) for s in sims])
 
 
@@ -149,7 +163,8 @@ class _Batch:
 
     def run(self, n_quantiles: int | None) -> list[ExplanationScore]:
         queries = [make_query(self.template, e) for _, e, why in self.jobs if why is None]
-        texts = list(dict.fromkeys(d.text for docs, _, why in self.jobs if why is None for d in docs))
+        texts = list(dict.fromkeys(d.text for docs, _, why in self.jobs if why is None
+                                   for d in docs))
         query_vecs = iter(self.embedder.embed(queries, prompt_name=self.settings.prompt_name))
         doc_vecs = dict(zip(texts, self.embedder.embed(texts)))
         return [score(docs, np.stack([doc_vecs[d.text] for d in docs]) if why is None else None, e,
@@ -157,8 +172,9 @@ class _Batch:
                 for docs, e, why in self.jobs]
 
 
-def eleuther(windows: Mapping[str, FeatureWindows], explanations: Mapping[str, str | None], embedder: Embedder,
-             settings: EmbedConfig | None = None, n_quantiles: int | None = None) -> dict[str, ExplanationScore]:
+def eleuther(windows: Mapping[str, FeatureWindows], explanations: Mapping[str, str | None],
+             embedder: Embedder, settings: EmbedConfig | None = None,
+             n_quantiles: int | None = None) -> dict[str, ExplanationScore]:
     """The Eleuther embedding score of each feature of `windows` (keyed like it) by its explanation.
 
     Similarities are in the order of `documents(windows[key])`. Features with no explanation or too
@@ -167,12 +183,14 @@ def eleuther(windows: Mapping[str, FeatureWindows], explanations: Mapping[str, s
     """
     settings = settings or EmbedConfig()
     batch = _Batch(embedder, settings, settings.template)
-    jobs = {key: batch.add(documents(feature), explanations.get(key)) for key, feature in windows.items()}
+    jobs = {key: batch.add(documents(feature), explanations.get(key))
+            for key, feature in windows.items()}
     scores = batch.run(n_quantiles)
     return {key: scores[job] for key, job in jobs.items()}
 
 
-def explanation_similarity(embedder: Embedder, text1: str | None, text2: str | None) -> float | None:
+def explanation_similarity(embedder: Embedder, text1: str | None,
+                           text2: str | None) -> float | None:
     """Cosine of the two explanations' embeddings (None when either is missing)."""
     if not text1 or not text2:
         return None
@@ -243,7 +261,8 @@ def _score_features(embedder: Embedder, settings: EmbedConfig, docs, texts,
         for f in sorted(docs[key], key=int)} for key in SAE_KEYS}
 
 
-def _template_check(embedder: Embedder, settings: EmbedConfig, docs, explained, n_quantiles) -> dict[str, float | None]:
+def _template_check(embedder: Embedder, settings: EmbedConfig, docs, explained,
+                    n_quantiles) -> dict[str, float | None]:
     """Mean own AUROC of the self-explanations with the bare explanation and with the retrieval
     instruction as the query (the embedder's default is one of them)."""
     means: dict[str, float | None] = {}
