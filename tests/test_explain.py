@@ -353,3 +353,25 @@ def test_public_explain_with_the_null_and_add_mode(demo_lm, directions, residual
         (replace_baseline.replace_zero, replace_baseline.add_zero)
     with pytest.raises(FaithcaseError, match="residual_norm"):
         explain.explain(demo_lm, sae, [0], cfg)
+
+
+def test_reused_explanations_give_the_artifact_of_a_fresh_run(demo_lm, directions, residual_norm):
+    """A run that reuses one feature's explanation and explains another holds what one fresh run of
+    both holds: the reused feature as it was, the scale-0 baseline averaged over both."""
+    cfg = ExplainConfig(scales=[2.0], max_new_tokens=FEW_TOKENS, n_samples=0, n_null=0)
+    sae = SimpleNamespace(W_dec=torch.stack([directions[7], directions[11]]), d_sae=2)
+    keys = {"a": {0: "fp0", 1: "fp1"}}
+    fresh = explain.explain(demo_lm, {"a": sae}, {"a": [0, 1]}, cfg, residual_norm, fingerprints=keys)
+    first = explain.explain(demo_lm, {"a": sae}, {"a": [0]}, cfg, residual_norm, fingerprints=keys)
+    calls = []
+    reused = explain.explain(lambda: calls.append(1) or demo_lm, {"a": sae}, {"a": [0, 1]}, cfg,
+                             residual_norm, fingerprints=keys, previous=first)
+    assert calls == [1] and reused.features["a"]["0"] == first.features["a"]["0"]
+    zeros = [f.selfsim_zero for f in fresh.features["a"].values()]
+    assert reused.baseline.selfsim_zero == pytest.approx(sum(zeros) / 2, abs=1e-6)
+    assert fresh.baseline.selfsim_zero == pytest.approx(sum(zeros) / 2, abs=1e-6)
+    assert [f.explanations for f in reused.features["a"].values()] == \
+        [f.explanations for f in fresh.features["a"].values()]
+    nothing = explain.explain(lambda: calls.append(2), {"a": sae}, {"a": [0, 1]}, cfg,
+                              residual_norm, fingerprints=keys, previous=reused)
+    assert calls == [1] and nothing.features == reused.features  # all reused: no model needed

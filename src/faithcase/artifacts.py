@@ -234,6 +234,7 @@ class FeatureExplanation(Model):
     sweep: list[SweepPoint]
     failed: bool  # best self-similarity <= the failure threshold
     best_selfsim: float
+    selfsim_zero: float | None = None  # its raw self-similarity at scale 0
 
 
 class ExplainBaseline(Model):

@@ -246,7 +246,7 @@ def explain_features(lm, directions: dict[int, torch.Tensor], cfg: ExplainConfig
             explanations=[t.text for t in ranking], ranking=ranking,
             scale=ranking[0].scale if ranking else None, scales=[scales[j] for j in chosen[i]],
             sweep=sweep_points, failed=is_failed(float(best[i]), threshold),
-            best_selfsim=float(best[i]))
+            best_selfsim=float(best[i]), selfsim_zero=float(result.selfsim_zero[i]))
     replace_zero = zero_text.text if cfg.mode == "replace" else generate(
         lm, prompt, torch.zeros(1, lm.d_model), insert, "replace", cfg.max_new_tokens, 1)[0].text
     baseline = ExplainBaseline(
@@ -336,6 +336,10 @@ def explain(lm, saes, features, settings: ExplainConfig | None = None,
     for group in explained.values():
         for feature in group.values():
             feature.failed = is_failed(feature.best_selfsim, threshold)
+    zeros = [explained[k][f].selfsim_zero for k in sorted(explained)
+             for f in sorted(explained[k], key=int) if explained[k][f].selfsim_zero is not None]
+    if zeros:  # over every feature of the artifact, reused or new: the same as a fresh run
+        baseline = baseline.model_copy(update={"selfsim_zero": math.fsum(zeros) / len(zeros)})
     return ExplainArtifact(settings=run_settings, baseline=baseline, null=null, threshold=threshold,
                            threshold_source=source,
                            features={key: dict(sorted(group.items(), key=lambda kv: int(kv[0])))
