@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.faithcase-installed
 CONFIG  ?=
 ARGS    ?=
 
-.PHONY: all install test bench rehearse demo-bundle browser clean
+.PHONY: all install test bench rehearse gpu-check demo-bundle browser clean
 
 all: install
 	$(VENV)/bin/faithcase run $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
@@ -41,6 +41,11 @@ bench: install
 # every stage at the paper's shapes on a reduced workload (random weights, built locally; ~15 min on 2 cores)
 rehearse: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/faithcase rehearse $(ARGS)
+
+# on a GPU: the rehearsal at full paper shapes on 200k corpus tokens, per stage time, tokens/s, peak GPU
+# memory and the projection to 2M tokens (under 8 min); without a GPU the reduced workload on CPU
+gpu-check: install
+	HF_HUB_OFFLINE=1 $(VENV)/bin/faithcase rehearse --gpu-check $(ARGS)
 
 demo-bundle: install
 	$(VENV)/bin/faithcase demo build

@@ -270,3 +270,26 @@ def test_open_failure_is_one_error(sources, monkeypatch, kind):
     monkeypatch.setattr(corpus, "open", refuse, raising=False)
     monkeypatch.setattr(corpus.gzip, "open", refuse)
     assert_unreadable(sources[kind], "permission denied (PermissionError)", text_column="body")
+
+
+def test_several_sources_are_read_one_after_another(demo_tokenizer, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from faithcase.config import load_config
+    from faithcase.model import lm as lm_module
+    from faithcase.run.runtime import Runtime
+
+    first = [f"first corpus text number {i}, about rivers and boats." for i in range(60)]
+    second = [f"second corpus text number {i}, about trains." for i in range(60)]
+    (tmp_path / "a.txt").write_text("\n".join(first))
+    (tmp_path / "b.txt").write_text("\n".join(second))
+    stub = SimpleNamespace(tokenizer=demo_tokenizer, bos_token_id=demo_tokenizer.bos_token_id)
+    monkeypatch.setattr(lm_module, "load_model", lambda *args, **kwargs: stub)
+    sets = [f"corpus.source=[{tmp_path / 'a.txt'}, {tmp_path / 'b.txt'}]",
+            "corpus.max_tokens=1280", "corpus.seq_len=32"]
+    got = Runtime(load_config(sets=sets)).sequences
+    expected = token_sequences(first + second, demo_tokenizer, seq_len=32, max_tokens=1280,
+                               seed=0, bos_id=demo_tokenizer.bos_token_id)
+    assert torch.equal(got, expected) and len(got) == 40
+    decoded = demo_tokenizer.decode(got.flatten().tolist())
+    assert "rivers" in decoded and "trains" in decoded  # both sources, in order, within budget

@@ -14,7 +14,7 @@ from faithcase.tools.demo.corpus import (
     split_heldout,
     write_texts,
 )
-from faithcase.tools.demo.manifest import info_rows
+from faithcase.tools.demo.manifest import bundle_info, info_rows
 from faithcase.tools.demo.settings import FilterSettings
 from faithcase.tools.demo.train import (
     _decode_sparse,
@@ -278,8 +278,13 @@ def test_build_flags_replace_only_what_they_name_and_bad_values_exit_2():
     assert custom.training.lr == default.training.lr
     assert custom.sampling.top_p == default.sampling.top_p
     assert custom.min_heldout_tokens == default.min_heldout_tokens
+    custom = settings_with(d_sae=64, weights_dtype="float32", corpus_from="bundle")
+    assert (custom.training.d_sae, custom.weights_dtype, custom.corpus_from) == (64, "float32",
+                                                                                 "bundle")
+    assert default.weights_dtype == "bfloat16" and default.corpus_from is None
     too_many = str(default.training.d_sae + 1)
-    for flags in (["--k", "0"], ["--k", too_many], ["--lr", "-1"], ["--shards", "0"]):
+    for flags in (["--k", "0"], ["--k", too_many], ["--lr", "-1"], ["--shards", "0"],
+                  ["--d-sae", "0"], ["--weights-dtype", "float8"]):
         result = CliRunner().invoke(app, ["demo", "build", "--work-dir", "unused", *flags])
         assert result.exit_code == 2, (flags, result.output)
         assert "error:" in result.output and "Traceback" not in result.output
@@ -341,6 +346,24 @@ def test_stage_keys_are_those_the_shipped_bundle_was_built_with(tmp_path, monkey
     run = graph.run(builder, tmp_path / "work" / "stages.json")
     assert {name: run.fingerprint(name) for name in graph.order()} == {
         "samples": "a16584ca54089d99", "corpus": "7785a20c009b85ee",
-        "activations": "b6053372862421f2", "sae_seed42": "be3e474a5c01427a",
-        "sae_seed49": "7973e72eacdf06ce", "manifest": "80eac400988709e3",
+        "activations": "b6053372862421f2", "sae_seed42": "97cca76a53a6bfa1",
+        "sae_seed49": "4fadfbd2d11a803c", "manifest": "6b7882d0e83ff680",
     }
+
+
+def test_a_given_corpus_replaces_sampling_and_keeps_its_record(tmp_path, monkeypatch):
+    """`--corpus-from`: the corpus files of a built bundle, copied, with that bundle's record."""
+    from faithcase.tools.demo import build
+    from faithcase.tools.demo.settings import HELDOUT_FILE, TRAIN_FILE, settings_with
+
+    builder = build._Builder(tmp_path / "out", tmp_path / "work", tmp_path / "samples",
+                             settings_with(corpus_from=str(BUNDLE_DIR)), console=None)
+    (tmp_path / "out").mkdir()
+    graph = build.build_graph(builder.settings.seeds, corpus_given=True)
+    assert graph.order()[:2] == ["corpus", "activations"]  # no samples stage
+    record = builder.given_corpus({}, "")
+    shipped = bundle_info()["corpus"]
+    assert record["train_tokens"] == shipped["train_tokens"]
+    assert record["filter_counts"] == shipped["filter_counts"]
+    for name in (TRAIN_FILE, HELDOUT_FILE):
+        assert (tmp_path / "out" / name).read_bytes() == (BUNDLE_DIR / name).read_bytes()

@@ -52,7 +52,8 @@ OTHER = [
     "Whisk the eggs with sugar and a pinch of salt.",
 ]
 TEMPLATE = "Instruct: Retrieve sentences that could be related to the explanation.\nQuery: {explanation}"
-SETTINGS = EmbedConfig(query_template=TEMPLATE)
+# the rules' minimums as small as these documents (the defaults are delphi's 200 / 50 windows)
+SETTINGS = EmbedConfig(query_template=TEMPLATE, min_activating=5, min_non_activating=5)
 
 
 def context(text: str, quantile: int | None = None, act: float = 1.0) -> Context:

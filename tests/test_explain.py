@@ -11,7 +11,6 @@ import torch
 
 from conftest import bos_tokens
 
-from faithcase.model import lm as lm_module
 from faithcase.tools.bench import explain_speedup
 from faithcase.artifacts import RankedText
 from faithcase.config import ExplainConfig

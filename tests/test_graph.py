@@ -4,6 +4,7 @@ fingerprints that carry upstream changes, --force on one stage, the run lock."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import subprocess
 import sys
 import threading
@@ -276,3 +277,19 @@ def test_soak_concurrent_runs_and_kills_never_leave_a_lying_folder(tmp_path):
     _consistent(folder)
     assert compare_runs(folder, clean) == []
     assert not [p for p in folder.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_the_ledger_finds_a_file_outside_its_folder_given_by_a_relative_path(tmp_path,
+                                                                            monkeypatch):
+    from faithcase.run.store import Ledger, sha256_file
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "work").mkdir()
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a.json").write_text("{}")
+    ledger = Ledger(tmp_path / "work" / "stages.json")
+    relative = Path("out") / "a.json"  # relative to the working folder, not to the ledger's
+    ledger.record("a", "fp", 0.0, {relative: sha256_file(relative)})
+    assert ledger.changed_files("a") == []
+    (tmp_path / "out" / "a.json").write_text("{ }")
+    assert ledger.changed_files("a") == [str(tmp_path / "out" / "a.json")]

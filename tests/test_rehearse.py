@@ -1,30 +1,35 @@
-"""The rehearsal builders at small shapes: offline model folder, planted SAEs, stamps, corpus."""
+"""The rehearsal builders at small shapes: offline model folder (Llama 3 tokenizer), planted SAEs,
+stamps, corpus, the explain prompt check and the GPU-check preset."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from faithcase.model import corpus, lm
 from faithcase.tools import rehearse_build
-from faithcase.run.errors import FaithcaseError
 from faithcase.saes import load_sae
 from faithcase.stages.match import match_features
 
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("llama_models") is None,
+                                reason="the rehearsal's Llama 3 tokenizer needs llama-models")
 SMALL = dict(n_layers=2, d_model=64, n_heads=4, n_kv_heads=2, intermediate=128)
 HOOK = "blocks.1.hook_resid_pre"
 D_SAE, K, N_PLANTED, SEEDS = 256, 8, 6, (42, 49)
 
 
 @pytest.fixture(scope="module")
-def demo_tokenizer():
-    """The builders' cached copy: reading the GGUF tokenizer again would take ~10 s."""
-    return rehearse_build.demo_tokenizer()
+def llama3():
+    """The builders' cached copy: building it again from the BPE ranks would take seconds."""
+    return rehearse_build.rehearsal_tokenizer()
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +62,9 @@ def centering_tokens(tokenizer) -> torch.Tensor:
     return corpus.token_sequences(texts, tokenizer, seq_len=seq_len, max_tokens=n * seq_len, seed=0)
 
 
-def test_model_folder_loads_offline_and_its_hook_is_hf_hidden_state(model_folder, demo_tokenizer):
+def test_model_folder_loads_offline_and_its_hook_is_hf_hidden_state(model_folder, llama3):
     hf_model = load_hf(model_folder)
-    tokens = centering_tokens(demo_tokenizer)[:2]
+    tokens = centering_tokens(llama3)[:2]
     with torch.no_grad():
         hidden = hf_model(tokens, output_hidden_states=True, use_cache=False).hidden_states
 
@@ -71,12 +76,16 @@ def test_model_folder_loads_offline_and_its_hook_is_hf_hidden_state(model_folder
     torch.testing.assert_close(acts.float(), hidden[1].float(), rtol=2e-2, atol=2e-2 * scale)
 
     text = "The capital of France is Paris, and the capital of Italy is"
-    assert model.tokenizer.encode(text) == demo_tokenizer.encode(text)
+    assert model.tokenizer.encode(text) == llama3.encode(text)
+    assert model.tokenizer.chat_template == llama3.chat_template
     config = hf_model.config
-    assert config.vocab_size == len(demo_tokenizer) and config.tie_word_embeddings
+    assert config.vocab_size == len(llama3) == 128_256 and config.tie_word_embeddings
+    assert (config.bos_token_id, config.eos_token_id) == (128000, 128001)
     assert config.rope_parameters == rehearse_build.LLAMA_3_2_ROPE
     with safe_open(str(model_folder / "model.safetensors"), "pt") as weights:
         assert {weights.get_slice(name).get_dtype() for name in weights.keys()} == {"BF16"}
+        assert "lm_head.weight" not in weights.keys()  # tied: the embedding is the unembedding
+    assert hf_model.lm_head.weight.data_ptr() == hf_model.model.embed_tokens.weight.data_ptr()
 
 
 def test_model_init_is_seeded_and_not_degenerate(model_folder, tmp_path):
@@ -94,7 +103,7 @@ def test_model_init_is_seeded_and_not_degenerate(model_folder, tmp_path):
 
 
 def test_paper_config_is_llama_3_2_1b():
-    config = rehearse_build.paper_model_config(49152)
+    config = rehearse_build.paper_model_config(128_256)
     assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads,
             config.num_key_value_heads, config.intermediate_size) == (16, 2048, 32, 8, 8192)
     assert (config.head_dim, config.hidden_act, config.rms_norm_eps) == (64, "silu", 1e-5)
@@ -110,7 +119,7 @@ def test_paper_config_is_llama_3_2_1b():
     kv = config.num_key_value_heads * config.head_dim
     per_layer = 2 * d * d + 2 * d * kv + 3 * d * inter + 2 * d
     assert n_params == config.vocab_size * d + config.num_hidden_layers * per_layer + d
-    assert 1.0e9 < n_params < 1.1e9
+    assert 1.23e9 < n_params < 1.24e9  # Llama-3.2-1B: 1.24B with its 128,256-token embedding
 
 
 def test_saes_load_as_batchtopk_with_planted_twins_as_best_matches(sae_folder, model_folder):
@@ -120,7 +129,9 @@ def test_saes_load_as_batchtopk_with_planted_twins_as_best_matches(sae_folder, m
         shape = (sae.format, sae.activation, sae.k, sae.d_in, sae.d_sae)
         assert shape == ("batchtopk", "topk", K, 64, D_SAE)
         assert (sae.hook_name, sae.hook_layer) == (HOOK, 1)
-        torch.testing.assert_close(sae.W_dec.norm(dim=1), torch.ones(D_SAE))
+        # the files hold float32; the loader may cast to the declared bfloat16
+        torch.testing.assert_close(sae.W_dec.float().norm(dim=1), torch.ones(D_SAE), atol=1e-2,
+                                   rtol=0)
         assert torch.equal(sae.W_enc, sae.W_dec.T)
         config = json.loads((folder / f"seed{seed}" / "config.json").read_text())
         assert config["seed"] == seed and config["dtype"] == "torch.bfloat16"
@@ -132,7 +143,7 @@ def test_saes_load_as_batchtopk_with_planted_twins_as_best_matches(sae_folder, m
     assert len({i for i, _ in pairs}) == len({j for _, j in pairs}) == N_PLANTED
 
     # brute force: each planted row's nearest row on the other side is its twin, cosine > 0.99
-    W1, W2 = sae1.W_dec.numpy().astype(np.float64), sae2.W_dec.numpy().astype(np.float64)
+    W1, W2 = (sae.W_dec.double().numpy() for sae in (sae1, sae2))
     U1 = W1 / np.linalg.norm(W1, axis=1, keepdims=True)
     U2 = W2 / np.linalg.norm(W2, axis=1, keepdims=True)
     cos = U1 @ U2.T
@@ -142,7 +153,7 @@ def test_saes_load_as_batchtopk_with_planted_twins_as_best_matches(sae_folder, m
     unplanted = np.delete(np.delete(cos, rows, axis=0), columns, axis=1)
     assert np.abs(unplanted).max() < 0.9
 
-    matching = match_features(sae1.W_dec, sae2.W_dec)
+    matching = match_features(sae1.W_dec.float(), sae2.W_dec.float())
     assignment = matching.assignment
     matched = dict(zip(assignment.index1, assignment.index2))
     assert all(matched[i] == j for i, j in pairs)
@@ -159,7 +170,8 @@ def test_sae_b_dec_is_the_mean_residual_and_features_fire(sae_folder, model_fold
         hidden = hf_model(tokens, output_hidden_states=True, use_cache=False).hidden_states
     resid = hidden[1][:, 1:].float()
     scale = resid.abs().max().item()
-    torch.testing.assert_close(sae.b_dec, resid.reshape(-1, 64).mean(0), rtol=0, atol=1e-2 * scale)
+    torch.testing.assert_close(sae.b_dec.float(), resid.reshape(-1, 64).mean(0), rtol=0,
+                               atol=1e-2 * scale)
     active = (sae.encode(resid) > 0).sum(-1).float()
     assert active.min() >= 1 and active.mean() >= K / 2
     assert (sae.encode(resid) > 0).any(dim=(0, 1)).sum() > K  # not always the same features
@@ -194,15 +206,20 @@ def test_rebuild_is_skipped_with_the_same_settings(tmp_path):
     assert load_sae(saes / f"seed{SEEDS[0]}").b_dec.count_nonzero() == 0  # no model: b_dec = 0
 
 
-def test_corpus_holds_at_least_n_tokens(tmp_path, demo_tokenizer):
+def test_corpus_holds_at_least_n_tokens(tmp_path, llama3):
     path = rehearse_build.build_rehearsal_corpus(tmp_path / "c" / "corpus.jsonl", n_tokens=4000)
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     assert all(set(row) == {"text"} for row in rows)
-    counts = [len(demo_tokenizer.encode(row["text"], add_special_tokens=False)) for row in rows]
+    counts = [len(llama3.encode(row["text"], add_special_tokens=False)) for row in rows]
     assert sum(counts) >= 4000 > sum(counts[:-1])  # no more texts than needed
     assert list(corpus.load_texts(str(path))) == [row["text"] for row in rows]
-    with pytest.raises(FaithcaseError, match="holds only"):
-        rehearse_build.build_rehearsal_corpus(tmp_path / "big.jsonl", n_tokens=10**7)
+
+    demo = list(corpus.load_texts(rehearse_build.DEMO_CORPUS))
+    demo_tokens = sum(len(ids) for ids in llama3(demo, add_special_tokens=False)["input_ids"])
+    big = rehearse_build.build_rehearsal_corpus(tmp_path / "big.jsonl", n_tokens=demo_tokens + 1)
+    texts = list(corpus.load_texts(str(big)))
+    assert texts[:len(demo)] == demo and texts[len(demo):] == demo[:len(texts) - len(demo)]
+    assert len(texts) > len(demo)  # started over from the first text
 
 
 def test_projection_counts_the_work_each_stage_does():
@@ -214,3 +231,42 @@ def test_projection_counts_the_work_each_stage_does():
     assert units("explain", REDUCED) == (reduced_features + 8) * 4 + reduced_features * 5
     assert units("embed", FULL) == full_features
     assert units("match", FULL) == units("assemble", REDUCED) == 1
+
+
+def test_prompt_check_on_the_rehearsal_tokenizer(model_folder, llama3):
+    from faithcase.tools.rehearse import check_prompts
+
+    prompts = check_prompts(model_folder)
+    base, chat = prompts["auto"], prompts["always"]
+    plain = 'Q: What is the meaning of the word "X"?\nA: The meaning of the word "X" is "'
+    assert base == prompts["never"] and base.text == plain and not base.chat
+    assert base.tokens == llama3.encode(plain)  # one BOS, then the plain text
+    x = llama3.convert_tokens_to_ids("X")
+    assert [base.tokens[p] for p in base.positions] == [x, x]
+    assert [chat.tokens[p] for p in chat.positions] == [x, x]
+    assert "Today Date: 26 Jul 2024" in chat.text and chat.tokens.count(128000) == 1
+    assert {128006, 128007, 128009} <= set(chat.tokens)
+    assert not {128006, 128007, 128009} & set(base.tokens)
+
+
+def test_gpu_check_uses_the_paper_batches_and_projects_to_2m_tokens():
+    from faithcase.tools import rehearse
+
+    paper = yaml.safe_load((Path(__file__).parents[1] / "configs/llama-3.2-1b.yaml").read_text())
+    assert rehearse.PAPER_BATCHES == {"seq_len": paper["corpus"]["seq_len"],
+                                      "corpus": paper["corpus"]["batch_size"],
+                                      "explain": paper["explain"]["batch_size"]}
+    assert paper["explain"]["chat_template"] == "never"
+    assert rehearse.FULL["tokens"] == paper["corpus"]["max_tokens"] == 2_000_000
+    assert rehearse.GPU_CHECK == rehearse.FULL | {"tokens": 200_000}
+    workload, device, on_gpu = rehearse.gpu_check_preset()
+    assert (workload, device) == ((rehearse.GPU_CHECK, "cuda") if torch.cuda.is_available()
+                                  else (rehearse.REDUCED, "cpu")) and on_gpu == (device == "cuda")
+    row = rehearse.stage_row("scan", {"seconds": 12.0, "load": 2.0, "peak_rss_gib": 1.0},
+                             rehearse.GPU_CHECK)
+    assert row["tokens_per_s"] == 20_000 and row["factor"] == 10 and row["projected"] == 102
+    assert row["peak_gpu_gib"] is None
+    explain = rehearse.stage_row("explain", {"seconds": 5.0, "load": 1.0, "peak_rss_gib": 1.0,
+                                             "peak_gpu_gib": 3.5}, rehearse.GPU_CHECK)
+    assert explain["tokens_per_s"] is None and explain["projected"] == 5.0
+    assert explain["peak_gpu_gib"] == 3.5

@@ -8,6 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from faithcase import __version__
+from faithcase.evidence import (ActivationSpread, Document, ExplanationScore, FeatureChecks,  # noqa
+    FeatureScoring, GroupChecks, KnownAnswer, SimilarityNull, UninformativeRule)  # re-exported
 
 PairKind = Literal["best", "worst", "random", "stratified"]
 PAIR_KINDS: tuple[PairKind, ...] = ("best", "worst", "random", "stratified")
@@ -55,7 +57,6 @@ class Artifact(Model):
 
 # ---------------------------------------------------------------- match
 
-
 class SAEInfo(Model):
     path: str
     format: str
@@ -63,6 +64,7 @@ class SAEInfo(Model):
     d_sae: int
     hook_name: str | None
     sha256: str
+    dtype: str | None = None  # the dtype it encoded in, e.g. "bfloat16" (None: not recorded)
 
 
 class Histogram(Model):
@@ -207,7 +209,6 @@ class PairsArtifact(Artifact):
 
 # ---------------------------------------------------------------- explain
 
-
 class SweepPoint(Model):
     scale: float
     selfsim: float  # cosine(read residual, direction) minus its value at scale 0
@@ -235,6 +236,7 @@ class FeatureExplanation(Model):
     failed: bool  # best self-similarity <= the failure threshold
     best_selfsim: float
     selfsim_zero: float | None = None  # its raw self-similarity at scale 0
+    uninformative: str | None = None  # why the explanation says nothing (a baseline, stock text)
 
 
 class ExplainBaseline(Model):
@@ -259,6 +261,7 @@ class NullDistribution(Model):
 
 class ExplainSettings(Model):
     prompt_text: str
+    prompt_tokens: list[tuple[int, str]] = []  # the rendered prompt token by token: (id, text)
     placeholder_token_id: int
     placeholder_positions: list[int]
     insert_layer: int
@@ -275,6 +278,7 @@ class ExplainArtifact(Artifact):
     null: NullDistribution | None = None
     threshold: float | None = None  # failed = best self-similarity <= threshold
     threshold_source: str = ""  # "null q0.95" or "fixed"
+    uninformative: UninformativeRule | None = None
     features: dict[str, dict[str, FeatureExplanation]]  # sae key -> str(feature) -> explanation
 
 
@@ -307,6 +311,7 @@ class FeatureStats(Model):
     max: float
     mean_nonzero: float
     histogram: Histogram
+    spread: ActivationSpread | None = None  # windows with activation, mass by token id
 
 
 class FeatureWindows(Model):
@@ -337,29 +342,16 @@ Side = Literal["own", "cross"]  # a feature's documents by its own SAE's explana
 SIDES: tuple[Side, ...] = ("own", "cross")
 
 
-class Document(Model):
-    text: str
-    label: int  # 1 activating, 0 non-activating: from activations only
-    quantile: int | None = None
-
-
-class ExplanationScore(Model):
-    explanation: str | None
-    auroc: float | None
-    reason: str | None = None  # why auroc is None
-    auroc_per_quantile: list[float | None] = []
-    similarities: list[float] = []  # cosine of the query with each document, in document order
-
-
 class ScoredFeature(Model):
-    """One feature's documents (its activating and non-activating contexts) scored by explanations:
-    `EmbedArtifact.features[documents_of][str(feature)].eleuther[explanation_of][explainer]`. Its
-    own SAE's key holds its own explanations; the other SAE's key (when it is in a selected pair)
-    its matched partner's explanations, scored on these documents."""
+    """One feature's documents (its activating and non-activating contexts) scored by explanations
+    at `EmbedArtifact.features[documents_of][str(feature)].eleuther[explanation_of][explainer]`: its
+    own SAE's key holds its own explanations, the other SAE's (in a selected pair) its partner's."""
 
     feature: int
     documents: list[Document]
     eleuther: dict[SAEKey, dict[Explainer, ExplanationScore]]  # explanation_of -> explainer
+    scoring: FeatureScoring | None = None
+    known_answer: KnownAnswer | None = None
 
 
 class PairSimilarity(Model):
@@ -377,6 +369,8 @@ class EmbedArtifact(Artifact):
     pairs: list[PairSimilarity]
     nulls: dict[str, dict[str, int]]  # sae -> str(feature) -> the feature whose explanation is null
     templates: dict[str, float | None] = {}  # query template -> mean own AUROC of self-explanations
+    rules: dict[str, Any] = {}  # the scoring rules and what they count
+    similarity_null: SimilarityNull | None = None
 
 
 # ---------------------------------------------------------------- assemble
@@ -405,6 +399,7 @@ class PairCase(Model):
     scales: list[float | None]
     failed: list[bool]
     stats: list[FeatureStats]
+    checks: list[FeatureChecks] = []
 
     def scores(self, side: Side, explainer: Explainer) -> list[float | None]:
         """[on sae1's documents, on sae2's], by their own SAE's explanation or the partner's."""
@@ -415,12 +410,15 @@ class PairCase(Model):
 class GroupSummary(Model):
     n_pairs: int
     n_left_out: int  # pairs with a feature that never fires
+    n_features: int = 0  # features of the pairs kept (2 per pair)
+    n_scored: int = 0  # of them, those whose documents pass the scoring rules: the AUROC means
     mean_similarity: float | None
     mean_pearson: float | None
     mean_jaccard: float | None
     eleuther: dict[Side, dict[Explainer, float | None]]  # own|cross -> explainer -> mean AUROC
     pass_rate: float | None  # share of explanations that pass the self-similarity test
     mean_explanation_similarity: float | None
+    checks: GroupChecks | None = None
 
 
 class Correlation(Model):
@@ -446,5 +444,7 @@ class CaseStudySummary(Artifact):
     correlations: list[Correlation]
     failure: dict[str, Any]  # the self-similarity threshold, its source, the null's quantiles
     templates: dict[str, float | None]
+    rules: dict[str, Any] = {}  # scoring rules, explanation checks, single-token rule
+    similarity_null: SimilarityNull | None = None
     n_left_out: int
     config: dict[str, Any]

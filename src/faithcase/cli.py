@@ -194,11 +194,14 @@ def runtime(opts: RunOptions):
 
 
 @contextmanager
-def pipeline(opts: RunOptions, force: tuple[str, ...] = ()):
-    """The pipeline's graph run on these options' run folder, under the folder's lock."""
+def pipeline(opts: RunOptions, force: tuple[str, ...] = (),
+             targets: tuple[str, ...] | None = None):
+    """The pipeline's graph run on these options' run folder, under the folder's lock; the
+    embedder is checked up front when reaching `targets` (default: all) runs embed."""
     from faithcase.pipeline import open_run
 
-    with open_run(runtime(opts), force, strict=opts.strict, wait=not opts.no_wait) as graph:
+    with open_run(runtime(opts), force, strict=opts.strict, wait=not opts.no_wait,
+                  targets=targets) as graph:
         yield graph
 
 
@@ -224,7 +227,7 @@ def _stage_command(stage) -> None:
     files."""
 
     def command(opts: RunOptions):
-        with pipeline(opts, _forced(opts, stage.name)) as graph:
+        with pipeline(opts, _forced(opts, stage.name), targets=(stage.name,)) as graph:
             value = graph.get(stage.name)
             if stage.printer:
                 stage.printer(value, {name: graph.get(name) for name in stage.inputs})

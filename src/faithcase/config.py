@@ -59,6 +59,8 @@ class SAEConfig(Section):
     id: str | None = None  # the SAE's folder in the repo (a SAELens id, a sparsify hook point …)
     revision: str | None = None
     format: str | None = None  # a registered SAE format (faithcase.saes); None: detected
+    # the dtype it encodes in; auto: the checkpoint's declared dtype (unknown: float32)
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
     @model_validator(mode="after")
     def _one_source(self) -> "SAEConfig":
@@ -71,7 +73,7 @@ class SAEConfig(Section):
 
 
 class CorpusConfig(Section):
-    source: str
+    source: str | list[str] = Field(min_length=1)  # one corpus, or several read one after another
     kind: Literal["auto", "jsonl", "txt", "parquet", "hf"] = "auto"
     text_column: str = "text"
     hf_config: str | None = None
@@ -82,6 +84,7 @@ class CorpusConfig(Section):
     batch_size: int = Field(16, ge=1)
     seed: int = 0
     memory_mib: int = setting(1024, "nothing", ge=0)  # keep a corpus pass in memory up to this size
+    disk_cache: bool = setting(True, "nothing")  # keep the pass in the run folder's .cache/
 
 
 class OutlierConfig(Section):
@@ -123,6 +126,9 @@ class ExplainConfig(Section):
     plain_template: str = ('Q: What is the meaning of the word "X"?\n'
                            'A: The meaning of the word "X" is "')
     placeholder: str = "X"
+    # auto: the chat template only for an instruction-tuned model (its name says instruct, chat
+    # or it) whose tokenizer has one, else plain_template; always / never (faithcase.model.prompt)
+    chat_template: Literal["auto", "always", "never"] = "auto"
     insert_layer: int | Literal["sae"] = 2
     read_layer: int | None = None  # default: the block at 80% depth (resid_post)
     mode: Literal["replace", "add"] = "replace"
@@ -146,6 +152,10 @@ class ExplainConfig(Section):
     failed_selfsim: float | None = setting(None, "failure threshold")
     seed: int = 0  # random directions and sampling
     batch_size: int = setting(64, "nothing", ge=1)
+    # uninformative: a baseline answer, or a stock text: the same normalized text given by more
+    # than stock_share of the explained features and by at least stock_min of them
+    stock_share: float = setting(0.05, "flags", ge=0, le=1)
+    stock_min: int = setting(3, "flags", ge=2)
 
 
 class WindowsConfig(Section):
@@ -157,6 +167,8 @@ class WindowsConfig(Section):
     reservoir: int = Field(1000, ge=10)
     n_hist_bins: int = Field(20, ge=2)
     seed: int = 0
+    # single-token: its most-active token id carries more than this share of its activation
+    single_token_share: float = Field(0.5, ge=0, le=1)
 
 
 # delphi's query for the embedding score (scorers/embedding/embedding.py: no space after "Query:")
@@ -183,8 +195,11 @@ class EmbedConfig(Section):
     query_template: str | None = None  # None: the model's default (default_query_template)
     prompt_name: str | None = None  # a query prompt the model defines (sentence-transformers)
     trust_remote_code: bool = False
-    min_activating: int = Field(5, ge=1)
-    min_non_activating: int = Field(5, ge=1)
+    # delphi's rules: no score below min_activating activating or min_non_activating
+    # non-activating windows of the corpus pass (aligned `windows.window`-token chunks)
+    min_activating: int = Field(200, ge=1)
+    min_non_activating: int = Field(50, ge=1)
+    n_similarity_null: int = Field(200, ge=0)  # random non-matched pairs: explanation similarity
     batch_size: int = setting(64, "nothing", ge=1)
     n_peak_tokens: int = Field(3, ge=1)  # the top-token baseline: the most frequent peak tokens
     compare_templates: bool = True  # also score with the other template (bare vs instruction)

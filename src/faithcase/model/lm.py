@@ -8,6 +8,7 @@ as `bridge(...)`: hooks added with `bridge.hooks(...)` also act on HF forwards w
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -25,6 +26,13 @@ DTYPES = {
     "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
 }
 
+
+def instruction_tuned_name(name: str) -> bool:
+    """Whether a model's name marks it instruction-tuned: one of its words (split at / - _ . and
+    spaces) starts with `instruct` or is `chat` or `it` (SmolLM2-135M-Instruct, Llama-2-7b-chat-hf,
+    gemma-2-2b-it); meta-llama/Llama-3.2-1B is a base model."""
+    words = re.split(r"[/\-_.\s]+", name.lower())
+    return any(word.startswith("instruct") or word in ("chat", "it") for word in words)
 
 
 # ---------------------------------------------------------------- loading

@@ -1,15 +1,30 @@
-"""The explanation prompt: the model's chat template around `What is the meaning of the word "X"?`,
-the answer prefilled with `The meaning of the word "X" is "`, and the positions of the placeholder
-tokens that steering overwrites (each occurrence must be exactly one token)."""
+"""The explanation prompt: `What is the meaning of the word "X"?` in the model's chat template with
+the answer prefilled with `The meaning of the word "X" is "` (or the plain template), and the
+positions of the placeholder tokens that steering overwrites (each must be exactly one token).
+
+`explain.chat_template` chooses the form: `always` the chat template, `never` the plain template
+(`explain.plain_template`), `auto` (default) the chat template only for an instruction-tuned model
+whose tokenizer has one: the model's name marks it (`lm.instruction_tuned_name`: a word
+`instruct…`, `chat` or `it`). A base model, e.g. meta-llama/Llama-3.2-1B whose tokenizer carries
+the Llama 3 chat template, gets the plain template. A chat template renders with a fixed date.
+"""
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 
 import torch
 
 from faithcase.config import ExplainConfig
+from faithcase.model.lm import instruction_tuned_name
 from faithcase.run.errors import FaithcaseError
+
+# the date a chat template sees (the Llama 3 templates' own fallback), so that no prompt depends on
+# the day it is built
+TEMPLATE_DATE = datetime(2024, 7, 26)
+TEMPLATE_DATE_STRING = "26 Jul 2024"
 
 
 @dataclass(frozen=True)
@@ -18,6 +33,8 @@ class PromptSpec:
     positions: list[int]  # indices of the placeholder tokens in `tokens`
     text: str  # the rendered prompt text
     placeholder_id: int
+    pieces: tuple[str, ...] = ()  # each token's text
+    chat: bool = False  # rendered with the chat template
 
     def batch(self, n_rows: int,
               device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -37,13 +54,57 @@ def _occurrences(text: str, needle: str, offset: int) -> list[tuple[int, int]]:
     return spans
 
 
-def _render(lm, cfg: ExplainConfig) -> tuple[str, list[tuple[int, int]]]:
+def uses_chat_template(lm, cfg: ExplainConfig) -> bool:
+    """Whether the prompt goes in the tokenizer's chat template (see the module's docstring)."""
+    if cfg.chat_template == "never":
+        return False
+    if cfg.chat_template == "always":
+        if not lm.has_chat_template:
+            raise FaithcaseError(f"explain.chat_template is always, but the tokenizer of "
+                                 f"{getattr(lm, 'name', 'the model')} has no chat template; "
+                                 f"use auto or never.")
+        return True
+    return lm.has_chat_template and instruction_tuned_name(getattr(lm, "name", ""))
+
+
+@contextmanager
+def _frozen_template_clock():
+    """While a chat template renders, `strftime_now` (transformers' jinja global, which reads
+    `datetime.now()` of its module) returns TEMPLATE_DATE."""
+    from transformers.utils import chat_template_utils
+
+    clock = getattr(chat_template_utils, "datetime", None)
+    if not isinstance(clock, type) or not issubclass(clock, datetime):
+        yield  # another transformers layout: date_string alone fixes the Llama 3 templates
+        return
+
+    class Frozen(clock):
+        @classmethod
+        def now(cls, tz=None):
+            return clock(*TEMPLATE_DATE.timetuple()[:6], tzinfo=tz)
+
+    chat_template_utils.datetime = Frozen
+    try:
+        yield
+    finally:
+        chat_template_utils.datetime = clock
+
+
+def render_chat(tokenizer, messages: list[dict[str, str]]) -> str:
+    """The chat template rendered for `messages` with the generation prompt, at a fixed date:
+    `date_string` (read by the Llama 3 templates) is given and the template's clock is frozen."""
+    with _frozen_template_clock():
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                             date_string=TEMPLATE_DATE_STRING)
+
+
+def _render(lm, cfg: ExplainConfig, chat: bool) -> tuple[str, list[tuple[int, int]]]:
     """The prompt text and the character spans of the placeholder in it (only where the user's
     template put it, never inside the chat template's own text)."""
     placeholder = cfg.placeholder
     if not placeholder:
         raise FaithcaseError("explain.placeholder is empty; use a one-token word such as X.")
-    if not lm.has_chat_template:
+    if not chat:
         if placeholder not in cfg.plain_template:
             raise FaithcaseError(f"explain.plain_template has no placeholder {placeholder!r}; "
                                  f"put it where the feature direction should go.")
@@ -51,13 +112,12 @@ def _render(lm, cfg: ExplainConfig) -> tuple[str, list[tuple[int, int]]]:
     if placeholder not in cfg.user_prompt and placeholder not in cfg.answer_prefix:
         raise FaithcaseError(f"the explain prompt has no placeholder {placeholder!r}; "
                              f"put it in explain.user_prompt or explain.answer_prefix.")
-    rendered = lm.tokenizer.apply_chat_template(
-        [{"role": "user", "content": cfg.user_prompt}], add_generation_prompt=True, tokenize=False)
+    rendered = render_chat(lm.tokenizer, [{"role": "user", "content": cfg.user_prompt}])
     user_at = rendered.rfind(cfg.user_prompt)
     if user_at < 0:
         raise FaithcaseError("the model's chat template changes the user message, so the "
-                             "placeholder cannot be located; use a model without a chat template "
-                             "or another prompt.")
+                             "placeholder cannot be located; set explain.chat_template: never "
+                             "or use another prompt.")
     spans = _occurrences(cfg.user_prompt, placeholder, user_at)
     spans += _occurrences(cfg.answer_prefix, placeholder, len(rendered))
     return rendered + cfg.answer_prefix, spans
@@ -111,11 +171,11 @@ def _placeholder_indices_without_offsets(lm, ids: list[int], text: str, spans,
     return positions
 
 
-def _bos_to_prepend(lm, ids: list[int]) -> int | None:
+def _bos_to_prepend(lm, ids: list[int], chat: bool) -> int | None:
     """The BOS id to put in front of the prompt, or None. A chat prompt gets the tokenizer's BOS
     when the tokenizer adds one itself and the rendered template lacks it; a plain prompt gets the
     model's BOS, as corpus sequences do."""
-    if not lm.has_chat_template:
+    if not chat:
         bos = lm.bos_token_id
     else:
         bos = lm.tokenizer.bos_token_id
@@ -127,14 +187,15 @@ def _bos_to_prepend(lm, ids: list[int]) -> int | None:
 
 def build_prompt(lm, cfg: ExplainConfig) -> PromptSpec:
     """Render the explanation prompt and locate the placeholder tokens (each must be one token)."""
-    text, spans = _render(lm, cfg)
+    chat = uses_chat_template(lm, cfg)
+    text, spans = _render(lm, cfg, chat)
     ids, offsets = _tokenize_with_offsets(lm, text)
     if offsets is not None:
         positions = [_placeholder_index(lm, ids, offsets, span, text, cfg.placeholder)
                      for span in spans]
     else:
         positions = _placeholder_indices_without_offsets(lm, ids, text, spans, cfg.placeholder)
-    bos = _bos_to_prepend(lm, ids)
+    bos = _bos_to_prepend(lm, ids, chat)
     if bos is not None:
         ids = [bos] + ids
         positions = [p + 1 for p in positions]
@@ -143,5 +204,6 @@ def build_prompt(lm, cfg: ExplainConfig) -> PromptSpec:
         raise FaithcaseError(f"placeholder {cfg.placeholder!r} tokenizes differently at its "
                              f"positions ({sorted(placeholder_ids)}); put it in the same context "
                              f"each time.")
+    pieces = tuple(lm.tokenizer.decode([i]) for i in ids)
     return PromptSpec(tokens=ids, positions=positions, text=text,
-                      placeholder_id=placeholder_ids.pop())
+                      placeholder_id=placeholder_ids.pop(), pieces=pieces, chat=chat)

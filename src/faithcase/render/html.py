@@ -18,6 +18,11 @@ from faithcase.artifacts import (
     ExplainArtifact,
     PairCase,
 )
+from faithcase.render.checks_html import (
+    checks_table_html,
+    feature_checks_html,
+    feature_flags_html,
+)
 from faithcase.render.style import CSS, JS
 
 CRITERION_HELP = {
@@ -168,6 +173,7 @@ def feature_html(case: PairCase, slot: int, explain: ExplainArtifact | None) -> 
     if case.silent[slot]:
         flag += (' <span class="silent" title="never fires on the corpus: left out of the group'
                  ' means">silent</span>')
+    flag += feature_flags_html(case, slot)
     feature_max = feature_max_of(case, slot)
     panels = []
     for criterion in CRITERIA:
@@ -184,7 +190,8 @@ def feature_html(case: PairCase, slot: int, explain: ExplainArtifact | None) -> 
         f'<div class="feature" data-sae="{sae}" data-feature="{feature}">'
         f'<div class="feature-head"><b>{sae.upper()} · feature {feature}</b>{flag}</div>'
         f'<blockquote class="{classes}">{text}</blockquote>'
-        f'<div class="metrics">{metrics_html(case, slot)}</div>{"".join(panels)}{extra}</div>'
+        f'<div class="metrics">{metrics_html(case, slot)}{feature_checks_html(case, slot)}</div>'
+        f'{"".join(panels)}{extra}</div>'
     )
 
 
@@ -220,6 +227,24 @@ def pair_html(case: PairCase, explain: ExplainArtifact | None) -> str:
         f'<div class="features">{feature_html(case, 0, explain)}'
         f'{feature_html(case, 1, explain)}</div></div>'
     )
+
+
+PROMPT_SEPARATOR = '<span class="muted">|</span>'  # between the prompt's tokens
+
+
+def prompt_html(settings) -> str:
+    """The steered prompt token by token (the id on hover), the placeholder tokens marked."""
+    if not settings.prompt_tokens:  # an artifact from before prompt tokens were recorded
+        return ""
+    marked, spans = set(settings.placeholder_positions), []
+    for i, (token_id, text) in enumerate(settings.prompt_tokens):
+        shown = "".join(f'<span class="glyph">{TOKEN_GLYPHS[c]}</span>' if c in TOKEN_GLYPHS
+                        else escape(c) for c in text)
+        spans.append(f'<span class="tok{" on" if i in marked else ""}" title="{token_id}">'
+                     f"{shown}</span>")
+    return ('<details class="more"><summary>prompt, token by token '
+            f"({len(spans)} tokens; placeholder at {settings.placeholder_positions})</summary>"
+            f'<div class="toks">{PROMPT_SEPARATOR.join(spans)}</div></details>')
 
 
 def header_html(summary: CaseStudySummary, explain: ExplainArtifact | None) -> str:
@@ -263,6 +288,7 @@ def header_html(summary: CaseStudySummary, explain: ExplainArtifact | None) -> s
             f"{escape(explain.settings.criterion)}. Zeroed placeholder: "
             f"<q>{escape(explain.baseline.replace_zero)}</q>; "
             f"neutral placeholder: <q>{escape(explain.baseline.neutral)}</q></p>"
+            f"{prompt_html(explain.settings)}"
         )
     return (
         "<header><h1>Matched-feature case study</h1>"
@@ -372,6 +398,7 @@ def render_report(
         '<body><main>'
         f"{header_html(summary, explain)}"
         f'<section id="summary"><h2>Summary by group</h2>{summary_table_html(summary)}'
+        f'<h2>Scoring rules and explanation checks</h2>{checks_table_html(summary)}'
         f'<h2>Decoder cosine against the scores</h2>{correlations_html(summary)}'
         '<details class="config"><summary>run configuration</summary>'
         f'<pre>{escape(config_json)}</pre></details></section>'
@@ -390,6 +417,8 @@ def render_report(
         "baseline: the feature's most frequent peak tokens; null: another selected feature's "
         "explanation. Activation agreement is measured on the same corpus tokens for both "
         "features. "
-        "Group means leave out pairs with a feature that never fires.</footer>"
+        "Group means leave out pairs with a feature that never fires; AUROC means are over "
+        "the scored features (delphi's rules: enough activating and non-activating windows)."
+        "</footer>"
         f"</main><script>{JS}</script></body></html>\n"
     )

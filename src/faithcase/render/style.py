@@ -26,6 +26,10 @@ padding:3px 11px; font-size:13px; }
 .chip em { font-style:normal; color:var(--muted); margin-right:4px; }
 table { border-collapse:collapse; background:var(--card); font-variant-numeric:tabular-nums; }
 table.summary { border:1px solid var(--line); border-radius:8px; overflow:hidden; min-width:640px; }
+table.checks { border:1px solid var(--line); border-radius:8px; overflow:hidden; min-width:640px; }
+.check-flag { color:#fff; background:#a0672c; border-radius:4px; padding:0 6px; font-size:11px; \
+font-weight:600; }
+details.rules { margin-top:6px; font-size:12.5px; color:var(--muted); }
 th, td { padding:6px 14px; text-align:right; border-bottom:1px solid var(--line); }
 th { font-size:12px; color:var(--muted); font-weight:600; background:#fafafa; }
 th:first-child, td:first-child { text-align:left; }

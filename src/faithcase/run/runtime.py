@@ -2,12 +2,13 @@
 
 The language model, the SAEs and the embedder load once per process, so `faithcase run` shares
 them across stages and a fully cached run loads nothing. Corpus passes truncated at a hook are
-kept in memory while they fit `corpus.memory_mib`, so the stages that read the same hook (and
-`bench`) run the model over the corpus once per process.
+kept on disk (run/residual_cache.py) and in memory while they fit `corpus.memory_mib`, so the
+stages that read the same hook run the model over the corpus once per run, however invoked.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from functools import cached_property
@@ -16,7 +17,9 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
+from faithcase import __version__
 from faithcase.artifacts import LEDGER_FILE, SAE_KEYS, SAEInfo
+from faithcase.run.residual_cache import ResidualCache
 from faithcase.run.store import file_sha256
 from faithcase.config import Config, affecting
 from faithcase.run.errors import FaithcaseError
@@ -73,11 +76,13 @@ class Runtime:
 
     def sae(self, key: str):
         if key not in self._saes:
+            from faithcase.model.lm import DTYPES
             from faithcase.saes import check_compatible, load_sae
 
             sae_cfg = getattr(self.cfg, key)
+            dtype = None if sae_cfg.dtype == "auto" else DTYPES[sae_cfg.dtype]  # auto: declared
             sae = load_sae(self.sae_path(key), format=sae_cfg.format, hook=self.cfg.hook,
-                           device=self.device)
+                           device=self.device, dtype=dtype)
             _check_finite_encoder(key, sae)
             self._saes[key] = sae
             if len(self._saes) == 2:
@@ -104,7 +109,8 @@ class Runtime:
     def sae_info(self, key: str) -> SAEInfo:
         sae = self.sae(key)
         return SAEInfo(path=str(self.sae_path(key)), format=sae.format, d_in=sae.d_in,
-                       d_sae=sae.d_sae, hook_name=sae.hook_name, sha256=self.sae_hash(key))
+                       d_sae=sae.d_sae, hook_name=sae.hook_name, sha256=self.sae_hash(key),
+                       dtype=str(sae.dtype).removeprefix("torch."))
 
     # ---------------------------------------------------------------- models
 
@@ -138,6 +144,8 @@ class Runtime:
                                    base_dir=self.base_dir(),
                                    trust_remote_code=embed.trust_remote_code)
         self.load_seconds["embedder"] = time.perf_counter() - start
+        if loaded.config_kwargs:  # e.g. stella's xformers-only attention turned off on CPU
+            self.console.print(f"embedder {embed.model} loaded with {loaded.config_kwargs}")
         return loaded
 
     # ---------------------------------------------------------------- what fingerprints cover
@@ -152,8 +160,10 @@ class Runtime:
 
     def resource_key(self, name: str):
         if name == "saes":
-            return {key: [self.sae_hash(key), getattr(self.cfg, key).format]
-                    for key in SAE_KEYS} | {"hook": self.cfg.hook}
+            # the files, format and dtype setting (auto: the files' declared dtype) fix the SAE
+            saes = {key: [self.sae_hash(key), getattr(self.cfg, key).format,
+                          getattr(self.cfg, key).dtype] for key in SAE_KEYS}
+            return saes | {"hook": self.cfg.hook}
         if name == "model":
             return affecting(self.cfg.model) | {"hook": self.cfg.hook}
         if name == "corpus":
@@ -169,9 +179,12 @@ class Runtime:
         from faithcase.model.corpus import load_texts, token_sequences
 
         corpus = self.cfg.corpus
-        texts = load_texts(corpus.source, kind=corpus.kind, text_column=corpus.text_column,
-                           hf_config=corpus.hf_config, split=corpus.split,
-                           streaming=corpus.streaming, base_dir=self.base_dir())
+        sources = [corpus.source] if isinstance(corpus.source, str) else corpus.source
+        texts = itertools.chain.from_iterable(
+            load_texts(source, kind=corpus.kind, text_column=corpus.text_column,
+                       hf_config=corpus.hf_config, split=corpus.split,
+                       streaming=corpus.streaming, base_dir=self.base_dir())
+            for source in sources)
         return token_sequences(texts, self.lm.tokenizer, seq_len=corpus.seq_len,
                                max_tokens=corpus.max_tokens, seed=corpus.seed,
                                bos_id=self.lm.bos_token_id)
@@ -179,30 +192,77 @@ class Runtime:
     def activation_batches(self, hook: str | None = None,
                            description: str = "corpus pass") -> Iterator[tuple]:
         """(seq_ids, tokens, resid, excluded) per corpus batch, the pass truncated at `hook`
-        (default: the SAEs' hook). A whole pass is kept in memory when it fits
-        corpus.memory_mib."""
+        (default: the SAEs' hook). The pass is kept on disk (the residual cache) and, while it
+        fits corpus.memory_mib, in memory: the model runs over the corpus once per run."""
         hook = hook or self.cfg.hook
         if hook in self._passes:
             yield from self._passes[hook]
             return
         budget, used = self.cfg.corpus.memory_mib * 2**20, 0
         kept: list[tuple] | None = [] if budget > 0 else None
-        for batch in self.stream(self.sequences, hook, description):
+        for batch in self._cached_or_streamed(hook, description):
             if kept is not None:
                 used += batch[2].element_size() * batch[2].numel()
                 if used > budget:
-                    kept = None  # too large to keep: a later stage runs the model again
+                    kept = None  # too large to keep in memory: later stages read the disk cache
                 else:
                     kept.append(batch)
             yield batch
         if kept is not None:
             self._passes[hook] = kept
 
-    def stream(self, sequences: torch.Tensor, hook: str, description: str) -> Iterator[tuple]:
-        """One pass over `sequences` in corpus batches, truncated at `hook`, with a progress bar."""
+    def residual_cache(self, hook: str) -> ResidualCache:
+        key = {"model": affecting(self.cfg.model), "device": self.device, "hook": hook,
+               "corpus": self.resource_key("corpus"), "version": __version__}
+        return ResidualCache(self.out_dir, key, warn=self._warn)
+
+    def _warn(self, message: str) -> None:
+        self.console.print(f"[yellow]warning:[/] {message}")
+
+    def _cached_or_streamed(self, hook: str, description: str) -> Iterator[tuple]:
+        """The pass from the disk cache when it is complete, else from the model (written to the
+        cache as it goes)."""
+        if not self.cfg.corpus.disk_cache:
+            yield from self.stream(self.sequences, hook, description)
+            return
+        cache = self.residual_cache(hook)
+        if cache.complete():
+            n_batches = len(cache.batches())
+            with _progress(self.console) as progress:
+                task = progress.add_task(f"{description} (cached)", total=n_batches)
+                for index, batch in cache.read():
+                    if batch is None:  # damaged: the model recomputes the rest, uncached
+                        yield from self.stream(self.sequences, hook, description, index)
+                        return
+                    progress.advance(task)
+                    yield batch
+            return
+        writer = cache.writer(self._pass_bytes())
+        try:
+            for batch in self.stream(self.sequences, hook, description):
+                if writer is not None:
+                    writer.add(batch)
+                yield batch
+        except BaseException:
+            if writer is not None:
+                writer.abandon()
+            raise
+        if writer is not None:
+            writer.finish()
+
+    def _pass_bytes(self) -> int:
+        from faithcase.model.lm import resolve_dtype
+
+        element = torch.empty((), dtype=resolve_dtype(self.cfg.model.dtype)).element_size()
+        return self.sequences.numel() * self.lm.d_model * element
+
+    def stream(self, sequences: torch.Tensor, hook: str, description: str,
+               first_batch: int = 0) -> Iterator[tuple]:
+        """One pass over `sequences` in corpus batches (from `first_batch` on), truncated at
+        `hook`, with a progress bar."""
         size = self.cfg.corpus.batch_size
         outliers = self.cfg.outliers
-        starts = range(0, len(sequences), size)
+        starts = range(first_batch * size, len(sequences), size)
         with _progress(self.console) as progress:
             task = progress.add_task(description, total=len(starts))
             for start in starts:

@@ -198,8 +198,8 @@ class Ledger:
     def _relative(self, path: Path) -> str:
         try:
             return Path(path).relative_to(self.path.parent).as_posix()
-        except ValueError:
-            return str(path)
+        except ValueError:  # outside the ledger's folder: absolute (resolve reads it so)
+            return str(Path(path).absolute())
 
     def changed_files(self, stage: str) -> list[str]:
         """The stage's files that are missing or differ from what the ledger recorded."""

@@ -11,7 +11,8 @@ Formats (auto-detected from the files in the folder, or named explicitly), one m
 Hub repos (SAELens, sparsify or BatchTopK subfolders): `hub_sae_folder` downloads one SAE
 folder into the Hugging Face cache; pass that folder to `load_sae`.
 
-The SAE and its encode/decode live in `model`, the shared loader checks in `helpers`.
+Each SAE encodes in its checkpoint's declared dtype (unknown: float32) unless `load_sae` is
+given one. The SAE and its encode/decode live in `model`, the shared loader checks in `helpers`.
 FORMATS, FORMAT_ALIASES and FORMAT_FILES are read from the registry when accessed.
 """
 

@@ -15,6 +15,15 @@ from faithcase.saes.model import SAE
 
 MAX_MESSAGE = 300  # characters of a library's own error kept in ours
 
+# dtype names as checkpoints declare them ("torch.bfloat16" in BatchTopK's config.json,
+# "bfloat16" in SAELens' cfg.json); what is absent or not listed encodes in float32
+DECLARED_DTYPES = {
+    "float32": torch.float32, "float": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
+    "float64": torch.float64, "double": torch.float64,
+}
+
 
 def existing_folder(path: str | Path) -> Path:
     """`path` as a folder that exists, else FaithcaseError (missing, or a file)."""
@@ -26,6 +35,15 @@ def existing_folder(path: str | Path) -> Path:
             f"SAE path is a file, not a folder: {folder}; give the folder that holds it"
         )
     return folder
+
+
+def declared_dtype(value: Any) -> torch.dtype:
+    """The floating dtype a checkpoint declares (a torch dtype or its name); float32 when
+    absent or unknown."""
+    if isinstance(value, torch.dtype):
+        return value if value in DECLARED_DTYPES.values() else torch.float32
+    name = str(value).strip().lower().removeprefix("torch.") if value is not None else ""
+    return DECLARED_DTYPES.get(name, torch.float32)
 
 
 def listing(folder: Path) -> str:

@@ -11,6 +11,11 @@
 The ReLU/top-k order differs between the libraries (SAELens: top-k then ReLU; sparsify and
 BatchTopK: ReLU then top-k) but gives the same dense result: every positive value kept by one
 is kept by the other, and the rest are zeros either way.
+
+An SAE encodes in the dtype of its weights (the checkpoint's declared dtype, see `load_sae`);
+inputs are cast to it first. In float32 the matmul and bias are one fused addmm; in bfloat16 and
+float16 the product is rounded before the bias is added, as SAELens and BatchTopK compute it
+(sparsify's nn.Linear fuses them: `fused_bias`).
 """
 
 from __future__ import annotations
@@ -43,6 +48,8 @@ class SAE:
     hook_layer: int | None = None
     format: str = ""  # "saelens" | "sparsify" | "batchtopk" ("" when built in memory)
     path: str = ""  # the folder the weights came from
+    fused_bias: bool = False  # the format's own encode adds b_enc inside the matmul (sparsify)
+    declared_dtype: torch.dtype | None = None  # the checkpoint's own; load_sae encodes in it
 
     @property
     def d_in(self) -> int:
@@ -63,12 +70,12 @@ class SAE:
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Feature activations [..., d_sae] of inputs x [..., d_in]."""
         self._check_input(x)
-        flat = x.reshape(-1, self.d_in).to(self.dtype)  # 2-D for one fused addmm
+        flat = x.reshape(-1, self.d_in).to(self.dtype)  # 2-D for one matmul
         if self.input_unit_norm:
             flat, _, _ = standardize(flat)
         if self.apply_b_dec_to_input:
             flat = flat - self.b_dec
-        pre = torch.addmm(self.b_enc, flat, self.W_enc)
+        pre = self._affine(flat, self.W_enc, self.b_enc)
         if self.rescale_acts_by_decoder_norm:
             pre = pre * self.W_dec.norm(dim=-1)
         return self._activate(pre).reshape(*x.shape[:-1], self.d_sae)
@@ -82,7 +89,7 @@ class SAE:
         flat = z.reshape(-1, self.d_sae).to(self.dtype)
         if self.rescale_acts_by_decoder_norm:
             flat = flat * (1 / self.W_dec.norm(dim=-1))
-        out = torch.addmm(self.b_dec, flat, self.W_dec).reshape(*z.shape[:-1], self.d_in)
+        out = self._affine(flat, self.W_dec, self.b_dec).reshape(*z.shape[:-1], self.d_in)
         if self.input_unit_norm:
             if x is None:
                 raise ValueError(
@@ -110,6 +117,12 @@ class SAE:
             b_dec=move(self.b_dec),
             threshold=move(self.threshold),
         )
+
+    def _affine(self, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """x @ W + b in the SAE's dtype, rounded as the format's own code rounds it."""
+        if self.fused_bias or self.dtype in (torch.float32, torch.float64):
+            return torch.addmm(b, x, W)
+        return x @ W + b
 
     def _activate(self, pre: torch.Tensor) -> torch.Tensor:
         if self.activation == "relu":

@@ -37,7 +37,8 @@ class SAEFormat:
     name:        what `format:` in the config and `SAE.format` say (lowercase);
     files:       the files that identify a folder of this format;
     load:        load(folder, hook) -> SAE, for an existing folder (`hook` chooses among
-                 several SAEs in one folder; formats that read it from their config ignore it);
+                 several SAEs in one folder; formats that read it from their config ignore it),
+                 its weights as stored and `declared_dtype` the checkpoint's (None: float32);
     aliases:     other accepted spellings of `name`;
     detect:      detect(folder) -> bool, whether the folder holds this format (default: all
                  of `files`); asked only when no format's files are there;
@@ -186,14 +187,16 @@ def load_sae(
     format: str | None = None,
     hook: str | None = None,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | None = None,
 ) -> SAE:
     """Load the SAE in folder `path`; `format` overrides detection, `hook` picks a
     sparsify per-hook subfolder (see `select_hook_subfolder`; other formats ignore it:
-    their hook is read from their config into `hook_name`/`hook_layer`)."""
+    their hook is read from their config into `hook_name`/`hook_layer`). The weights are cast
+    once, from the stored tensors, to `dtype`, or when None to the checkpoint's declared dtype
+    (`SAE.declared_dtype`; None: float32)."""
     folder = existing_folder(path)
     fmt = get_format(format) if format else find_format(folder)
     if fmt.check_files:
         require_files(folder, fmt.name, fmt.files)
     sae = fmt.load(folder, hook)
-    return sae.to(device=device, dtype=dtype)
+    return sae.to(device=device, dtype=dtype or sae.declared_dtype or torch.float32)

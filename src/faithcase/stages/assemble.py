@@ -44,6 +44,7 @@ from faithcase.config import AssembleConfig
 from faithcase.run.store import StagedFiles, read_artifact, serialize
 from faithcase.run.errors import FaithcaseError
 from faithcase.run.graph import Stage
+from faithcase.numerics.group_checks import feature_checks, group_checks
 from faithcase.numerics.statistics import spearman
 
 
@@ -129,13 +130,16 @@ def build_case(pair: Pair, position: int, scan: ScanArtifact, explain: ExplainAr
         scales=[e.scale for e in explained],
         failed=[e.failed for e in explained],
         stats=[f.stats for f in featured],
+        checks=[feature_checks(e, f, embed.features[sae][str(indices[sae])])
+                for sae, e, f in zip(SAE_KEYS, explained, featured)],
     )
 
 
 def group_summary(cases: list[PairCase]) -> dict[str, GroupSummary]:
     """Per pair kind, over the pairs whose features both fire (the others are counted in
     n_left_out). `eleuther[side][explainer]` is the mean over both features of those pairs: own, a
-    feature's documents by its own SAE's explanation; cross, by its partner's."""
+    feature's documents by its own SAE's explanation; cross, by its partner's; only scored features
+    have an AUROC (n_scored of n_features). `checks`: the explanation checks (group_checks)."""
     groups = {}
     for kind in PAIR_KINDS:
         everyone = [c for c in cases if c.kind == kind]
@@ -143,13 +147,16 @@ def group_summary(cases: list[PairCase]) -> dict[str, GroupSummary]:
         failed = [f for c in members for f in c.failed]
         groups[kind] = GroupSummary(
             n_pairs=len(everyone), n_left_out=len(everyone) - len(members),
+            n_features=2 * len(members),
+            n_scored=sum(ch.scored for c in members for ch in c.checks),
             mean_similarity=mean_or_none([c.similarity for c in members]),
             mean_pearson=mean_or_none([c.agreement.pearson for c in members]),
             mean_jaccard=mean_or_none([c.agreement.jaccard for c in members]),
             eleuther={side: {name: mean_or_none([a for c in members for a in c.scores(side, name)])
                              for name in EXPLAINERS} for side in SIDES},
             pass_rate=1 - sum(failed) / len(failed) if failed else None,
-            mean_explanation_similarity=mean_or_none([c.explanation_similarity for c in members]))
+            mean_explanation_similarity=mean_or_none([c.explanation_similarity for c in members]),
+            checks=group_checks(members))
     return groups
 
 
@@ -211,10 +218,27 @@ def assemble(
                  "null_quantiles": null.quantiles if null else None,
                  "n_null": null.n if null else 0},
         templates=embed.templates,
+        rules=summary_rules(explain, embed, config),
+        similarity_null=embed.similarity_null,
         n_left_out=sum(any(c.silent) for c in cases),
         config=config,
     )
     return cases, summary
+
+
+def summary_rules(explain: ExplainArtifact, embed: EmbedArtifact,
+                  config: dict[str, Any]) -> dict[str, Any]:
+    """The rules behind the group table: embed's scoring rules, explain's uninformative rule, the
+    single-token threshold, and which means leave what out."""
+    windows = config.get("windows") if isinstance(config.get("windows"), dict) else {}
+    rule = explain.uninformative
+    return {**embed.rules,
+            "uninformative": rule.model_dump(mode="json") if rule else None,
+            "single_token_share": windows.get("single_token_share"),
+            "means": "AUROC means (eleuther) over the scored features of the pairs that fire; "
+                     "checks.eleuther_informative and checks.explanation_similarity_informative "
+                     "leave out the uninformative explanations as well; "
+                     "mean_explanation_similarity keeps them"}
 
 
 # ---------------------------------------------------------------- files
@@ -251,14 +275,29 @@ def read_case_study(out_dir: Path, cases_name: str | None = None
 
 
 def print_summary(summary) -> None:
-    grid = table("case study by group (pairs with a silent feature left out)",
-                 ["group", "pairs", "left out", "cos", "act. Pearson", "own self/base/null",
-                  "cross self/base/null", "passing"])
+    grid = table("case study by group (pairs with a silent feature left out; AUROC means over "
+                 "the scored features)",
+                 ["group", "pairs", "left out", "cos", "act. Pearson", "scored",
+                  "own self/base/null", "cross self/base/null", "passing", "uninformative",
+                  "names peak token self/null", "failing 1-token/other"])
     for kind, g in summary.groups.items():
         own, cross = (" / ".join(fmt(g.eleuther[side][n], 2) for n in EXPLAINERS) for side in SIDES)
+        c = g.checks
         grid.add_row(kind, str(g.n_pairs), str(g.n_left_out), fmt(g.mean_similarity),
-                     fmt(g.mean_pearson), own, cross, fmt(g.pass_rate, 2))
+                     fmt(g.mean_pearson), f"{g.n_scored}/{g.n_features}", own, cross,
+                     fmt(g.pass_rate, 2), str(c.n_uninformative) if c else "—",
+                     f"{fmt(c.known_answer_rate, 2)} / {fmt(c.known_answer_null_rate, 2)}"
+                     if c else "—",
+                     f"{fmt(c.failure_rate_single_token, 2)} ({c.n_single_token}) / "
+                     f"{fmt(c.failure_rate_other, 2)} ({c.n_other})" if c else "—")
     console.print(grid)
+    null = summary.similarity_null
+    if null is not None:
+        similar = ", ".join(f"{kind} {fmt(g.mean_explanation_similarity, 2)}"
+                            for kind, g in summary.groups.items())
+        console.print(f"explanation similarity: {similar}; null (unrelated pairs, n="
+                      f"{len(null.similarities)}): {fmt(null.mean, 2)}, informative only "
+                      f"{fmt(null.mean_informative, 2)}")
     for c in summary.correlations:
         console.print(f"Spearman ρ(decoder cos, {c.score}) over {c.pairs} pairs (n={c.n}): "
                       f"{fmt(c.rho)} [{fmt(c.ci_low)}, {fmt(c.ci_high)}]")

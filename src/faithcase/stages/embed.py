@@ -12,11 +12,17 @@ Every feature's documents are scored by three explanations: its self-explanation
 baseline (its most frequent peak tokens) and a null (another selected feature's self-explanation,
 seeded); and by the same three of its matched partner in the other SAE (cross scores). A score is
 at `features[documents_of][feature].eleuther[explanation_of][explainer]` of embed.json.
+
+delphi's rules, stated in embed.json `rules`: a feature with fewer than `min_activating` (200)
+activating or `min_non_activating` (50) non-activating windows in the whole corpus pass (aligned
+`windows.window`-token chunks, `numerics/token_spread.py`) is not scored: auroc None and a reason
+("rare: …", "dense: …"), its counts at `features[sae][feature].scoring`. Beside the scores: whether
+the explanation (and the null) names one of the feature's peak tokens (`known_answer`), and the
+explanation similarity of random non-matched pairs (`similarity_null`).
 """
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,10 +39,13 @@ from faithcase.artifacts import (
     ExplainArtifact,
     ExplanationScore,
     FeatureExplanation,
+    FeatureScoring,
     FeatureWindows,
+    KnownAnswer,
     Pair,
     PairSimilarity,
     ScoredFeature,
+    SimilarityNull,
     WindowsArtifact,
 )
 from faithcase.config import (
@@ -48,34 +57,32 @@ from faithcase.config import (
 from faithcase.run.errors import FaithcaseError
 from faithcase.run.graph import Stage
 from faithcase.model.embedder import Embedder
+from faithcase.numerics.explanation_checks import (
+    KNOWN_ANSWER_RULE,
+    first_text,
+    names_peak_token,
+    peak_tokens,
+)
+from faithcase.numerics.token_spread import SPREAD_METHOD
 
-
+SIMILARITY_NULL_METHOD = (
+    "cosine of the explanation embeddings of up to embed.n_similarity_null random (SAE 1, SAE 2) "
+    "pairs of selected features that are not a selected pair, both explained, drawn without "
+    "replacement (seeded)")
 
 # ---------------------------------------------------------------- explanations
 
 
 def explanation_texts(features: Mapping[str, FeatureExplanation]) -> dict[str, str | None]:
     """One explanation per feature (the first ranked non-empty text); None when there is none."""
-    return {key: next((e for e in feature.explanations if e.strip()), None)
-            for key, feature in features.items()}
+    return {key: first_text(feature.explanations) for key, feature in features.items()}
 
 
 def top_token_explanation(feature: FeatureWindows, n_tokens: int = 3) -> str | None:
     """The top-token baseline: the tokens at the peak of the feature's top `max` windows, the n most
     frequent joined by ", " (ties: the larger summed peak activation, then first seen). None when no
     window peaks on a visible token."""
-    count: Counter[str] = Counter()
-    weight: Counter[str] = Counter()
-    for window in feature.windows.get("max", []):
-        if not window.acts:
-            continue
-        peak = max(range(len(window.acts)), key=window.acts.__getitem__)
-        token = window.texts[peak].strip()
-        if window.acts[peak] > 0 and token:
-            count[token] += 1
-            weight[token] += window.acts[peak]
-    ranked = sorted(count, key=lambda t: (-count[t], -weight[t]))
-    return ", ".join(ranked[:n_tokens]) or None
+    return ", ".join(peak_tokens(feature.windows.get("max", []), n_tokens)) or None
 
 
 def null_partners(features: Sequence[str], seed: int) -> dict[str, str]:
@@ -112,17 +119,47 @@ def _auroc(labels: np.ndarray, sims: np.ndarray) -> float | None:
     return float(roc_auc_score(labels, sims))
 
 
-def unscorable_reason(explanation: str | None, docs: list[Document],
-                      settings: EmbedConfig) -> str | None:
-    """Why a feature's documents cannot be scored by an explanation, or None when they can."""
+def window_counts(feature: FeatureWindows) -> tuple[int, int]:
+    """(activating, non-activating) windows the scoring rules count: the feature's aligned windows
+    over the whole corpus pass (windows.json `stats.spread`); for windows made without that
+    record, its contexts."""
+    spread = feature.stats.spread
+    if spread is None:
+        return len(feature.activating), len(feature.non_activating)
+    return spread.n_activating_windows, spread.n_non_activating_windows
+
+
+def rule_reason(n_activating: int, n_non_activating: int, settings: EmbedConfig) -> str | None:
+    """delphi's rules: why a feature with these window counts gets no score (None: it does)."""
+    if n_activating < settings.min_activating:
+        return f"rare: {n_activating} activating windows < {settings.min_activating}"
+    if n_non_activating < settings.min_non_activating:
+        share = n_activating / max(n_activating + n_non_activating, 1)
+        return (f"dense: active in {share:.0%} of windows ({n_non_activating} non-activating "
+                f"< {settings.min_non_activating})")
+    return None
+
+
+def feature_scoring(feature: FeatureWindows, settings: EmbedConfig) -> FeatureScoring:
+    n_activating, n_non_activating = window_counts(feature)
+    reason = rule_reason(n_activating, n_non_activating, settings)
+    return FeatureScoring(n_activating_windows=n_activating,
+                          n_non_activating_windows=n_non_activating, scored=reason is None,
+                          reason=reason)
+
+
+def unscorable_reason(explanation: str | None, docs: list[Document], settings: EmbedConfig,
+                      counts: tuple[int, int] | None = None) -> str | None:
+    """Why a feature's documents cannot be scored by an explanation, or None when they can: the
+    scoring rules on `counts` (`window_counts`; default: the documents), then no explanation."""
     n_act = sum(d.label for d in docs)
+    reason = rule_reason(*(counts or (n_act, len(docs) - n_act)), settings)
+    if reason is not None:
+        return reason
     if explanation is None or not explanation.strip():
         return "no explanation"
-    if n_act < settings.min_activating:
-        return f"only {n_act} activating contexts (need {settings.min_activating})"
-    if len(docs) - n_act < settings.min_non_activating:
-        return (f"only {len(docs) - n_act} non-activating contexts "
-                f"(need {settings.min_non_activating})")
+    if not 0 < n_act < len(docs):
+        return "documents of one label only"
     return None
 
 
@@ -157,8 +194,10 @@ class _Batch:
         self.embedder, self.settings, self.template = embedder, settings, template
         self.jobs: list[tuple[list[Document], str | None, str | None]] = []
 
-    def add(self, docs: list[Document], explanation: str | None) -> int:
-        self.jobs.append((docs, explanation, unscorable_reason(explanation, docs, self.settings)))
+    def add(self, docs: list[Document], explanation: str | None,
+            counts: tuple[int, int] | None = None) -> int:
+        why = unscorable_reason(explanation, docs, self.settings, counts)
+        self.jobs.append((docs, explanation, why))
         return len(self.jobs) - 1
 
     def run(self, n_quantiles: int | None) -> list[ExplanationScore]:
@@ -177,13 +216,14 @@ def eleuther(windows: Mapping[str, FeatureWindows], explanations: Mapping[str, s
              n_quantiles: int | None = None) -> dict[str, ExplanationScore]:
     """The Eleuther embedding score of each feature of `windows` (keyed like it) by its explanation.
 
-    Similarities are in the order of `documents(windows[key])`. Features with no explanation or too
-    few contexts get auroc None and a reason. `n_quantiles` fixes the length of auroc_per_quantile
-    (default: highest quantile seen + 1).
+    Similarities are in the order of `documents(windows[key])`. Features with no explanation, or
+    with fewer activating or non-activating windows in the corpus than the scoring rules ask
+    (`window_counts`, `rule_reason`), get auroc None and a reason. `n_quantiles` fixes the length
+    of auroc_per_quantile (default: highest quantile seen + 1).
     """
     settings = settings or EmbedConfig()
     batch = _Batch(embedder, settings, settings.template)
-    jobs = {key: batch.add(documents(feature), explanations.get(key))
+    jobs = {key: batch.add(documents(feature), explanations.get(key), window_counts(feature))
             for key, feature in windows.items()}
     scores = batch.run(n_quantiles)
     return {key: scores[job] for key, job in jobs.items()}
@@ -215,23 +255,79 @@ def embed_case_study(pairs: list[Pair], explain: ExplainArtifact,
     explained = {key: explanation_texts(explain.features[key]) for key in SAE_KEYS}
     nulls = {key: null_partners(sorted(found[key], key=int), settings.seed + i)
              for i, key in enumerate(SAE_KEYS)}
+    tokens = {key: {f: peak_tokens(w.windows.get("max", []), settings.n_peak_tokens)
+                    for f, w in found[key].items()} for key in SAE_KEYS}
     texts = {key: {f: {"self": explained[key].get(f),
-                       "baseline": top_token_explanation(w, settings.n_peak_tokens),
+                       "baseline": ", ".join(tokens[key][f]) or None,
                        "null": explained[key].get(nulls[key].get(f, ""))}
-                   for f, w in found[key].items()} for key in SAE_KEYS}
+                   for f in found[key]} for key in SAE_KEYS}
     docs = {key: {f: documents(w) for f, w in found[key].items()} for key in SAE_KEYS}
-    features = _score_features(embedder, settings, docs, texts, _explainers(pairs, found),
-                               n_quantiles)
+    scoring = {key: {f: feature_scoring(w, settings) for f, w in found[key].items()}
+               for key in SAE_KEYS}
+    features = _score_features(embedder, settings, docs, scoring, texts,
+                               _explainers(pairs, found), n_quantiles)
+    for key, group in features.items():
+        for f, scored in group.items():
+            scored.scoring = scoring[key][f]
+            scored.known_answer = KnownAnswer(
+                peak_tokens=tokens[key][f], explanation=names_peak_token(texts[key][f]["self"],
+                                                                         tokens[key][f]),
+                null=names_peak_token(texts[key][f]["null"], tokens[key][f]))
     similarities = [PairSimilarity(kind=p.kind, rank=p.rank, index1=p.index1, index2=p.index2,
                                    explanation_similarity=explanation_similarity(
                                        embedder, explained["sae1"].get(str(p.index1)),
                                        explained["sae2"].get(str(p.index2)))) for p in pairs]
+    informative = {key: {f: e.uninformative is None for f, e in explain.features[key].items()}
+                   for key in SAE_KEYS}
     return EmbedArtifact(embedder=settings.model,
                          query_template=settings.template, features=features, pairs=similarities,
                          nulls={key: {f: int(g) for f, g in nulls[key].items()}
                                 for key in SAE_KEYS},
-                         templates=_template_check(embedder, settings, docs, explained, n_quantiles)
-                         if settings.compare_templates else {})
+                         templates=_template_check(embedder, settings, docs, scoring, explained,
+                                                   n_quantiles)
+                         if settings.compare_templates else {},
+                         rules=scoring_rules(settings),
+                         similarity_null=similarity_null(embedder, pairs, explained, informative,
+                                                         settings))
+
+
+def scoring_rules(settings: EmbedConfig) -> dict[str, Any]:
+    """The rules embed.json's scores follow, stated."""
+    return {"scored": (f"a feature's documents are scored only with at least "
+                       f"{settings.min_activating} activating and "
+                       f"{settings.min_non_activating} non-activating windows in the corpus pass "
+                       "(delphi's rules; below: 'rare', 'dense'): no AUROC otherwise, a reason"),
+            "min_activating": settings.min_activating,
+            "min_non_activating": settings.min_non_activating, "counted": SPREAD_METHOD,
+            "known_answer": KNOWN_ANSWER_RULE, "n_peak_tokens": settings.n_peak_tokens,
+            "explanation_similarity_null": SIMILARITY_NULL_METHOD}
+
+
+def similarity_null(embedder: Embedder, pairs: list[Pair], explained, informative,
+                    settings: EmbedConfig) -> SimilarityNull:
+    """Explanation similarity of random non-matched (SAE 1, SAE 2) pairs of selected features
+    (SIMILARITY_NULL_METHOD); `informative[sae][feature]`: its explanation is informative."""
+    matched = {(p.index1, p.index2) for p in pairs}
+    candidates = [(a, b) for a in sorted({p.index1 for p in pairs})
+                  for b in sorted({p.index2 for p in pairs})
+                  if (a, b) not in matched and explained["sae1"].get(str(a))
+                  and explained["sae2"].get(str(b))]
+    n = min(settings.n_similarity_null, len(candidates))
+    drawn = np.random.default_rng(settings.seed).choice(len(candidates), n, replace=False) \
+        if n else []
+    chosen = [candidates[i] for i in sorted(int(i) for i in drawn)]
+    texts = [(explained["sae1"][str(a)], explained["sae2"][str(b)]) for a, b in chosen]
+    distinct = list(dict.fromkeys(t for pair in texts for t in pair))
+    vectors = dict(zip(distinct, embedder.embed(distinct))) if distinct else {}
+    sims = [float(vectors[t1] @ vectors[t2]) for t1, t2 in texts]
+    flags = [informative["sae1"].get(str(a), True) and informative["sae2"].get(str(b), True)
+             for a, b in chosen]
+    kept = [x for x, ok in zip(sims, flags) if ok]
+    return SimilarityNull(
+        method=SIMILARITY_NULL_METHOD, seed=settings.seed, pairs=[[a, b] for a, b in chosen],
+        similarities=sims, informative=flags, mean=float(np.mean(sims)) if sims else None,
+        mean_informative=float(np.mean(kept)) if kept else None,
+        q95=float(np.quantile(sims, 0.95)) if sims else None)
 
 
 def _explainers(pairs: list[Pair], found: Mapping[str, Mapping[str, Any]]
@@ -245,12 +341,17 @@ def _explainers(pairs: list[Pair], found: Mapping[str, Mapping[str, Any]]
     return whose
 
 
-def _score_features(embedder: Embedder, settings: EmbedConfig, docs, texts,
+def _counts(scoring: FeatureScoring) -> tuple[int, int]:
+    return scoring.n_activating_windows, scoring.n_non_activating_windows
+
+
+def _score_features(embedder: Embedder, settings: EmbedConfig, docs, scoring, texts,
                     whose: dict[tuple[str, str], dict[str, str]],
                     n_quantiles: int | None) -> dict[str, dict[str, ScoredFeature]]:
     """One batch of every (documents, explanation) score, keyed by SAE then feature."""
     batch = _Batch(embedder, settings, settings.template)
-    jobs = {(key, f, of, name): batch.add(docs[key][f], texts[of][g][name])
+    jobs = {(key, f, of, name): batch.add(docs[key][f], texts[of][g][name],
+                                          _counts(scoring[key][f]))
             for (key, f), sources in whose.items() for of, g in sources.items()
             for name in EXPLAINERS}
     scores = batch.run(n_quantiles)
@@ -261,7 +362,7 @@ def _score_features(embedder: Embedder, settings: EmbedConfig, docs, texts,
         for f in sorted(docs[key], key=int)} for key in SAE_KEYS}
 
 
-def _template_check(embedder: Embedder, settings: EmbedConfig, docs, explained,
+def _template_check(embedder: Embedder, settings: EmbedConfig, docs, scoring, explained,
                     n_quantiles) -> dict[str, float | None]:
     """Mean own AUROC of the self-explanations with the bare explanation and with the retrieval
     instruction as the query (the embedder's default is one of them)."""
@@ -270,7 +371,7 @@ def _template_check(embedder: Embedder, settings: EmbedConfig, docs, explained,
         batch = _Batch(embedder, settings, template)
         for key in SAE_KEYS:
             for f, feature_docs in docs[key].items():
-                batch.add(feature_docs, explained[key].get(f))
+                batch.add(feature_docs, explained[key].get(f), _counts(scoring[key][f]))
         aurocs = [s.auroc for s in batch.run(n_quantiles) if s.auroc is not None]
         means[template] = float(np.mean(aurocs)) if aurocs else None
     return means

@@ -25,6 +25,8 @@ the README's "How each score is computed").
 Failure test: n_null random unit directions (seeded) go through the same prompt and sweep; their
 best self-similarities are the null distribution, and a feature fails when its best
 self-similarity is at most the null's `null_quantile` (a fixed `failed_selfsim` overrides it).
+An explanation equal to a baseline answer, or a stock text many features give, is flagged
+`uninformative` (`numerics/explanation_checks.py`), over every feature of the artifact.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from faithcase.artifacts import (
 )
 from faithcase.config import ExplainConfig, affecting
 from faithcase.numerics.directions import random_directions, unit_directions
+from faithcase.numerics.explanation_checks import flag_uninformative
 from faithcase.numerics.sweep_scores import best_scales, best_selfsim, score_sweep
 from faithcase.run.graph import Stage
 from faithcase.run.store import fingerprint
@@ -254,7 +257,8 @@ def explain_features(lm, directions: dict[int, torch.Tensor], cfg: ExplainConfig
         selfsim_zero=float(result.selfsim_zero.mean()) if len(features) else 0.0,
         entropy_zero=result.entropy_zero)
     settings = ExplainSettings(
-        prompt_text=prompt.text, placeholder_token_id=prompt.placeholder_id,
+        prompt_text=prompt.text, prompt_tokens=list(zip(prompt.tokens, prompt.pieces)),
+        placeholder_token_id=prompt.placeholder_id,
         placeholder_positions=prompt.positions, insert_layer=insert, read_layer=read,
         mode=cfg.mode, residual_norm=residual_norm, scales=scales, criterion=cfg.criterion)
     return results, baseline, settings
@@ -340,8 +344,9 @@ def explain(lm, saes, features, settings: ExplainConfig | None = None,
              for f in sorted(explained[k], key=int) if explained[k][f].selfsim_zero is not None]
     if zeros:  # over every feature of the artifact, reused or new: the same as a fresh run
         baseline = baseline.model_copy(update={"selfsim_zero": math.fsum(zeros) / len(zeros)})
+    rule = flag_uninformative(explained, baseline, settings.stock_share, settings.stock_min)
     return ExplainArtifact(settings=run_settings, baseline=baseline, null=null, threshold=threshold,
-                           threshold_source=source,
+                           threshold_source=source, uninformative=rule,
                            features={key: dict(sorted(group.items(), key=lambda kv: int(kv[0])))
                                      for key, group in explained.items()})
 
@@ -384,7 +389,7 @@ def _explanation(e) -> str:
     if e is None:
         return "—"
     text = e.explanations[0] if e.explanations else ""
-    return f"{text}{' [failed]' if e.failed else ''}"
+    return f"{text}{' [failed]' if e.failed else ''}{' [uninformative]' if e.uninformative else ''}"
 
 
 def _scale(e) -> str:
@@ -393,19 +398,21 @@ def _scale(e) -> str:
 
 # ---------------------------------------------------------------- the stage
 
-SAE_LEVEL = ("nothing", "failure test", "failure threshold")  # what a feature's own key leaves out
+SAE_LEVEL = ("nothing", "failure test", "failure threshold", "flags")  # left out of a feature's key
 
 
 def feature_fingerprints(rt, features: Mapping[str, Sequence[int]]) -> dict[str, dict[int, str]]:
     """Per feature: what its explanation depends on (settings, model, corpus, SAE files, index)."""
     common = [affecting(rt.cfg.explain, SAE_LEVEL), rt.resource_key("model"),
               rt.resource_key("corpus")]
-    return {key: {f: fingerprint("explain-feature", *common, rt.sae_hash(key), f) for f in chosen}
+    return {key: {f: fingerprint("explain-feature", *common, rt.sae_hash(key),
+                                 getattr(rt.cfg, key).dtype, f) for f in chosen}
             for key, chosen in features.items()}
 
 
 def null_key(rt) -> str:
-    return fingerprint("explain-null", affecting(rt.cfg.explain, ("nothing", "failure threshold")),
+    return fingerprint("explain-null", affecting(rt.cfg.explain,
+                                                 ("nothing", "failure threshold", "flags")),
                        rt.resource_key("model"), rt.resource_key("corpus"))
 
 

@@ -156,7 +156,8 @@ def match(sae1, sae2, settings: MatchConfig | None = None,
 def _info(sae) -> SAEInfo:
     return SAEInfo(path=str(getattr(sae, "path", "")), format=str(getattr(sae, "format", "")),
                    d_in=int(sae.W_dec.shape[1]), d_sae=int(sae.W_dec.shape[0]),
-                   hook_name=getattr(sae, "hook_name", None), sha256="")
+                   hook_name=getattr(sae, "hook_name", None), sha256="",
+                   dtype=str(sae.W_dec.dtype).removeprefix("torch."))
 
 
 # ---------------------------------------------------------------- printing

@@ -1,9 +1,11 @@
 """windows stage: one streaming pass over the corpus, for the selected features of one SAE.
 
 Per feature it keeps the top non-overlapping windows under three criteria (`mean`, `density`,
-`max`), exact activation statistics with a histogram, and reservoir samples of aligned contexts
-for the embed stage. Memory is bounded by the settings, never by the corpus size. Window and
-context texts are the model tokenizer's strings of their tokens, never token ids.
+`max`), exact activation statistics with a histogram, reservoir samples of aligned contexts for
+the embed stage, and how many aligned contexts activate and its activation by token id
+(`numerics/token_spread.py`: the scoring rules and single-token features). Memory is bounded by
+the settings and the vocabulary, never by the corpus size. Window and context texts are the model
+tokenizer's strings of their tokens, never token ids.
 
 Conventions. Position 0 of every sequence is BOS and is never part of a window, a context or a
 statistic; the usable positions are 1..T-1. Excluded positions (BOS, massive activations) count as
@@ -41,6 +43,7 @@ from faithcase.model.outliers import counted_positions
 from faithcase.model.tokens import TokenTexts, token_texts
 from faithcase.numerics.activation_stats import FINE_BINS, HISTOGRAM_METHOD, ActivationStats
 from faithcase.numerics.chunks import row_chunks
+from faithcase.numerics.token_spread import TokenSpread
 from faithcase.numerics.topk_pools import (
     greedy_per_sequence,
     merge_into,
@@ -118,6 +121,7 @@ class WindowCollector:
         self.n_quantiles, self.per_quantile = settings.n_quantiles, settings.per_quantile
         self.n_negative, self.reservoir = settings.n_negative, settings.reservoir
         self.n_hist_bins = settings.n_hist_bins
+        self.single_token_share = settings.single_token_share
         # corpus totals (the same for every feature)
         self.n_sequences = 0
         self.n_tokens = 0  # counted positions: 1..T-1 and not excluded
@@ -132,6 +136,7 @@ class WindowCollector:
         self._device = device
         self._feature_ids = torch.tensor(self.features, dtype=torch.long, device=device)
         self._stats = ActivationStats(n, device)
+        self._spread = TokenSpread(n, window, device)
         self._pools = {c: new_pool(self.top, n, window, WINDOW_FIELDS, device) for c in CRITERIA}
         self._activating = new_pool(self.reservoir, n, window, CONTEXT_FIELDS, device)
         self._non_activating = new_pool(self.n_negative, n, window, CONTEXT_FIELDS, device)
@@ -179,6 +184,7 @@ class WindowCollector:
         seq_ids = seq_ids.to(device=device, dtype=torch.long)
 
         self._stats.update(acts)
+        self._spread.update(acts, tokens)
         self._update_windows(acts, tokens, seq_ids)
         self._update_contexts(acts, tokens, seq_ids)
 
@@ -266,6 +272,7 @@ class WindowCollector:
         activating = pool_to_cpu(self._activating)
         non_activating = pool_to_cpu(self._non_activating)
         stats = self._stats.finish(self.n_tokens, self.n_hist_bins)
+        spread = self._spread.finish(texts, self.single_token_share)
         result = {}
         for f, feature in enumerate(self.features):
             windows = {c: self._windows_of(pools[c], orders[c][:, f].tolist(), c, f, texts)
@@ -273,7 +280,7 @@ class WindowCollector:
             result[feature] = FeatureWindows(
                 feature=feature,
                 windows=windows,
-                stats=stats[f],
+                stats=stats[f].model_copy(update={"spread": spread[f]}),
                 activating=self._activating_contexts(activating, f, texts),
                 non_activating=self._non_activating_contexts(non_activating, f, texts),
             )

@@ -259,21 +259,23 @@ def embed_cache_speedup(embedder, windows, explanations, settings) -> dict:
     import numpy as np
 
     from faithcase.stages.embed import (
-        documents, eleuther, make_query, score, unscorable_reason)
+        documents, eleuther, make_query, score, unscorable_reason, window_counts)
 
     keys = list(windows)
     rotated = {key: explanations.get(keys[(i + 1) % len(keys)]) for i, key in enumerate(keys)}
     passes = [explanations, rotated]
     docs = {key: documents(feature) for key, feature in windows.items()}
-    n_contexts = sum(len(docs[key]) for texts in passes for key in keys
-                     if unscorable_reason(texts.get(key), docs[key], settings) is None)
+    counts = {key: window_counts(feature) for key, feature in windows.items()}  # delphi's rules
+    n_contexts = sum(
+        len(docs[key]) for texts in passes for key in keys
+        if unscorable_reason(texts.get(key), docs[key], settings, counts[key]) is None)
 
     def uncached():
         results = []
         for texts in passes:
             found = {}
             for key in keys:
-                why = unscorable_reason(texts.get(key), docs[key], settings)
+                why = unscorable_reason(texts.get(key), docs[key], settings, counts[key])
                 query = None if why else make_query(settings.template, texts[key])
                 vectors = None if why else embedder.embed([query, *(d.text for d in docs[key])],
                                                           use_cache=False)

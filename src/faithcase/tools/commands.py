@@ -45,38 +45,54 @@ def rehearse(
         "--n-null", help="Random directions of the failure test (8).")] = None,
     n_samples: Annotated[Optional[int], typer.Option(
         "--n-samples", help="Sampled texts per feature (4).")] = None,
+    gpu_check: Annotated[bool, typer.Option(
+        "--gpu-check", help="On a GPU: the paper's workload on 200,000 corpus tokens, with peak "
+                            "GPU memory per stage; without one, the reduced workload on CPU.")
+    ] = False,
 ):
-    """Every stage at the paper's shapes (random-weight Llama-3.2-1B architecture, two
-    14,336-feature BatchTopK SAEs, bfloat16) on a reduced workload: time, peak RSS and projected
-    full-size time per stage."""
-    from faithcase.tools.rehearse import FULL, REDUCED
+    """Every stage at the paper's shapes (random-weight Llama-3.2-1B architecture and Llama 3
+    tokenizer, two 14,336-feature BatchTopK SAEs, bfloat16) on a reduced workload: time, peak
+    memory and projected full-size time per stage."""
+    from faithcase.tools.rehearse import REDUCED, gpu_check_preset
     from faithcase.tools.rehearse import rehearse as run_rehearsal
 
+    preset, device, on_gpu = gpu_check_preset() if gpu_check else (REDUCED, "cpu", False)
     given = {"tokens": tokens, "n_pairs": n_pairs, "n_stratified": n_stratified,
              "n_scales": n_scales, "n_null": n_null, "n_samples": n_samples}
-    workload = REDUCED | {name: value for name, value in given.items() if value is not None}
+    workload = preset | {name: value for name, value in given.items() if value is not None}
+    if gpu_check and not on_gpu:
+        err_console.print("no GPU here: the GPU check runs the reduced workload on CPU "
+                          f"({workload['tokens']:,} tokens); peak GPU memory shows —")
     with user_errors():
         for name in ("tokens", "n_pairs", "n_scales"):
             if workload[name] < 1:
                 raise FaithcaseError(f"--{name.replace('_', '-')} must be at least 1, "
                                      f"got {workload[name]}")
         set_threads()
-        rows = run_rehearsal(work_dir, workload, err_console)
-    table = tables.table(f"rehearsal at paper shapes: {workload['tokens']:,} tokens, "
+        rows = run_rehearsal(work_dir, workload, err_console, device)
+    console.print(_rehearsal_table(rows, workload, device))
+    console.print(f"the planted pairs came back as the best pairs; total projected on this "
+                  f"machine ({device}): {sum(r['projected'] for r in rows) / 3600:.2f} h")
+
+
+def _rehearsal_table(rows: list[dict], workload: dict, device: str):
+    from faithcase.tools.rehearse import FULL
+
+    table = tables.table(f"rehearsal at paper shapes on {device}: {workload['tokens']:,} tokens, "
                          f"{workload['n_pairs']} pairs per group + "
                          f"{workload['n_stratified']} stratified, {workload['n_scales']} scales, "
                          f"{workload['n_null']} null directions; projected to "
                          f"{FULL['tokens']:,} tokens, {FULL['n_pairs']} + {FULL['n_stratified']} "
                          f"pairs, {FULL['n_scales']} scales, {FULL['n_null']} null",
-                         ["stage", "time s", "of which loading s", "peak RSS GiB", "× work",
-                          "projected s"])
+                         ["stage", "time s", "of which loading s", "tokens per s",
+                          "peak RSS GiB", "peak GPU GiB", "× work", "projected s"])
     for row in rows:
+        speed, gpu = row["tokens_per_s"], row["peak_gpu_gib"]
         table.add_row(row["stage"], f"{row['seconds']:.1f}", f"{row['load']:.1f}",
-                      f"{row['peak_rss_gib']:.2f}", f"{row['factor']:.0f}",
-                      f"{row['projected']:,.0f}")
-    console.print(table)
-    console.print(f"the planted pairs came back as the best pairs; total projected on this "
-                  f"machine: {sum(r['projected'] for r in rows) / 3600:.1f} h")
+                      f"{speed:,.0f}" if speed is not None else "—",
+                      f"{row['peak_rss_gib']:.2f}", f"{gpu:.2f}" if gpu is not None else "—",
+                      f"{row['factor']:.0f}", f"{row['projected']:,.0f}")
+    return table
 
 
 # ================================================================ bench
@@ -125,6 +141,16 @@ def bench_explain(opts: RunOptions, n_features: int = 4, n_scales: int = 8):
 
     tables.print_dict("bench explain",
                       measure(runtime(opts), n_features=n_features, n_scales=n_scales))
+
+
+@bench_app.command("dtype")
+@with_run_options
+def bench_dtype(opts: RunOptions):
+    """Match and scan with both SAEs encoded in float32 and in bfloat16, one corpus pass."""
+    from faithcase.tools.bench_dtype import bench_dtype as measure
+    from faithcase.tools.bench_dtype import print_dtype_table
+
+    print_dtype_table(measure(runtime(opts)))
 
 
 @bench_app.command("embed")
@@ -197,6 +223,12 @@ def demo_build(
     k: Annotated[Optional[int], typer.Option("--k", help="Latents kept per token (TopK).")] = None,
     epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr")] = None,
+    d_sae: Annotated[Optional[int], typer.Option("--d-sae", help="Latents per SAE.")] = None,
+    weights_dtype: Annotated[Optional[str], typer.Option(
+        "--weights-dtype", help="Store the SAE weights in float32 or bfloat16.")] = None,
+    corpus_from: Annotated[Optional[Path], typer.Option(
+        "--corpus-from", help="Take the corpus files of this built bundle as given (no "
+                              "sampling).")] = None,
     force: Annotated[bool, typer.Option("--force", help="Rebuild every stage.")] = False,
 ):
     """Rebuild the demo bundle: sample the corpus, cache activations, train two TopK SAEs
@@ -204,7 +236,8 @@ def demo_build(
     from faithcase.tools.demo.build import build_bundle, settings_with
 
     with user_errors():
-        settings = settings_with(shards, min_heldout_tokens, k, epochs, lr)
+        settings = settings_with(shards, min_heldout_tokens, k, epochs, lr, d_sae, weights_dtype,
+                                 str(corpus_from) if corpus_from else None)
         manifest = build_bundle(out_dir, work_dir, settings=settings, force=force,
                                 console=err_console)
         _print_manifest(manifest)

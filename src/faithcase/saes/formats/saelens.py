@@ -1,4 +1,6 @@
-"""SAELens: cfg.json + sae_weights.safetensors, read (and written) through sae-lens itself."""
+"""SAELens: cfg.json + sae_weights.safetensors, read (and written) through sae-lens itself.
+
+The SAE encodes in the dtype sae-lens loads it in: cfg.json's `dtype` (default float32)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from typing import Any
 
 from faithcase.model.hooks import layer_from_hook
 from faithcase.run.errors import FaithcaseError
-from faithcase.saes.helpers import check_shapes, read_json, reading
+from faithcase.saes.helpers import check_shapes, declared_dtype, read_json, reading
 from faithcase.saes.model import SAE
 from faithcase.saes.registry import SAEFormat
 
@@ -45,6 +47,7 @@ def load(folder: Path, hook: str | None = None) -> SAE:
         hook_layer=hook_layer,
         format="saelens",
         path=str(folder),
+        declared_dtype=declared_dtype(lens.dtype),
     )
     return check_shapes(sae, folder)
 

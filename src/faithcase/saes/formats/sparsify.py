@@ -1,5 +1,8 @@
 """EleutherAI sparsify: cfg.json + sae.safetensors, or a parent folder holding one such
-subfolder per hook point, chosen by `hook` (see `select_hook_subfolder`)."""
+subfolder per hook point, chosen by `hook` (see `select_hook_subfolder`).
+
+cfg.json declares no dtype: like sparsify's own `load_from_disk`, the SAE encodes in the dtype
+its weights are stored in (encoder.weight's)."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from faithcase.model.hooks import layer_from_hook
 from faithcase.run.errors import FaithcaseError
 from faithcase.saes.helpers import (
     check_shapes,
+    declared_dtype,
     has_files,
     read_json,
     read_safetensors,
@@ -117,6 +121,8 @@ def _load_sparsify(folder: Path) -> SAE:
         hook_layer=layer_from_hook(hook_name),
         format="sparsify",
         path=str(folder),
+        fused_bias=True,  # nn.Linear: one addmm in every dtype
+        declared_dtype=declared_dtype(weights["encoder.weight"].dtype),
     )
     return check_shapes(sae, folder)
 

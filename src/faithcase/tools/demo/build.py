@@ -39,7 +39,13 @@ from faithcase.tools.demo.corpus import (
     token_count,
     write_texts,
 )
-from faithcase.tools.demo.manifest import bundle_bytes, bundle_info, info_rows, write_manifest
+from faithcase.tools.demo.manifest import (
+    CORPUS_COUNTS,
+    bundle_bytes,
+    bundle_info,
+    info_rows,
+    write_manifest,
+)
 from faithcase.tools.demo.settings import (
     ACTS_HELDOUT,
     ACTS_TRAIN,
@@ -148,6 +154,10 @@ class _Builder:
     def sae_folder(self, seed: int) -> Path:
         return self.out_dir / sae_name(seed)
 
+    def trained_folder(self, seed: int) -> Path:
+        """The SAE in float32, as trained (the bundle may store it in another dtype)."""
+        return self.work_dir / f"{sae_name(seed)}.{self.out_dir.name}.float32"
+
     # -- stages: each returns the small record kept in the build's ledger
 
     def samples(self, up: dict, fp: str) -> dict:
@@ -194,6 +204,24 @@ class _Builder:
                            f"{result['train_tokens']} train + {result['heldout_tokens']} "
                            "held-out tokens")
         return result
+
+    def given_corpus_key(self) -> list:
+        source = Path(self.settings.corpus_from)
+        return [sha256_file(source / name) for name in (TRAIN_FILE, HELDOUT_FILE)]
+
+    def given_corpus(self, up: dict, fp: str) -> dict:
+        """The corpus files of a built bundle, taken as they are, with that bundle's record of
+        how they were sampled and filtered."""
+        source = Path(self.settings.corpus_from)
+        record = bundle_info(source).get("corpus")
+        if not record:
+            raise FaithcaseError(f"{source / MANIFEST_FILE} has no corpus record")
+        for name in (TRAIN_FILE, HELDOUT_FILE):
+            if (source / name).resolve() != (self.out_dir / name).resolve():
+                tmp = self.out_dir / (name + ".tmp")
+                shutil.copyfile(source / name, tmp)
+                os.replace(tmp, self.out_dir / name)
+        return {name: record[name] for name in ("filter_counts", *CORPUS_COUNTS)}
 
     def activations_key(self) -> list:
         s = self.settings
@@ -262,7 +290,8 @@ class _Builder:
                                  aux_coef=t.aux_coef, dead_after_tokens=t.dead_after_tokens,
                                  lr_decay_fraction=t.lr_decay_fraction, hook_name=s.hook,
                                  threads=t.threads, progress=report)
-        self.save_sae(sae, self.sae_folder(seed))
+        self.save_sae(sae, self.trained_folder(seed))  # as trained: the storage comparison
+        self.save_sae(sae.to(dtype=getattr(torch, s.weights_dtype)), self.sae_folder(seed))
         self.console.print(f"{stage}: trained in {time.perf_counter() - start:.0f} s, "
                            f"final normalized MSE {last.get('mse', float('nan')):.3f}")
         return {"final_loss": last.get("loss"), "final_mse": last.get("mse"),
@@ -296,19 +325,25 @@ def _stage(name: str, inputs: tuple[str, ...], key, files, run, **extra) -> Stag
 
 def _sae_stage(seed: int) -> Stage:
     return _stage(sae_name(seed), ("activations",),
-                  lambda b: [asdict(b.settings.training), seed],
+                  lambda b: [asdict(b.settings.training), seed, b.settings.weights_dtype],
                   lambda b: [b.sae_folder(seed) / "cfg.json",
-                             b.sae_folder(seed) / "sae_weights.safetensors"],
+                             b.sae_folder(seed) / "sae_weights.safetensors",
+                             b.trained_folder(seed) / "sae_weights.safetensors"],
                   lambda b, up, fp: b.train(seed, up, fp))
 
 
-def build_graph(seeds: tuple[int, ...]) -> Graph:
-    """samples → corpus → activations → one SAE per seed → manifest."""
+def build_graph(seeds: tuple[int, ...], corpus_given: bool = False) -> Graph:
+    """samples → corpus → activations → one SAE per seed → manifest (with a given corpus:
+    corpus → activations → …)."""
+    corpus_files = lambda b: [b.out_dir / TRAIN_FILE, b.out_dir / HELDOUT_FILE]  # noqa: E731
+    corpus = ([_stage("corpus", (), _Builder.given_corpus_key, corpus_files,
+                      _Builder.given_corpus)] if corpus_given else
+              [_stage("samples", (), lambda b: asdict(b.settings.sampling),
+                      lambda b: b.shards(), _Builder.samples),
+               _stage("corpus", ("samples",), _Builder.corpus_key, corpus_files,
+                      _Builder.corpus)])
     return Graph([
-        _stage("samples", (), lambda b: asdict(b.settings.sampling), lambda b: b.shards(),
-               _Builder.samples),
-        _stage("corpus", ("samples",), _Builder.corpus_key,
-               lambda b: [b.out_dir / TRAIN_FILE, b.out_dir / HELDOUT_FILE], _Builder.corpus),
+        *corpus,
         _stage("activations", ("corpus",), _Builder.activations_key,
                lambda b: [b.work_dir / ACTS_TRAIN, b.work_dir / ACTS_HELDOUT],
                _Builder.activations),
@@ -336,7 +371,7 @@ def build_bundle(out_dir: str | Path | None = None, work_dir: str | Path = "buil
     builder = _Builder(out, work, samples, settings, console)
     out.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    graph = build_graph(settings.seeds)
+    graph = build_graph(settings.seeds, corpus_given=settings.corpus_from is not None)
     force_stages = graph.order() if force else ()
     builder.graph_run = graph.run(builder, work / STAGE_LOG, force_stages, report=console.print)
     return builder.graph_run.get("manifest")

@@ -45,9 +45,15 @@ def write_manifest(b, up: dict) -> dict:
     # not inputs of this stage (that would change its key): values of the same run
     corpus, acts = b.graph_run.get("corpus"), b.graph_run.get("activations")
     heldout = torch.load(b.work_dir / ACTS_HELDOUT)
-    saes, quality = _heldout_quality(b, heldout)
+    saes, quality = _heldout_quality(b, heldout, b.sae_folder)
     with b.console.status("matching the two decoders …"):
         match = _match_record(saes, s.seeds, s.match_threshold)
+    storage = None
+    if s.weights_dtype != "float32":  # what storing the weights in another dtype changes
+        trained, trained_quality = _heldout_quality(b, heldout, b.trained_folder)
+        storage = {dtype: {"heldout": q, "match": m} for dtype, q, m in (
+            ("float32", trained_quality, _match_record(trained, s.seeds, s.match_threshold)),
+            (s.weights_dtype, quality, match))}
     build_seconds = _build_seconds(b.graph_run.ledger.entries, start)
     manifest = {
         "model": _model_record(b.model_file(), s.hook),
@@ -61,6 +67,8 @@ def write_manifest(b, up: dict) -> dict:
                                           "input_scaling": INPUT_SCALING},
         "saes": _sae_records(saes, quality, up, s.seeds),
         "match": match,
+        "weights_dtype": s.weights_dtype,
+        "storage_comparison": storage,
         "targets": targets(quality, match["pairs_cos_ge_0.9"]),
         "build_seconds": build_seconds,
     }
@@ -70,19 +78,21 @@ def write_manifest(b, up: dict) -> dict:
     return manifest
 
 
-def _heldout_quality(b, heldout) -> tuple[dict, dict]:
-    """The SAEs as shipped (read back from the bundle), by seed, and their held-out quality."""
+def _heldout_quality(b, heldout, folder) -> tuple[dict, dict]:
+    """The SAEs in `folder(seed)` (as shipped: read back from the bundle), by seed, and their
+    held-out quality."""
     from faithcase.saes import load_sae
     from faithcase.tools.demo.train import sae_quality
 
     saes, quality = {}, {}
     for seed in b.settings.seeds:
         name = sae_name(seed)
-        saes[seed] = load_sae(b.sae_folder(seed))
+        saes[seed] = load_sae(folder(seed))
         with b.console.status(f"held-out quality of {name} …"):
             q = sae_quality(saes[seed], heldout)
         quality[name] = {"fvu": round(q["fvu"], 4), "l0": round(q["l0"], 2),
-                         "dead_fraction": round(q["dead_fraction"], 4)}
+                         "dead_fraction": round(q["dead_fraction"], 4),
+                         "median_frequency": round(q["median_frequency"], 6)}
     return saes, quality
 
 

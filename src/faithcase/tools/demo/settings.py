@@ -14,8 +14,10 @@ ACTS_TRAIN, ACTS_HELDOUT = "acts_train.pt", "acts_heldout.pt"
 STAGE_LOG = "stages.json"
 SAMPLES_SUBDIR = "samples_v3"  # v3: 40 shards of 96 samples, top_p 0.9, temperature 0.9
 
+WEIGHT_DTYPES = ("float32", "bfloat16")
+
 # quality targets of the shipped bundle (held-out, filtered tokens)
-TARGET_FVU, TARGET_DEAD, TARGET_PAIRS_090 = 0.12, 0.05, 10
+TARGET_FVU, TARGET_DEAD, TARGET_PAIRS_090 = 0.3, 0.05, 10
 
 
 @dataclass(frozen=True)
@@ -39,11 +41,11 @@ class FilterSettings:
 
 @dataclass(frozen=True)
 class TrainSettings:
-    d_sae: int = 2304
-    k: int = 64
+    d_sae: int = 4608  # with k=16: L0/d_sae 0.35%, near the paper's 48/14336
+    k: int = 16
     lr: float = 4e-3
     batch_size: int = 2048
-    epochs: int = 16
+    epochs: int = 6
     aux_k: int = 288  # d_in / 2
     aux_coef: float = 1 / 32
     dead_after_tokens: int = 50_000
@@ -62,6 +64,8 @@ class BuildSettings:
     min_heldout_tokens: int = 45_000
     seeds: tuple[int, int] = (42, 49)
     match_threshold: float = 0.7
+    weights_dtype: str = "bfloat16"  # what the bundle stores (and declares) its SAE weights in
+    corpus_from: str | None = None  # a built bundle whose corpus files are taken as given
     sampling: SampleSettings = field(default_factory=SampleSettings)
     filters: FilterSettings = field(default_factory=FilterSettings)
     training: TrainSettings = field(default_factory=TrainSettings)
@@ -74,25 +78,32 @@ def sae_name(seed: int) -> str:
 
 def settings_with(shards: int | None = None, min_heldout_tokens: int | None = None,
                   k: int | None = None, epochs: int | None = None,
-                  lr: float | None = None) -> BuildSettings:
+                  lr: float | None = None, d_sae: int | None = None,
+                  weights_dtype: str | None = None,
+                  corpus_from: str | None = None) -> BuildSettings:
     """The default build settings with the given values replaced (None keeps the default)."""
     base = BuildSettings()
     sampling = base.sampling
     if shards is not None:
         sampling = dataclasses.replace(base.sampling, n_shards=shards)
-    replaced = {"k": k, "epochs": epochs, "lr": lr}
+    replaced = {"k": k, "epochs": epochs, "lr": lr, "d_sae": d_sae}
     training = dataclasses.replace(
         base.training, **{name: value for name, value in replaced.items() if value is not None})
     heldout = base.min_heldout_tokens if min_heldout_tokens is None else min_heldout_tokens
     _check_flags(shards, k, epochs, heldout, lr, training.d_sae)
+    if weights_dtype not in (None, *WEIGHT_DTYPES):
+        raise FaithcaseError(f"--weights-dtype must be one of {', '.join(WEIGHT_DTYPES)}, "
+                             f"got {weights_dtype!r}")
     return dataclasses.replace(base, min_heldout_tokens=heldout, sampling=sampling,
-                               training=training)
+                               training=training, corpus_from=corpus_from,
+                               weights_dtype=weights_dtype or base.weights_dtype)
 
 
 def _check_flags(shards: int | None, k: int | None, epochs: int | None, heldout: int,
                  lr: float | None, d_sae: int) -> None:
     """FaithcaseError naming the first flag out of range."""
-    counts = {"shards": shards, "k": k, "epochs": epochs, "min_heldout_tokens": heldout}
+    counts = {"shards": shards, "k": k, "epochs": epochs, "min_heldout_tokens": heldout,
+              "d_sae": d_sae}
     for name, value in counts.items():
         least = 0 if name == "min_heldout_tokens" else 1
         if value is not None and value < least:

@@ -258,27 +258,30 @@ def _aux_loss(x: torch.Tensor, error: torch.Tensor, dead: torch.Tensor, W_enc, b
 def sae_quality(sae: SAE, acts: torch.Tensor, batch_size: int = 8192) -> dict:
     """{fvu, l0, dead_fraction, tokens} of `sae` on activations [N, d_in] (already filtered).
 
-    FVU = sum ||x - x̂||² / sum ||x - mean(x)||²; l0 = mean number of non-zero latents per token;
-    dead_fraction = share of latents that never fire on these activations.
+    FVU = sum ||x - x̂||² / sum ||x - mean(x)||² (x as given, before any cast to the SAE's dtype);
+    l0 = mean number of non-zero latents per token; dead_fraction = share of latents that never
+    fire on these activations; median_frequency = the median latent's share of tokens fired on.
     """
     if acts.ndim != 2 or acts.shape[0] == 0:
         raise FaithcaseError("quality needs activations [tokens, d_in], "
                              f"got shape {tuple(acts.shape)}")
     mean = acts.double().mean(0)
     squared_error = total_variance = nonzero = 0.0
-    fired = torch.zeros(sae.d_sae, dtype=torch.bool)
+    fired = torch.zeros(sae.d_sae, dtype=torch.long)
     for start in range(0, acts.shape[0], batch_size):
-        x = acts[start:start + batch_size].to(sae.dtype)
+        target = acts[start:start + batch_size]
+        x = target.to(sae.dtype)
         z = sae.encode(x)
         recon = sae.decode(z, x)
-        squared_error += (x.double() - recon.double()).pow(2).sum().item()
-        total_variance += (x.double() - mean).pow(2).sum().item()
+        squared_error += (target.double() - recon.double()).pow(2).sum().item()
+        total_variance += (target.double() - mean).pow(2).sum().item()
         active = z != 0
         nonzero += active.sum().item()
-        fired |= active.any(0).cpu()
+        fired += active.sum(0).cpu()
     return {
         "fvu": squared_error / total_variance if total_variance > 0 else float("nan"),
         "l0": nonzero / acts.shape[0],
-        "dead_fraction": 1.0 - fired.float().mean().item(),
+        "dead_fraction": 1.0 - (fired > 0).float().mean().item(),
+        "median_frequency": (fired.double() / acts.shape[0]).median().item(),
         "tokens": int(acts.shape[0]),
     }
