@@ -74,6 +74,7 @@ corpus:
 pairs: {n_pairs: 2, n_stratified: 4, strata: 4}
 explain: {scales: [0.5, 1.0, 2.0, 4.0], skip_lowest: 0, max_new_tokens: 12, n_samples: 1, n_null: 8}
 windows: {n_negative: 20}
+describe: {n_windows: 4, max_new_tokens: 12}
 embed: {min_activating: 5, min_non_activating: 5}  # the tiny corpus: delphi's 200 / 50 score nothing
 """
 

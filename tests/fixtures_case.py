@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from faithcase.window_artifacts import DescribeArtifact, WindowExplanation
 from faithcase.artifacts import (
     CRITERIA,
     EXPLAINERS,
@@ -83,10 +84,12 @@ class CaseArtifacts:
     windows: dict[str, WindowsArtifact]
     embed: EmbedArtifact
     config: dict[str, Any]
+    describe: DescribeArtifact | None = None
 
     def write(self, out_dir: Path) -> None:
         for name, artifact in (("match", self.match), ("scan", self.scan), ("pairs", self.pairs),
-                               ("explain", self.explain), ("embed", self.embed)):
+                               ("explain", self.explain), ("embed", self.embed),
+                               ("describe", self.describe)):
             write_artifact(out_dir / f"{name}.json", artifact)
         for sae, artifact in self.windows.items():
             write_artifact(out_dir / f"windows_{sae}.json", artifact)
@@ -207,7 +210,7 @@ def auroc(documents_of: str, feature: int, explanation_of: str, explainer: str) 
     """A deterministic AUROC per (documents, explanation); None for the unscorable feature."""
     if (documents_of, feature) == NONE_AUROC:
         return None
-    offset = {"self": 0, "baseline": 11, "null": 23}[explainer] + 3 * (documents_of == "sae2")
+    offset = {"self": 0, "window": 17, "baseline": 11, "null": 23}[explainer] + 3 * (documents_of == "sae2")
     step = 7 if explanation_of == documents_of else 29  # cross scores rank the features differently
     return round(0.3 + ((feature * step + offset) % 60) / 100, 2)
 
@@ -242,7 +245,7 @@ def make_embed(pairs: PairsArtifact, windows: dict[str, WindowsArtifact]) -> Emb
     selected = pairs.selected_features()
     nulls = {sae: {str(f): features[(i + 1) % len(features)] for i, f in enumerate(features)}
              for sae, features in selected.items()}
-    texts = {sae: {f: {"self": explanation_of(sae, f),
+    texts = {sae: {f: {"self": explanation_of(sae, f), "window": window_explanation_of(sae, f),
                        "baseline": top_token_explanation(windows[sae].features[str(f)]),
                        "null": explanation_of(sae, nulls[sae][str(f)])} for f in selected[sae]}
              for sae in selected}
@@ -270,4 +273,20 @@ def make_case_artifacts() -> CaseArtifacts:
               "match": {"threshold": 0.7, "n_pairs": 2, "seed": 0}}
     windows = make_windows(features)
     return CaseArtifacts(match=match, scan=make_scan(match), pairs=pairs, explain=make_explain(features),
-                         windows=windows, embed=make_embed(pairs, windows), config=config)
+                         windows=windows, embed=make_embed(pairs, windows), config=config,
+                         describe=make_describe(features))
+
+
+def window_explanation_of(sae: str, feature: int) -> str:
+    return f"window explanation of {sae} feature {feature}"
+
+
+def make_describe(features: dict[str, list[int]]) -> DescribeArtifact:
+    from faithcase.stages.describe import METHOD, SEPARATION
+
+    entries = {sae: {str(f): WindowExplanation(feature=f, explanation=window_explanation_of(sae, f), reply="",
+                                               prompt="", shown=[], fingerprint=f"fp-{sae}-{f}")
+                     for f in indices} for sae, indices in features.items()}
+    return DescribeArtifact(meta=Meta(stage="describe", fingerprint="fp-describe"), enabled=True,
+                            explainer="fake", method=METHOD, system="", few_shot=[], prefill=None,
+                            separation=SEPARATION, features=entries)

@@ -33,7 +33,8 @@ def arts():
 
 
 def run(arts):
-    return assemble(arts.match, arts.scan, arts.pairs, arts.explain, arts.windows, arts.embed, arts.config)
+    return assemble(arts.match, arts.scan, arts.pairs, arts.explain, arts.windows, arts.embed, arts.config,
+                    describe=arts.describe)
 
 
 @pytest.fixture
@@ -57,6 +58,8 @@ def recorded_auroc(arts, documents_of: str, feature: int, explanation_of: str, e
 def query_text(arts, explanation_of: str, feature: int, explainer: str) -> str:
     """The explanation a score's query holds, from explain.json and windows_*.json."""
     explained = arts.explain.features[explanation_of]
+    if explainer == "window":
+        return arts.describe.features[explanation_of][str(feature)].explanation
     if explainer == "baseline":
         return top_token_explanation(arts.windows[explanation_of].features[str(feature)])
     if explainer == "null":
@@ -325,6 +328,45 @@ def test_the_summary_printer_shows_own_then_cross_means(arts, monkeypatch):
     stage.print_summary(summary)
     cells = {column.header: list(column.cells) for column in printed[0].columns}
     assert cells["group"] == list(PAIR_KINDS)
-    for header, side in (("own self/base/null", "own"), ("cross self/base/null", "cross")):
+    for header, side in (("own self/window/base/null", "own"),
+                             ("cross self/window/base/null", "cross")):
         assert cells[header] == [" / ".join(f"{summary.groups[k].eleuther[side][n]:.2f}"
                                             for n in EXPLAINERS) for k in PAIR_KINDS]
+
+
+def test_window_explanations_and_the_paired_comparison_by_brute_force(arts, written):
+    """case_study.json keeps self_explanations / eleuthers and adds the window explanations; the
+    summary's comparison is self minus window AUROC over the features both score, recomputed here
+    with its bootstrap, resample by resample."""
+    entries, summary = written
+    for entry in entries:
+        i1, i2 = entry["indices"]
+        assert entry["window_explanations"] == [
+            arts.describe.features["sae1"][str(i1)].explanation,
+            arts.describe.features["sae2"][str(i2)].explanation]
+        assert entry["window_eleuthers"] == [entry["eleuther"]["sae1"]["sae1"]["window"],
+                                             entry["eleuther"]["sae2"]["sae2"]["window"]]
+    rng_seed, n_boot = 0, 2000
+    for group, rows in summary["comparison"].items():
+        for row in rows:
+            side = row["side"]
+            diffs = []
+            for pair in arts.pairs.all_pairs():
+                if group != "all" and pair.kind != group:
+                    continue
+                if not (arts.scan.firing["sae1"][pair.index1] and arts.scan.firing["sae2"][pair.index2]):
+                    continue
+                for docs, index, partner in (("sae1", pair.index1, "sae2"), ("sae2", pair.index2, "sae1")):
+                    by = docs if side == "own" else partner
+                    a = recorded_auroc(arts, docs, index, by, "self")
+                    b = recorded_auroc(arts, docs, index, by, "window")
+                    if a is not None and b is not None:
+                        diffs.append(a - b)
+            diffs = np.array(diffs)
+            assert row["n"] == len(diffs) > 0
+            assert row["mean_difference"] == pytest.approx(diffs.mean())
+            assert row["self_wins"] == pytest.approx(np.mean((diffs > 0) + 0.5 * (diffs == 0)))
+            draws = np.random.default_rng(rng_seed).integers(0, len(diffs), size=(n_boot, len(diffs)))
+            means = [diffs[row_].mean() for row_ in draws]
+            assert (row["ci_low"], row["ci_high"]) == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])))
+    assert set(summary["comparison"]) == {"all", *PAIR_KINDS}

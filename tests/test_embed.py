@@ -267,7 +267,7 @@ def test_the_embed_printer_reads_each_slot(monkeypatch) -> None:
     stage.print_embed(artifact, {"pairs": pairs})
     (grid,) = printed
     cells = {column.header: list(column.cells) for column in grid.columns}
-    expected = {header: [" / ".join(f"{a + i / 100:.2f}" for i in range(3))]
+    expected = {header: [" / ".join(f"{a + i / 100:.2f}" for i in range(len(EXPLAINERS)))]
                 for header, a in (("own 1", 0.1), ("own 2", 0.2), ("cross 1→2", 0.3),
                                   ("cross 2→1", 0.4))}
     assert {header: cells[header] for header in expected} == expected

@@ -89,13 +89,13 @@ def embedded(arts, **rules):
     """The fixture's embed.json made by the embed stage itself, on the fixture's windows."""
     settings = EmbedConfig(**{"min_activating": 10, "min_non_activating": 10, **rules})
     arts.embed = embed_case_study(arts.pairs.all_pairs(), arts.explain, arts.windows, embedder(),
-                                  settings, n_quantiles=3)
+                                  settings, n_quantiles=3, describe=arts.describe)
     return arts
 
 
 def run(arts):
     return assemble(arts.match, arts.scan, arts.pairs, arts.explain, arts.windows, arts.embed,
-                    arts.config)
+                    arts.config, describe=arts.describe)
 
 
 def kept_pairs(arts, kind):
@@ -394,20 +394,22 @@ def names(explanation, tokens):
     return any(word_forms("".join(ch for ch in t.lower() if ch.isalnum())) & said for t in tokens)
 
 
-def known_answer_rates(windows, explain_features, nulls, feature_pairs):
-    """Per group: (rate, n) of explanations naming a peak token, and of the null explanations."""
+def known_answer_rates(windows, explain_features, nulls, feature_pairs, window_texts):
+    """Per group: (rate, n) of explanations naming a peak token, of the null explanations and of
+    the window explanations (`window_texts[sae][feature]`)."""
     def first(sae, key):
         return next((e for e in explain_features[sae][key]["explanations"] if e.strip()), None)
 
     result = {}
     for kind, features in feature_pairs.items():
-        own, null = [], []
+        own, null, window = [], [], []
         for sae, f in features:
             tokens = peak_tokens_brute(windows[sae][str(f)])
             own.append(names(first(sae, str(f)), tokens))
             null.append(names(first(sae, str(nulls[sae][str(f)])), tokens))
+            window.append(names(window_texts[sae][str(f)], tokens))
         result[kind] = tuple((mean([float(v) for v in values if v is not None]),
-                              sum(v is not None for v in values)) for values in (own, null))
+                              sum(v is not None for v in values)) for values in (own, null, window))
     return result
 
 
@@ -425,6 +427,8 @@ def test_known_answer_rate_and_its_null_recomputed_from_windows_and_texts():
     for (sae, f), text in {("sae1", 5): "cats on mats", ("sae2", 12): "Warmly.",
                            ("sae1", 17): "sitting", ("sae2", 3): "a box"}.items():
         arts.explain.features[sae][str(f)].explanations[0] = text
+    for (sae, f), text in {("sae1", 5): "Cats.", ("sae2", 12): "nothing here"}.items():
+        arts.describe.features[sae][str(f)].explanation = text
     arts = embedded(with_spreads(arts), min_activating=1, min_non_activating=1)
     known = arts.embed.features
     assert known["sae1"]["5"].known_answer.explanation is True  # cats -> cat
@@ -438,14 +442,19 @@ def test_known_answer_rate_and_its_null_recomputed_from_windows_and_texts():
     explain_json = orjson.loads(arts.explain.model_dump_json())["features"]
     groups = {kind: [(s, f) for p in kept_pairs(arts, kind)
                      for s, f in (("sae1", p.index1), ("sae2", p.index2))] for kind in PAIR_KINDS}
-    expected = known_answer_rates(windows, explain_json, arts.embed.nulls, groups)
+    described = {s: {k: e.explanation for k, e in g.items()} for s, g in arts.describe.features.items()}
+    expected = known_answer_rates(windows, explain_json, arts.embed.nulls, groups, described)
     rows = checks_rows(render_report(cases, summary, {}, arts.explain))
-    for kind, ((rate, n), (null_rate, n_null)) in expected.items():
+    for kind, ((rate, n), (null_rate, n_null), (window_rate, n_window)) in expected.items():
         checks = summary.groups[kind].checks
         assert (checks.n_known_answer, checks.n_known_answer_null) == (n, n_null)
         assert checks.known_answer_rate == pytest.approx(rate)
         assert checks.known_answer_null_rate == pytest.approx(null_rate)
-        assert rows[kind][7:9] == [cell(rate, n), cell(null_rate, n_null)]
+        assert (checks.known_answer_window_rate, checks.n_known_answer_window) == (
+            pytest.approx(window_rate) if window_rate is not None else None, n_window)
+        assert rows[kind][7:10] == [cell(rate, n), cell(window_rate, n_window),
+                                    cell(null_rate, n_null)]
+    assert summary.groups["best"].checks.known_answer_window_rate == 0.25  # 1 of 4: "Cats." names cat
     assert summary.groups["best"].checks.known_answer_rate == 0.75  # 3 of the 4 planted
     assert "ing" in summary.rules["known_answer"]
 
@@ -555,19 +564,26 @@ def test_the_tiny_runs_rules_and_rates_recomputed_from_its_artifacts(tiny_run):
     for case in cases:
         if not any(case["silent"]):
             groups[case["kind"]] += list(zip(SAE_KEYS, case["indices"]))
+    described = {s: {k: e["explanation"] for k, e in g.items()}
+                 for s, g in read("describe.json")["features"].items()}
+    described = {s: {k: described.get(s, {}).get(k) for k in windows[s]} for s in SAE_KEYS}
     expected = known_answer_rates({s: {k: [Window(**w) for w in f["windows"]["max"]]
                                        for k, f in windows[s].items()} for s in SAE_KEYS},
-                                  explain_json["features"], embed["nulls"], groups)
+                                  explain_json["features"], embed["nulls"], groups, described)
     html = (out / "report" / "index.html").read_text()
     rows = checks_rows(html)
-    for kind, ((rate, n), (null_rate, n_null)) in expected.items():
+    for kind, ((rate, n), (null_rate, n_null), (window_rate, n_window)) in expected.items():
         group = summary["groups"][kind]
         checks = group["checks"]
         assert (checks["n_known_answer"], checks["n_known_answer_null"]) == (n, n_null)
         assert checks["known_answer_rate"] == (None if rate is None else pytest.approx(rate))
         assert checks["known_answer_null_rate"] == (None if null_rate is None
                                                      else pytest.approx(null_rate))
-        assert rows[kind][7:9] == [cell(rate, n), cell(null_rate, n_null)]
+        assert checks["n_known_answer_window"] == n_window
+        assert checks["known_answer_window_rate"] == (None if window_rate is None
+                                                       else pytest.approx(window_rate))
+        assert rows[kind][7:10] == [cell(rate, n), cell(window_rate, n_window),
+                                    cell(null_rate, n_null)]
         assert group["n_scored"] == sum(embed["features"][s][str(f)]["scoring"]["scored"]
                                         for s, f in groups[kind])
         assert group["n_features"] == len(groups[kind])

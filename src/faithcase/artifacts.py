@@ -9,7 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from faithcase import __version__
 from faithcase.evidence import (ActivationSpread, Document, ExplanationScore, FeatureChecks,  # noqa
-    FeatureScoring, GroupChecks, KnownAnswer, SimilarityNull, UninformativeRule)  # re-exported
+    Correlation, FeatureScoring, GroupChecks, KnownAnswer, PairedComparison,  # re-exported
+    SimilarityNull, UninformativeRule)
 
 PairKind = Literal["best", "worst", "random", "stratified"]
 PAIR_KINDS: tuple[PairKind, ...] = ("best", "worst", "random", "stratified")
@@ -18,16 +19,13 @@ CRITERIA: tuple[Criterion, ...] = ("mean", "density", "max")
 SAE_KEYS = ("sae1", "sae2")
 
 # the files of a run folder
-MATCH_FILE = "match.json"
-MATCH_PLOT = "match_histogram.png"
+MATCH_FILE, MATCH_PLOT = "match.json", "match_histogram.png"
 SCAN_FILE = "scan.json"
 PAIRS_FILE = "pairs.json"
 EXPLAIN_FILE = "explain.json"
 EMBED_FILE = "embed.json"
-CASE_STUDY_FILE = "case_study.json"
-SUMMARY_FILE = "summary.json"
-REPORT_DIR = "report"
-REPORT_INDEX = "report/index.html"
+CASE_STUDY_FILE, SUMMARY_FILE = "case_study.json", "summary.json"
+REPORT_DIR, REPORT_INDEX = "report", "report/index.html"
 LEDGER_FILE = "stages.json"
 
 
@@ -335,8 +333,9 @@ class WindowsArtifact(Artifact):
 
 # ---------------------------------------------------------------- embed
 
-Explainer = Literal["self", "baseline", "null"]  # the explanation, top-token baseline, a null
-EXPLAINERS: tuple[Explainer, ...] = ("self", "baseline", "null")
+# the self-explanation, the window explainer's, the top-token baseline, a null
+Explainer = Literal["self", "window", "baseline", "null"]
+EXPLAINERS: tuple[Explainer, ...] = ("self", "window", "baseline", "null")
 SAEKey = Literal["sae1", "sae2"]
 Side = Literal["own", "cross"]  # a feature's documents by its own SAE's explanation / its partner's
 SIDES: tuple[Side, ...] = ("own", "cross")
@@ -393,6 +392,8 @@ class PairCase(Model):
     silent: list[bool]  # never fires on the corpus: the pair is left out of the group means
     self_explanations: list[str | None]
     eleuthers: list[float | None]  # each SAE's self-explanation on its own feature's documents
+    window_explanations: list[str | None] = []  # the window explainer's (describe.json)
+    window_eleuthers: list[float | None] = []  # those on their own feature's documents
     eleuther: dict[SAEKey, dict[SAEKey, dict[Explainer, float | None]]]
     explanation_similarity: float | None
     windows: list[dict[Criterion, list[CaseWindow]]]
@@ -421,18 +422,6 @@ class GroupSummary(Model):
     checks: GroupChecks | None = None
 
 
-class Correlation(Model):
-    """Spearman's rho of decoder cosine with a score over some pairs, with a bootstrap interval."""
-
-    score: str
-    pairs: str  # which pairs
-    n: int
-    rho: float | None
-    ci_low: float | None
-    ci_high: float | None
-    p_value: float | None
-
-
 class CaseStudySummary(Artifact):
     model: str
     hook: str
@@ -446,5 +435,6 @@ class CaseStudySummary(Artifact):
     templates: dict[str, float | None]
     rules: dict[str, Any] = {}  # scoring rules, explanation checks, single-token rule
     similarity_null: SimilarityNull | None = None
+    comparison: dict[str, list[PairedComparison]] = {}  # "all" or a group -> [own, cross]
     n_left_out: int
     config: dict[str, Any]

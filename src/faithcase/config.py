@@ -217,6 +217,37 @@ class EmbedConfig(Section):
         return self.query_template or default_query_template(self.model)
 
 
+class DescribeConfig(Section):
+    """The window explainer: an instruction-tuned model reads each feature's top windows
+    (delphi's prompt, `model/window_prompt.py`) and writes one explanation."""
+
+    enabled: bool = True
+    # "same": the run's model; else an HF id, with `path` (local folder) or `gguf` (file)
+    model: str = "same"
+    path: str | None = None
+    gguf: str | None = None
+    dtype: str = "float32"
+    url: str | None = None  # an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1
+    api_key_env: str | None = setting("OPENAI_API_KEY", "nothing")
+    timeout_s: float = setting(60.0, "nothing", gt=0)
+    concurrency: int = setting(4, "nothing", ge=1)
+    # the pair groups whose features are described (all by default)
+    kinds: list[Literal["best", "worst", "random", "stratified"]] = ["best", "worst", "random",
+                                                                      "stratified"]
+    n_windows: int = Field(10, ge=1)  # max and mean top windows in turn, deduplicated
+    threshold: float = Field(0.3, gt=0, lt=1)  # active: above this share of the window's peak
+    max_new_tokens: int = Field(32, ge=1)
+    prefill: bool = True  # a local model's reply starts with "[EXPLANATION]:"
+    batch_size: int = setting(16, "nothing", ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _switch(cls, value: Any) -> Any:
+        if value is False or value is None:  # `describe: off`
+            return {"enabled": False}
+        return {} if value is True else value
+
+
 class AssembleConfig(Section):
     n_bootstrap: int = Field(2000, ge=10)  # resamples of each Spearman interval
     seed: int = 0
@@ -241,6 +272,7 @@ class Config(Section):
     explain: ExplainConfig = ExplainConfig()
     windows: WindowsConfig = WindowsConfig()
     embed: EmbedConfig = EmbedConfig()
+    describe: DescribeConfig = DescribeConfig()
     assemble: AssembleConfig = AssembleConfig()
     base_dir: str = Field(".", exclude=True)  # the folder the YAML's relative paths start from
 

@@ -75,6 +75,7 @@ class KnownAnswer(Model):
     peak_tokens: list[str]  # the top distinct peak tokens of its top `max` windows
     explanation: bool | None  # None: no explanation or no peak token
     null: bool | None  # the null explanation (another feature's) on the same peak tokens
+    window: bool | None = None  # the window explainer's explanation
 
 
 class SimilarityNull(Model):
@@ -105,6 +106,8 @@ class FeatureChecks(Model):
     peak_tokens: list[str] = []
     known_answer: bool | None = None  # its explanation names one of its peak tokens
     known_answer_null: bool | None = None  # its null explanation does
+    known_answer_window: bool | None = None  # its window explanation does
+    uninformative_window: str | None = None  # why its window explanation is uninformative
     top_token_share: float | None = None
     single_token: bool = False
 
@@ -129,3 +132,34 @@ class GroupChecks(Model):
     n_single_token: int
     failure_rate_other: float | None  # and among the others that fire
     n_other: int
+    n_uninformative_window: int = 0  # features whose window explanation is uninformative
+    known_answer_window_rate: float | None = None  # the window explanation names a peak token
+    n_known_answer_window: int = 0
+
+
+class PairedComparison(Model):
+    """Self-explanation minus window explanation AUROC on the same documents, over the features
+    scored by both: the mean with a bootstrap interval, and the share the self-explanation wins."""
+
+    side: str  # own | cross
+    n: int
+    mean_self: float | None
+    mean_window: float | None
+    mean_difference: float | None
+    ci_low: float | None  # 95% percentile bootstrap interval of the mean difference
+    ci_high: float | None
+    self_wins: float | None  # share of features where self > window (ties count half)
+    n_bootstrap: int
+    seed: int
+
+
+class Correlation(Model):
+    """Spearman's rho of decoder cosine with a score over some pairs, with a bootstrap interval."""
+
+    score: str
+    pairs: str  # which pairs
+    n: int
+    rho: float | None
+    ci_low: float | None
+    ci_high: float | None
+    p_value: float | None

@@ -241,7 +241,7 @@ def _decode(lm, logits: torch.Tensor, cache, stops: torch.Tensor, max_new_tokens
             keep = writing.nonzero().squeeze(-1)
             cache.batch_select_indices(keep)
             alive, token = alive[keep], token[keep]
-        hidden, cache = lm.decoder_pass(token[:, None], cache)
+        hidden, cache = lm.decoder_pass(token[:, None], cache, plain=True)
         logits = lm.logits(hidden[:, -1])
     return rows
 
@@ -267,7 +267,7 @@ def neutral_logprobs(lm, prompt: PromptSpec, id_lists: list[list[int]], layer: i
         if width > 1:
             padded = torch.tensor([ids + [lm.pad_token_id] * (width - len(ids)) for ids in chunk],
                                   device=lm.device)
-            hidden, _ = lm.decoder_pass(padded[:, :-1], _repeat(cache, len(chunk)))
+            hidden, _ = lm.decoder_pass(padded[:, :-1], _repeat(cache, len(chunk)), plain=True)
             later = lm.logits(hidden).log_softmax(-1).gather(-1, padded[:, 1:, None]).squeeze(-1)
         for row, ids in enumerate(chunk):
             head = [float(first[ids[0]])] if ids else []

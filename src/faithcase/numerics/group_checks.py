@@ -25,9 +25,10 @@ def _mean(values: list) -> tuple[float | None, int]:
 
 
 def feature_checks(explained: FeatureExplanation, windows: FeatureWindows,
-                   scored: ScoredFeature) -> FeatureChecks:
-    """One feature's checks from explain.json, windows_*.json and embed.json. Without embed's
-    `scoring` record, a feature is scored when any of its documents' scores has an AUROC."""
+                   scored: ScoredFeature, window_uninformative: str | None = None) -> FeatureChecks:
+    """One feature's checks from explain.json, windows_*.json, embed.json (and describe.json's
+    uninformative flag). Without embed's `scoring` record, a feature is scored when any of its
+    documents' scores has an AUROC."""
     spread, scoring, known = windows.stats.spread, scored.scoring, scored.known_answer
     scores = [s for by in scored.eleuther.values() for s in by.values()]
     if scoring is not None:
@@ -44,6 +45,8 @@ def feature_checks(explained: FeatureExplanation, windows: FeatureWindows,
         peak_tokens=known.peak_tokens if known else [],
         known_answer=known.explanation if known else None,
         known_answer_null=known.null if known else None,
+        known_answer_window=known.window if known else None,
+        uninformative_window=window_uninformative,
         top_token_share=spread.top_token_share if spread else None,
         single_token=bool(spread and spread.single_token))
 
@@ -78,6 +81,7 @@ def group_checks(members: list[PairCase]) -> GroupChecks:
                         if all(ch.uninformative is None for ch in c.checks)])
     known = _mean([ch.known_answer for _, _, ch in features])
     known_null = _mean([ch.known_answer_null for _, _, ch in features])
+    known_window = _mean([ch.known_answer_window for _, _, ch in features])
     fires = [(c.failed[slot], ch.single_token) for c, slot, ch in features
              if ch.top_token_share is not None]
     single = _mean([failed for failed, one in fires if one])
@@ -90,4 +94,6 @@ def group_checks(members: list[PairCase]) -> GroupChecks:
         known_answer_rate=known[0], n_known_answer=known[1],
         known_answer_null_rate=known_null[0], n_known_answer_null=known_null[1],
         failure_rate_single_token=single[0], n_single_token=single[1],
-        failure_rate_other=other[0], n_other=other[1])
+        failure_rate_other=other[0], n_other=other[1],
+        n_uninformative_window=sum(ch.uninformative_window is not None for _, _, ch in features),
+        known_answer_window_rate=known_window[0], n_known_answer_window=known_window[1])

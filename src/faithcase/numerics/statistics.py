@@ -1,5 +1,5 @@
-"""Rank correlation with a bootstrap interval: how a score relates to decoder cosine over many
-pairs."""
+"""Rank correlation with a bootstrap interval (how a score relates to decoder cosine over many
+pairs), and the paired comparison of two explainers on the same documents."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.stats import rankdata, spearmanr
 
-from faithcase.artifacts import Correlation
+from faithcase.artifacts import Correlation, PairedComparison
 
 N_BOOTSTRAP = 2000
 
@@ -46,3 +46,24 @@ def spearman(x: Sequence[float | None], y: Sequence[float | None], score: str, p
     low, high = np.nanpercentile(boot, [2.5, 97.5])
     return Correlation(score=score, pairs=pairs, n=n, rho=float(result.statistic),
                        ci_low=float(low), ci_high=float(high), p_value=float(result.pvalue))
+
+
+def paired_comparison(self_scores: Sequence[float | None], window_scores: Sequence[float | None],
+                      side: str, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> PairedComparison:
+    """Self minus window score over the items where both exist: the mean difference with a seeded
+    percentile bootstrap 95% interval (items resampled with replacement), and the share of items
+    where the self score is higher (ties count half)."""
+    a, b = _present(self_scores, window_scores)
+    n = len(a)
+    if n == 0:
+        return PairedComparison(side=side, n=0, mean_self=None, mean_window=None,
+                                mean_difference=None, ci_low=None, ci_high=None, self_wins=None,
+                                n_bootstrap=n_bootstrap, seed=seed)
+    difference = a - b
+    draws = np.random.default_rng(seed).integers(0, n, size=(n_bootstrap, n))
+    low, high = np.percentile(difference[draws].mean(axis=1), [2.5, 97.5])
+    wins = float(np.mean((difference > 0) + 0.5 * (difference == 0)))
+    return PairedComparison(side=side, n=n, mean_self=float(a.mean()), mean_window=float(b.mean()),
+                            mean_difference=float(difference.mean()), ci_low=float(low),
+                            ci_high=float(high), self_wins=wins, n_bootstrap=n_bootstrap,
+                            seed=seed)

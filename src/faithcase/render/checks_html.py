@@ -31,9 +31,10 @@ def checks_row_html(kind: str, summary: CaseStudySummary) -> str:
     return (
         f'<tr data-kind="{escape(kind)}"><td><span class="badge {escape(kind)}">{escape(kind)}'
         f"</span></td><td>{g.n_scored} / {g.n_features}</td><td>{unscored}</td>"
-        f"<td>{c.n_uninformative}</td>{informative}"
+        f"<td>{c.n_uninformative} · {c.n_uninformative_window}</td>{informative}"
         f"<td>{fmt(g.mean_explanation_similarity, 2)} · {similarity}</td>"
         f"<td>{_counted(c.known_answer_rate, c.n_known_answer)}</td>"
+        f"<td>{_counted(c.known_answer_window_rate, c.n_known_answer_window)}</td>"
         f"<td>{_counted(c.known_answer_null_rate, c.n_known_answer_null)}</td>"
         f"<td>{_counted(c.failure_rate_single_token, c.n_single_token)}</td>"
         f"<td>{_counted(c.failure_rate_other, c.n_other)}</td></tr>")
@@ -53,10 +54,11 @@ def checks_table_html(summary: CaseStudySummary) -> str:
                  f"{len(null.similarities)} pairs")
     head = ('<table class="checks"><tr><th rowspan="2">group</th>'
             '<th rowspan="2">scored / features</th><th rowspan="2">unscored</th>'
-            '<th rowspan="2">uninformative</th><th colspan="2">self AUROC, informative only</th>'
+            '<th rowspan="2">uninformative<br>self · window</th>'
+            '<th colspan="2">self AUROC, informative only</th>'
             '<th rowspan="2">explanation similarity<br>all · informative</th>'
-            '<th colspan="2">names a peak token</th><th colspan="2">failing</th></tr>'
-            "<tr><th>own</th><th>cross</th><th>explanation</th><th>null</th>"
+            '<th colspan="3">names a peak token</th><th colspan="2">failing</th></tr>'
+            "<tr><th>own</th><th>cross</th><th>self</th><th>window</th><th>null</th>"
             "<th>single-token</th><th>other</th></tr>")
     return (f"{head}{rows}</table>"
             f'<p class="sub" id="similarity-null">Explanation similarity of unrelated features '

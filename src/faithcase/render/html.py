@@ -24,6 +24,7 @@ from faithcase.render.checks_html import (
     feature_flags_html,
 )
 from faithcase.render.style import CSS, JS
+from faithcase.render.window_html import comparison_html, window_explanation_html
 
 CRITERION_HELP = {
     "mean": "highest mean activation over the window",
@@ -189,7 +190,7 @@ def feature_html(case: PairCase, slot: int, explain: ExplainArtifact | None) -> 
     return (
         f'<div class="feature" data-sae="{sae}" data-feature="{feature}">'
         f'<div class="feature-head"><b>{sae.upper()} · feature {feature}</b>{flag}</div>'
-        f'<blockquote class="{classes}">{text}</blockquote>'
+        f'<blockquote class="{classes}">{text}</blockquote>{window_explanation_html(case, slot)}'
         f'<div class="metrics">{metrics_html(case, slot)}{feature_checks_html(case, slot)}</div>'
         f'{"".join(panels)}{extra}</div>'
     )
@@ -315,10 +316,11 @@ def summary_table_html(summary: CaseStudySummary) -> str:
             f"<td>{pct(g.pass_rate)}</td><td>{fmt(g.mean_explanation_similarity)}</td></tr>"
         )
     names = "".join(f"<th>{n}</th>" for _ in SIDES for n in EXPLAINERS)
+    n = len(EXPLAINERS)
     head = ('<table class="summary"><tr><th rowspan="2">group</th><th rowspan="2">pairs</th>'
             '<th rowspan="2">left out</th><th rowspan="2">decoder cos</th>'
-            '<th colspan="2">activation agreement</th><th colspan="3">own AUROC</th>'
-            '<th colspan="3">cross AUROC</th><th rowspan="2">explanations passing</th>'
+            f'<th colspan="2">activation agreement</th><th colspan="{n}">own AUROC</th>'
+            f'<th colspan="{n}">cross AUROC</th><th rowspan="2">explanations passing</th>'
             '<th rowspan="2">explanation similarity</th></tr>'
             f"<tr><th>Pearson</th><th>Jaccard</th>{names}</tr>")
     return head + "".join(rows) + "</table>"
@@ -398,6 +400,8 @@ def render_report(
         '<body><main>'
         f"{header_html(summary, explain)}"
         f'<section id="summary"><h2>Summary by group</h2>{summary_table_html(summary)}'
+        '<h2>Self-explanation against the window explainer (same documents)</h2>'
+        f"{comparison_html(summary)}"
         f'<h2>Scoring rules and explanation checks</h2>{checks_table_html(summary)}'
         f'<h2>Decoder cosine against the scores</h2>{correlations_html(summary)}'
         '<details class="config"><summary>run configuration</summary>'

@@ -94,6 +94,9 @@ border-left:3px solid var(--best);
   border-radius:4px; font-size:14px; white-space:pre-wrap; overflow-wrap:anywhere; }
 .explanation.failed { background:#fbf1f2; border-left-color:var(--worst); }
 .explanation.none { color:var(--muted); font-style:italic; }
+.window-explanation { margin:0 0 6px; padding:5px 10px; background:#f7f4ee; \
+border-left:3px solid #b08d57; border-radius:4px; font-size:13px; overflow-wrap:anywhere; }
+.window-explanation.none { color:var(--muted); font-style:italic; }
 .metrics { display:flex; flex-wrap:wrap; gap:4px 14px; font-size:12.5px; margin-bottom:8px; \
 font-variant-numeric:tabular-nums; }
 .metrics em { font-style:normal; color:var(--muted); margin-right:3px; }

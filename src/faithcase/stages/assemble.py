@@ -45,7 +45,8 @@ from faithcase.run.store import StagedFiles, read_artifact, serialize
 from faithcase.run.errors import FaithcaseError
 from faithcase.run.graph import Stage
 from faithcase.numerics.group_checks import feature_checks, group_checks
-from faithcase.numerics.statistics import spearman
+from faithcase.numerics.statistics import paired_comparison, spearman
+from faithcase.window_artifacts import DescribeArtifact
 
 
 
@@ -101,7 +102,8 @@ def mean_or_none(values: list[float | None]) -> float | None:
 
 
 def build_case(pair: Pair, position: int, scan: ScanArtifact, explain: ExplainArtifact,
-               windows: dict[str, WindowsArtifact], embed: EmbedArtifact) -> PairCase:
+               windows: dict[str, WindowsArtifact], embed: EmbedArtifact,
+               describe: DescribeArtifact | None = None) -> PairCase:
     """One pair's entry; `position` is the pair's place in the match assignment (its agreement row).
     `eleuther[documents_of][explanation_of][explainer]` is the AUROC embed.json holds at
     `features[documents_of][feature].eleuther[explanation_of][explainer]`."""
@@ -112,6 +114,9 @@ def build_case(pair: Pair, position: int, scan: ScanArtifact, explain: ExplainAr
     eleuther = {docs: {of: {name: scored[docs][of][name].auroc for name in EXPLAINERS}
                        for of in SAE_KEYS} for docs in SAE_KEYS}
     similarity = find_similarity(embed, pair)
+    on = describe is not None and describe.enabled
+    described = [describe.features.get(sae, {}).get(str(indices[sae])) if on else None
+                 for sae in SAE_KEYS]
     return PairCase(
         kind=pair.kind,
         rank=pair.rank,
@@ -121,6 +126,8 @@ def build_case(pair: Pair, position: int, scan: ScanArtifact, explain: ExplainAr
         silent=[scan.firing[sae][indices[sae]] == 0 for sae in SAE_KEYS],
         self_explanations=[e.explanations[0] if e.explanations else None for e in explained],
         eleuthers=[eleuther[sae][sae]["self"] for sae in SAE_KEYS],
+        window_explanations=[d.explanation if d else None for d in described] if on else [],
+        window_eleuthers=[eleuther[sae][sae]["window"] for sae in SAE_KEYS] if on else [],
         eleuther=eleuther,
         explanation_similarity=similarity.explanation_similarity if similarity else None,
         windows=[{criterion: [CaseWindow(tokens=w.tokens, texts=w.texts, acts=w.acts,
@@ -130,8 +137,9 @@ def build_case(pair: Pair, position: int, scan: ScanArtifact, explain: ExplainAr
         scales=[e.scale for e in explained],
         failed=[e.failed for e in explained],
         stats=[f.stats for f in featured],
-        checks=[feature_checks(e, f, embed.features[sae][str(indices[sae])])
-                for sae, e, f in zip(SAE_KEYS, explained, featured)],
+        checks=[feature_checks(e, f, embed.features[sae][str(indices[sae])],
+                               d.uninformative if d else None)
+                for sae, e, f, d in zip(SAE_KEYS, explained, featured, described)],
     )
 
 
@@ -158,6 +166,24 @@ def group_summary(cases: list[PairCase]) -> dict[str, GroupSummary]:
             mean_explanation_similarity=mean_or_none([c.explanation_similarity for c in members]),
             checks=group_checks(members))
     return groups
+
+
+def comparisons(cases: list[PairCase], settings: AssembleConfig | None = None
+                ) -> dict[str, list]:
+    """Self-explanation vs window explanation on the same documents (own and cross), over the
+    scored features of the pairs that fire: all pairs, then each group."""
+    settings = settings or AssembleConfig()
+    kept = [c for c in cases if not any(c.silent)]
+    groups = {"all": kept} | {kind: [c for c in kept if c.kind == kind] for kind in PAIR_KINDS}
+    out = {}
+    for name, members in groups.items():
+        rows = [paired_comparison([a for c in members for a in c.scores(side, "self")],
+                                  [a for c in members for a in c.scores(side, "window")],
+                                  side, settings.n_bootstrap, settings.seed)
+                for side in SIDES]
+        if any(r.n for r in rows):  # a group the window explainer did not describe is left out
+            out[name] = rows
+    return out
 
 
 def correlations(cases: list[PairCase], match: MatchArtifact, scan: ScanArtifact,
@@ -195,12 +221,13 @@ def assemble(
     embed: EmbedArtifact,
     config: dict[str, Any],
     settings: AssembleConfig | None = None,
+    describe: DescribeArtifact | None = None,
 ) -> tuple[list[PairCase], CaseStudySummary]:
     """One PairCase per selected pair and the run's summary; FaithcaseError if an artifact lacks
     a pair."""
     check_complete(pairs, explain, windows, embed)
     position = {index: i for i, index in enumerate(match.assignment.index1)}
-    cases = [build_case(p, position[p.index1], scan, explain, windows, embed)
+    cases = [build_case(p, position[p.index1], scan, explain, windows, embed, describe)
              for p in pairs.all_pairs()]
     model_section = config.get("model")
     model_name = model_section.get("name") if isinstance(model_section, dict) else model_section
@@ -220,6 +247,7 @@ def assemble(
         templates=embed.templates,
         rules=summary_rules(explain, embed, config),
         similarity_null=embed.similarity_null,
+        comparison=comparisons(cases, settings) if describe and describe.enabled else {},
         n_left_out=sum(any(c.silent) for c in cases),
         config=config,
     )
@@ -275,22 +303,27 @@ def read_case_study(out_dir: Path, cases_name: str | None = None
 
 
 def print_summary(summary) -> None:
-    grid = table("case study by group (pairs with a silent feature left out; AUROC means over "
-                 "the scored features)",
-                 ["group", "pairs", "left out", "cos", "act. Pearson", "scored",
-                  "own self/base/null", "cross self/base/null", "passing", "uninformative",
-                  "names peak token self/null", "failing 1-token/other"])
+    scores = table("case study by group (pairs with a silent feature left out; AUROC means over "
+                   "the scored features)",
+                   ["group", "pairs", "left out", "cos", "act. Pearson", "scored",
+                    "own self/window/base/null", "cross self/window/base/null"])
+    checks = table("explanation checks", ["group", "passing", "uninformative self/window",
+                                          "names peak token self/window/null",
+                                          "failing 1-token/other"])
     for kind, g in summary.groups.items():
         own, cross = (" / ".join(fmt(g.eleuther[side][n], 2) for n in EXPLAINERS) for side in SIDES)
+        scores.add_row(kind, str(g.n_pairs), str(g.n_left_out), fmt(g.mean_similarity),
+                       fmt(g.mean_pearson), f"{g.n_scored}/{g.n_features}", own, cross)
         c = g.checks
-        grid.add_row(kind, str(g.n_pairs), str(g.n_left_out), fmt(g.mean_similarity),
-                     fmt(g.mean_pearson), f"{g.n_scored}/{g.n_features}", own, cross,
-                     fmt(g.pass_rate, 2), str(c.n_uninformative) if c else "—",
-                     f"{fmt(c.known_answer_rate, 2)} / {fmt(c.known_answer_null_rate, 2)}"
-                     if c else "—",
-                     f"{fmt(c.failure_rate_single_token, 2)} ({c.n_single_token}) / "
-                     f"{fmt(c.failure_rate_other, 2)} ({c.n_other})" if c else "—")
-    console.print(grid)
+        if c is not None:
+            checks.add_row(kind, fmt(g.pass_rate, 2),
+                           f"{c.n_uninformative} / {c.n_uninformative_window}",
+                           f"{fmt(c.known_answer_rate, 2)} / {fmt(c.known_answer_window_rate, 2)} "
+                           f"/ {fmt(c.known_answer_null_rate, 2)}",
+                           f"{fmt(c.failure_rate_single_token, 2)} ({c.n_single_token}) / "
+                           f"{fmt(c.failure_rate_other, 2)} ({c.n_other})")
+    console.print(scores)
+    console.print(checks)
     null = summary.similarity_null
     if null is not None:
         similar = ", ".join(f"{kind} {fmt(g.mean_explanation_similarity, 2)}"
@@ -298,6 +331,11 @@ def print_summary(summary) -> None:
         console.print(f"explanation similarity: {similar}; null (unrelated pairs, n="
                       f"{len(null.similarities)}): {fmt(null.mean, 2)}, informative only "
                       f"{fmt(null.mean_informative, 2)}")
+    for group, rows in summary.comparison.items():
+        for r in rows:
+            console.print(f"self − window AUROC ({group}, {r.side}, n={r.n}): "
+                          f"{fmt(r.mean_difference, 3)} [{fmt(r.ci_low, 3)}, {fmt(r.ci_high, 3)}], "
+                          f"self wins {fmt(r.self_wins, 2)}")
     for c in summary.correlations:
         console.print(f"Spearman ρ(decoder cos, {c.score}) over {c.pairs} pairs (n={c.n}): "
                       f"{fmt(c.rho)} [{fmt(c.ci_low)}, {fmt(c.ci_high)}]")
@@ -309,7 +347,8 @@ def print_summary(summary) -> None:
 def _compute(job) -> tuple[list[PairCase], CaseStudySummary]:
     up = job.inputs
     cases, summary = assemble(up["match"], up["scan"], up["pairs"], up["explain"], up["windows"],
-                              up["embed"], job.ctx.cfg.model_dump(mode="json"), job.settings)
+                              up["embed"], job.ctx.cfg.model_dump(mode="json"), job.settings,
+                              up["describe"])
     job.write(CASE_STUDY_FILE, cases)
     job.write(SUMMARY_FILE, summary)
     return cases, summary
@@ -320,7 +359,8 @@ def _load(job) -> tuple[list[PairCase], CaseStudySummary]:
 
 
 STAGE = Stage(
-    "assemble", _compute, inputs=("match", "scan", "pairs", "explain", "windows", "embed"),
+    "assemble", _compute, inputs=("match", "scan", "pairs", "explain", "windows", "describe",
+                                "embed"),
     section="assemble", uses=("config",), load=_load,
     printer=lambda value, inputs: print_summary(value[1]),
     doc="Join every stage into case_study.json (one entry per pair) and summary.json.")

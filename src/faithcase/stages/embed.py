@@ -8,10 +8,11 @@ the AUROC of separating activating from non-activating contexts. A context's lab
 activations only. The query template is the embedder's own (`config.default_query_template`):
 delphi's retrieval instruction for embedders trained with one, the bare explanation otherwise.
 
-Every feature's documents are scored by three explanations: its self-explanation, a top-token
-baseline (its most frequent peak tokens) and a null (another selected feature's self-explanation,
-seeded); and by the same three of its matched partner in the other SAE (cross scores). A score is
-at `features[documents_of][feature].eleuther[explanation_of][explainer]` of embed.json.
+Every feature's documents are scored by four explanations: its self-explanation, its window
+explanation (describe.json), a top-token baseline (its most frequent peak tokens) and a null
+(another selected feature's self-explanation, seeded); and by the same four of its matched
+partner in the other SAE (cross scores). A score is at
+`features[documents_of][feature].eleuther[explanation_of][explainer]` of embed.json.
 
 delphi's rules, stated in embed.json `rules`: a feature with fewer than `min_activating` (200)
 activating or `min_non_activating` (50) non-activating windows in the whole corpus pass (aligned
@@ -64,6 +65,7 @@ from faithcase.numerics.explanation_checks import (
     peak_tokens,
 )
 from faithcase.numerics.token_spread import SPREAD_METHOD
+from faithcase.window_artifacts import DescribeArtifact
 
 SIMILARITY_NULL_METHOD = (
     "cosine of the explanation embeddings of up to embed.n_similarity_null random (SAE 1, SAE 2) "
@@ -238,12 +240,27 @@ def explanation_similarity(embedder: Embedder, text1: str | None,
     return float(vectors[0] @ vectors[1])
 
 
+def window_texts(describe: DescribeArtifact | None, key: str) -> dict[str, str | None]:
+    if describe is None or not describe.enabled:
+        return {}
+    return {f: e.explanation for f, e in describe.features.get(key, {}).items()}
+
+
+def window_reason(describe: DescribeArtifact | None, key: str, feature: str) -> str:
+    """Why a feature has no window explanation."""
+    if describe is None or not describe.enabled:
+        return "window explainer off"
+    found = describe.features.get(key, {}).get(feature)
+    return found.reason or "no explanation" if found else "not described (describe.kinds)"
+
+
 def embed_case_study(pairs: list[Pair], explain: ExplainArtifact,
                      windows: Mapping[str, WindowsArtifact], embedder: Embedder,
-                     settings: EmbedConfig | None = None,
-                     n_quantiles: int | None = None) -> EmbedArtifact:
-    """Every selected feature's documents scored by its own self-explanation, top-token baseline and
-    null, and by those of its matched partner; `n_quantiles` is windows.n_quantiles. A score sits at
+                     settings: EmbedConfig | None = None, n_quantiles: int | None = None,
+                     describe: DescribeArtifact | None = None) -> EmbedArtifact:
+    """Every selected feature's documents scored by its own self-explanation, window explanation,
+    top-token baseline and null, and by those of its matched partner; `n_quantiles` is
+    windows.n_quantiles. A score sits at
     `features[documents_of][feature].eleuther[explanation_of][explainer]`."""
     settings = settings or EmbedConfig()
     found = {key: windows[key].features for key in SAE_KEYS}
@@ -257,22 +274,27 @@ def embed_case_study(pairs: list[Pair], explain: ExplainArtifact,
              for i, key in enumerate(SAE_KEYS)}
     tokens = {key: {f: peak_tokens(w.windows.get("max", []), settings.n_peak_tokens)
                     for f, w in found[key].items()} for key in SAE_KEYS}
-    texts = {key: {f: {"self": explained[key].get(f),
+    described = {key: window_texts(describe, key) for key in SAE_KEYS}
+    texts = {key: {f: {"self": explained[key].get(f), "window": described[key].get(f),
                        "baseline": ", ".join(tokens[key][f]) or None,
                        "null": explained[key].get(nulls[key].get(f, ""))}
                    for f in found[key]} for key in SAE_KEYS}
     docs = {key: {f: documents(w) for f, w in found[key].items()} for key in SAE_KEYS}
     scoring = {key: {f: feature_scoring(w, settings) for f, w in found[key].items()}
                for key in SAE_KEYS}
-    features = _score_features(embedder, settings, docs, scoring, texts,
-                               _explainers(pairs, found), n_quantiles)
+    whose = _explainers(pairs, found)
+    features = _score_features(embedder, settings, docs, scoring, texts, whose, n_quantiles)
     for key, group in features.items():
         for f, scored in group.items():
             scored.scoring = scoring[key][f]
-            scored.known_answer = KnownAnswer(
-                peak_tokens=tokens[key][f], explanation=names_peak_token(texts[key][f]["self"],
-                                                                         tokens[key][f]),
-                null=names_peak_token(texts[key][f]["null"], tokens[key][f]))
+            said = {name: names_peak_token(texts[key][f][name], tokens[key][f])
+                    for name in ("self", "null", "window")}
+            scored.known_answer = KnownAnswer(peak_tokens=tokens[key][f],
+                                              explanation=said["self"], null=said["null"],
+                                              window=said["window"])
+            for of, by in scored.eleuther.items():
+                if by["window"].reason == "no explanation":
+                    by["window"].reason = window_reason(describe, of, str(whose[key, f][of]))
     similarities = [PairSimilarity(kind=p.kind, rank=p.rank, index1=p.index1, index2=p.index2,
                                    explanation_similarity=explanation_similarity(
                                        embedder, explained["sae1"].get(str(p.index1)),
@@ -384,7 +406,7 @@ def print_embed(artifact, inputs: dict) -> None:
     """Per pair: each feature's documents by its own SAE's explanations, then by the partner's
     ("cross 1→2": SAE 1's explanations on SAE 2's feature's documents)."""
     pairs = inputs["pairs"]
-    grid = table("embedding scores (AUROC): self / baseline / null",
+    grid = table("embedding scores (AUROC): self / window / baseline / null",
                  ["kind", "rank", "sae1", "sae2", "own 1", "own 2", "cross 1→2", "cross 2→1"])
 
     def three(feature, explanation_of: str) -> str:
@@ -407,13 +429,14 @@ def _compute(job) -> EmbedArtifact:
     rt, up = job.ctx, job.inputs
     with rt.console.status("embedding explanations and contexts …"):
         artifact = embed_case_study(up["pairs"].all_pairs(), up["explain"], up["windows"],
-                                    rt.embedder, job.settings, rt.cfg.windows.n_quantiles)
+                                    rt.embedder, job.settings, rt.cfg.windows.n_quantiles,
+                                    up["describe"])
     job.write(job.stage.file, artifact)
     return artifact
 
 
 STAGE = Stage(
-    "embed", _compute, inputs=("pairs", "explain", "windows"), section="embed",
+    "embed", _compute, inputs=("pairs", "explain", "windows", "describe"), section="embed",
     artifact=EmbedArtifact, printer=print_embed,
     doc="Eleuther embedding score (AUROC) of every explanation, its baseline and null, own and "
         "across the pair.")

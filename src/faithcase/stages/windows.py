@@ -41,6 +41,7 @@ from faithcase.run.errors import FaithcaseError
 from faithcase.run.graph import Stage
 from faithcase.model.outliers import counted_positions
 from faithcase.model.tokens import TokenTexts, token_texts
+from faithcase.model.window_prompt import overlaps
 from faithcase.numerics.activation_stats import FINE_BINS, HISTOGRAM_METHOD, ActivationStats
 from faithcase.numerics.chunks import row_chunks
 from faithcase.numerics.token_spread import TokenSpread
@@ -80,8 +81,11 @@ QUANTILE_METHOD = (
     "keys) of up to `reservoir` activating chunks (max activation > 0) and `n_negative` all-zero "
     "chunks is kept while streaming; the sampled activating chunks, sorted by max activation, are "
     "split into `n_quantiles` equal-count groups (0 = weakest), from each of which `per_quantile` "
-    "are drawn by the same seeded keys"
+    "are drawn by the same seeded keys. Chunks overlapping one of the feature's top `max` or "
+    "`mean` windows (what the window explainer may see) are left out of both samples first"
 )
+# spare non-activating slots: each of the 2 × top shown windows overlaps at most 2 aligned chunks
+SPARE_PER_WINDOW = 4
 
 
 class Encoder(Protocol):
@@ -139,7 +143,8 @@ class WindowCollector:
         self._spread = TokenSpread(n, window, device)
         self._pools = {c: new_pool(self.top, n, window, WINDOW_FIELDS, device) for c in CRITERIA}
         self._activating = new_pool(self.reservoir, n, window, CONTEXT_FIELDS, device)
-        self._non_activating = new_pool(self.n_negative, n, window, CONTEXT_FIELDS, device)
+        self._non_activating = new_pool(self.n_negative + SPARE_PER_WINDOW * self.top, n,
+                                        window, CONTEXT_FIELDS, device)
 
     @torch.no_grad()
     def _encode_selected(self, resid: torch.Tensor) -> torch.Tensor:
@@ -277,12 +282,13 @@ class WindowCollector:
         for f, feature in enumerate(self.features):
             windows = {c: self._windows_of(pools[c], orders[c][:, f].tolist(), c, f, texts)
                        for c in CRITERIA}
+            shown = [w for c in ("max", "mean") for w in windows[c]]
             result[feature] = FeatureWindows(
                 feature=feature,
                 windows=windows,
                 stats=stats[f].model_copy(update={"spread": spread[f]}),
-                activating=self._activating_contexts(activating, f, texts),
-                non_activating=self._non_activating_contexts(non_activating, f, texts),
+                activating=self._activating_contexts(activating, f, texts, shown),
+                non_activating=self._non_activating_contexts(non_activating, f, texts, shown),
             )
         return result
 
@@ -307,8 +313,9 @@ class WindowCollector:
             )
         return windows
 
-    def _contexts(self, pool: dict, f: int) -> list[dict]:
-        """The sampled chunks of feature f, as dicts (empty reservoir slots dropped)."""
+    def _contexts(self, pool: dict, f: int, shown: list[Window]) -> list[dict]:
+        """The sampled chunks of feature f that overlap no shown window, as dicts (empty reservoir
+        slots dropped)."""
         keep = torch.isfinite(pool["key"][:, f]).nonzero().flatten()
         names = ("key", "seq", "start", "max_act", "tokens", "acts")
         columns = {name: pool[name][keep, f].tolist() for name in names}
@@ -316,10 +323,13 @@ class WindowCollector:
             {"key": key, "seq_id": seq, "start": start, "max_act": max_act, "tokens": ids,
              "acts": acts}
             for key, seq, start, max_act, ids, acts in zip(*columns.values())
+            if not any(overlaps(seq, start, w.seq_id, w.start, self.window, len(w.tokens))
+                       for w in shown)
         ]
 
-    def _activating_contexts(self, pool: dict, f: int, texts: TokenTexts) -> list[Context]:
-        sample = self._contexts(pool, f)
+    def _activating_contexts(self, pool: dict, f: int, texts: TokenTexts,
+                             shown: list[Window]) -> list[Context]:
+        sample = self._contexts(pool, f, shown)
         sample.sort(key=lambda c: (c["max_act"], c["key"], c["seq_id"], c["start"]))
         groups: list[list[dict]] = [[] for _ in range(self.n_quantiles)]
         for rank, chunk in enumerate(sample):
@@ -331,8 +341,10 @@ class WindowCollector:
             chosen += [(quantile, chunk) for chunk in drawn]
         return [_context(chunk, texts, quantile) for quantile, chunk in chosen]
 
-    def _non_activating_contexts(self, pool: dict, f: int, texts: TokenTexts) -> list[Context]:
-        sample = sorted(self._contexts(pool, f), key=lambda c: (c["seq_id"], c["start"]))
+    def _non_activating_contexts(self, pool: dict, f: int, texts: TokenTexts,
+                                 shown: list[Window]) -> list[Context]:
+        sample = sorted(self._contexts(pool, f, shown), key=lambda c: (c["key"], c["seq_id"]))
+        sample = sorted(sample[: self.n_negative], key=lambda c: (c["seq_id"], c["start"]))
         return [_context(chunk, texts, None) for chunk in sample]
 
 

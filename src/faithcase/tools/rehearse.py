@@ -30,11 +30,12 @@ from faithcase.run.errors import FaithcaseError
 # as configs/llama-3.2-1b.yaml sets them
 PAPER_BATCHES = {"seq_len": 128, "corpus": 32, "explain": 128}
 # workloads: corpus tokens of the passes, pairs per group, stratified pairs, scales,
-# null directions, samples
+# null directions, samples, windows the window explainer reads, and whether it describes every
+# group (else the best pairs only)
 FULL = {"tokens": 2_000_000, "n_pairs": 10, "n_stratified": 40, "n_scales": 16, "n_null": 64,
-        "n_samples": 4}
+        "n_samples": 4, "n_windows": 20, "describe_all": True}
 REDUCED = {"tokens": 4000, "n_pairs": 2, "n_stratified": 4, "n_scales": 4, "n_null": 8,
-           "n_samples": 4}
+           "n_samples": 4, "n_windows": 4, "describe_all": False}
 GPU_CHECK_TOKENS = 200_000  # times the corpus passes; projected to FULL's 2M
 GPU_CHECK = FULL | {"tokens": GPU_CHECK_TOKENS}
 PASSES = ("scan", "windows")  # the stages that read the corpus
@@ -60,6 +61,9 @@ def units(stage: str, workload: dict) -> float:
         return sweep_rows + features * (1 + workload["n_samples"])
     if stage == "embed":
         return features
+    if stage == "describe":  # prompt tokens grow with the windows shown
+        return (features if workload["describe_all"] else 2 * workload["n_pairs"]) \
+            * workload["n_windows"]
     # match, pairs, assemble (its bootstrap runs over every matched pair) and report:
     # the same work at any workload
     return 1.0
@@ -90,6 +94,7 @@ def build(work_dir: Path, workload: dict, console, device: str = "cpu") -> tuple
 def rehearsal_config(work_dir: Path, model: Path, planted: dict, corpus: Path,
                      workload: dict, device: str = "cpu") -> dict:
     """The pipeline config of the rehearsal: the paper config's dtype, batch sizes and prompt."""
+    from faithcase.artifacts import PAIR_KINDS
     from faithcase.tools.rehearse_build import PAPER_HOOK, REHEARSAL_MODEL_NAME
 
     saes = work_dir / "saes"
@@ -106,6 +111,8 @@ def rehearsal_config(work_dir: Path, model: Path, planted: dict, corpus: Path,
         "explain": {"n_scales": workload["n_scales"], "skip_lowest": 1,
                     "n_null": workload["n_null"], "n_samples": workload["n_samples"],
                     "batch_size": PAPER_BATCHES["explain"], "chat_template": "never"},
+        "describe": {"n_windows": workload["n_windows"], "batch_size": 32,
+                     "kinds": list(PAIR_KINDS) if workload["describe_all"] else ["best"]},
     }
 
 
