@@ -37,6 +37,7 @@ bench: install
 	$(VENV)/bin/faithcase bench windows
 	$(VENV)/bin/faithcase bench explain
 	$(VENV)/bin/faithcase bench embed
+	$(VENV)/bin/faithcase bench describe
 
 # every stage at the paper's shapes on a reduced workload (random weights, built locally; ~15 min on 2 cores)
 rehearse: install

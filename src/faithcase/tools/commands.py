@@ -143,6 +143,16 @@ def bench_explain(opts: RunOptions, n_features: int = 4, n_scales: int = 8):
                       measure(runtime(opts), n_features=n_features, n_scales=n_scales))
 
 
+@bench_app.command("describe")
+@with_run_options
+def bench_describe(opts: RunOptions, n_features: int = 16, n_windows: int = 8):
+    """The window explainer on the unhooked model vs inside the bridge, same prompts."""
+    from faithcase.tools.bench_describe import bench_describe as measure
+
+    tables.print_dict("bench describe",
+                      measure(runtime(opts), n_features=n_features, n_windows=n_windows))
+
+
 @bench_app.command("dtype")
 @with_run_options
 def bench_dtype(opts: RunOptions):
