@@ -15,7 +15,7 @@ def corpus_prompts(rt, n_features: int, n_windows: int, window: int = 30, seed: 
     """Chats built from corpus windows with seeded sparse activations: the window explainer's
     prompt at its real length."""
     sequences = rt.sequences
-    texts = rt.token_text()
+    texts = rt.token_text
     gen = torch.Generator().manual_seed(seed)
     chats = []
     for f in range(n_features):
