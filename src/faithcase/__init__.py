@@ -19,6 +19,7 @@ _API = {
     "scan": "faithcase.stages.scan",
     "select_pairs": "faithcase.stages.pairs",
     "explain": "faithcase.stages.explain",
+    "describe": "faithcase.stages.describe",
     "top_activated_windows": "faithcase.stages.windows",
     "eleuther": "faithcase.stages.embed",
     "assemble": "faithcase.stages.assemble",
