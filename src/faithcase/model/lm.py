@@ -136,6 +136,15 @@ def load_model(name: str, path: str | None = None, gguf: str | None = None,
     return wrap_model(name, hf_model, tokenizer)
 
 
+def cache_keyword(hf_model) -> str:
+    """The decoder's keyword for a KV cache: `cache` in transformers 5, `past_key_values`
+    before."""
+    import inspect
+
+    parameters = inspect.signature(hf_model.model.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
 def _unhooked(hf_model, device):
     """A plain instance of hf_model's architecture holding the same weight tensors, or None (an
     architecture whose buffers cannot be rebuilt from its config)."""
@@ -346,12 +355,7 @@ class LanguageModel:
 
     @property
     def cache_keyword(self) -> str:
-        """The decoder's keyword for a KV cache: `cache` in transformers 5, `past_key_values`
-        before."""
-        import inspect
-
-        parameters = inspect.signature(self.hf_model.model.forward).parameters
-        return "cache" if "cache" in parameters else "past_key_values"
+        return cache_keyword(self.hf_model)
 
     def check_layer(self, layer: int) -> None:
         if not 0 <= layer < self.n_layers:

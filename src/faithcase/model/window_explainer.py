@@ -13,7 +13,6 @@ unreachable URL, an HTTP error or a reply without `choices[0].message.content` i
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import os
 import urllib.error
@@ -23,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from faithcase.model.lm import cache_keyword
 from faithcase.model.prompt import render_chat
 from faithcase.model.window_prompt import MARKER
 from faithcase.run.errors import FaithcaseError
@@ -66,8 +66,7 @@ class LocalExplainer:
         eos = tokenizer.eos_token_id
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
         self.stops = newline_stops(tokenizer, eos).to(self.device)
-        parameters = inspect.signature(hf_model.model.forward).parameters
-        self.cache_keyword = "cache" if "cache" in parameters else "past_key_values"
+        self.cache_keyword = cache_keyword(hf_model)
 
     def render(self, chat: Chat) -> str:
         return render_chat(self.tokenizer, chat) + (MARKER if self.prefill else "")
