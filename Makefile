@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.faithcase-installed
 CONFIG  ?=
 ARGS    ?=
 
-.PHONY: all install test bench rehearse gpu-check demo-bundle browser clean
+.PHONY: all install test bench rehearse gpu-check demo-bundle matrix compare browser clean
 
 all: install
 	$(VENV)/bin/faithcase run $(if $(CONFIG),--config $(CONFIG)) $(ARGS)
@@ -21,6 +21,14 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# the demo's four SAEs (faithful and external pairs, seeds 42 and 49): the 4 x 4 matrix, one corpus pass
+matrix: install
+	$(VENV)/bin/faithcase matrix --config pkg:faithcase/configs/matrix.yaml $(ARGS)
+
+# the matrix, a case study of each pair (faithful, external) and outputs/matrix/comparison.html
+compare: install
+	$(VENV)/bin/faithcase run --config pkg:faithcase/configs/matrix.yaml $(ARGS)
 
 # headless Chromium for the report's browser test (Debian packages)
 browser:
@@ -38,6 +46,7 @@ bench: install
 	$(VENV)/bin/faithcase bench explain
 	$(VENV)/bin/faithcase bench embed
 	$(VENV)/bin/faithcase bench describe
+	$(VENV)/bin/faithcase bench matrix
 
 # every stage at the paper's shapes on a reduced workload (random weights, built locally; ~15 min on 2 cores)
 rehearse: install

@@ -23,6 +23,7 @@ _API = {
     "top_activated_windows": "faithcase.stages.windows",
     "eleuther": "faithcase.stages.embed",
     "assemble": "faithcase.stages.assemble",
+    "matrix": "faithcase.stages.matrix",
 }
 __all__ = [*_API, "__version__"]
 

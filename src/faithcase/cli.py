@@ -190,25 +190,48 @@ def runtime(opts: RunOptions):
             overrides[key] = {"path": _absolute(path)}
     cfg = load_config(opts.config, overrides=overrides, sets=opts.set_)
     set_threads()
-    return Runtime(cfg, console=err_console)
+    cfg, console_of_rank = split_pass(cfg)
+    return Runtime(cfg, console=console_of_rank)
+
+
+def split_pass(cfg):
+    """Under torchrun (WORLD_SIZE > 1): join the process group; each rank on its own GPU; ranks
+    other than 0 work quietly in .shards/rank<r>/ of the run folder (run/shards.py)."""
+    from faithcase.run import shards
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return cfg, err_console
+    from faithcase.model.lm import resolve_device
+
+    device = resolve_device(cfg.device)
+    if device.startswith("cuda"):
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    shard = shards.init_from_env(device)
+    update = {"device": device}
+    if shard.rank > 0:
+        update["out_dir"] = str((cfg.output_dir() / ".shards" / f"rank{shard.rank}").resolve())
+    return cfg.model_copy(update=update), (err_console if shard.rank == 0 else
+                                           Console(stderr=True, quiet=True))
 
 
 @contextmanager
 def pipeline(opts: RunOptions, force: tuple[str, ...] = (),
-             targets: tuple[str, ...] | None = None):
+             targets: tuple[str, ...] | None = None, rt=None):
     """The pipeline's graph run on these options' run folder, under the folder's lock; the
     embedder is checked up front when reaching `targets` (default: all) runs embed."""
     from faithcase.pipeline import open_run
 
-    with open_run(runtime(opts), force, strict=opts.strict, wait=not opts.no_wait,
+    with open_run(rt or runtime(opts), force, strict=opts.strict, wait=not opts.no_wait,
                   targets=targets) as graph:
         yield graph
 
 
 def set_threads() -> None:
+    """Every core (FAITHCASE_THREADS to choose), shared among torchrun's local processes."""
     import torch
 
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    cores = int(os.environ.get("FAITHCASE_THREADS") or os.cpu_count() or 1)
+    torch.set_num_threads(max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
 # ================================================================ stages
@@ -297,13 +320,53 @@ def report(opts: RunOptions, case_study: Annotated[Optional[Path], typer.Option(
 
 @app.command()
 @with_run_options
+def matrix(opts: RunOptions):
+    """Every pair of the config's SAEs: shared ratio, top-1 ratios and activation agreement from
+    one corpus pass; matrix.json, heatmaps and the seed-stability table."""
+    from faithcase.pipeline import MANY_SAES, open_run
+    from faithcase.stages.matrix import print_matrix
+
+    rt = runtime(opts)
+    force = ("matrix",) if opts.force or opts.force_all else ()
+    with open_run(rt, force, strict=opts.strict, wait=not opts.no_wait, targets=("matrix",),
+                  graph=MANY_SAES) as graph:
+        print_matrix(graph.get("matrix"))
+        for path in graph.files("matrix"):
+            console.print(f"matrix → {path}")
+
+
+def run_studies_command(opts: RunOptions, rt) -> None:
+    """`faithcase run` on a config with studies: the matrix, each study, the comparison."""
+    from faithcase.pipeline import MANY_SAES, STAGES, open_run
+    from faithcase.stages.matrix import print_matrix
+    from faithcase.studies import run_studies
+
+    force = STAGES if opts.force or opts.force_all else ()
+    with open_run(rt, ("matrix", "compare") if force else (), strict=opts.strict,
+                  wait=not opts.no_wait, graph=MANY_SAES) as graph:
+        console.rule("[bold]matrix")
+        print_matrix(graph.get("matrix"))
+        total = len(rt.cfg.studies)
+        run_studies(rt, force, opts.strict, not opts.no_wait,
+                    each=lambda i, a, b: console.rule(f"[bold]study {i}/{total}: {a} × {b}"))
+        graph.get("compare")
+        console.print(f"[bold]comparison[/bold] → {graph.folder / 'comparison.html'}")
+
+
+@app.command()
+@with_run_options
 def run(opts: RunOptions):
-    """Every stage in order: match, scan, pairs, explain, windows, embed, assemble, report."""
+    """Every stage in order: match, scan, pairs, explain, windows, describe, embed, assemble,
+    report; with `studies` in the config: the matrix, each study, and their comparison."""
     from faithcase.artifacts import CASE_STUDY_FILE
     from faithcase.pipeline import STAGES
     from faithcase.stages.assemble import print_summary
 
-    with pipeline(opts, STAGES if opts.force or opts.force_all else ()) as graph:
+    rt = runtime(opts)
+    if rt.cfg.studies:
+        return run_studies_command(opts, rt)
+    rt.cfg.sae_config("sae1")  # a many-SAE config without a pair: one line, before any work
+    with pipeline(opts, STAGES if opts.force or opts.force_all else (), rt=rt) as graph:
         for i, name in enumerate(STAGES, start=1):
             console.rule(f"[bold]{i}/{len(STAGES)} {name}")
             graph.get(name)

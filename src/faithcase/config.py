@@ -61,6 +61,10 @@ class SAEConfig(Section):
     format: str | None = None  # a registered SAE format (faithcase.saes); None: detected
     # the dtype it encodes in; auto: the checkpoint's declared dtype (unknown: float32)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # what the SAE was trained with, for grouping the matrix tables (`faithcase matrix`, whose
+    # fingerprint covers them itself); no single-pair result depends on them
+    seed: int | None = setting(None, "nothing")
+    dataset: str | None = setting(None, "nothing")
 
     @model_validator(mode="after")
     def _one_source(self) -> "SAEConfig":
@@ -248,6 +252,15 @@ class DescribeConfig(Section):
         return {} if value is True else value
 
 
+class MatrixConfig(Section):
+    """`faithcase matrix`: every pair of the config's `saes`, matched (the match section's
+    threshold and solver) and compared on one corpus pass."""
+
+    # the agreement statistic beside the means: the share of matched pairs whose activation
+    # Pearson correlation exceeds this
+    pearson_cutoff: float = Field(0.5, ge=-1, lt=1)
+
+
 class AssembleConfig(Section):
     n_bootstrap: int = Field(2000, ge=10)  # resamples of each Spearman interval
     seed: int = 0
@@ -257,13 +270,16 @@ RUN_NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 
 
 class Config(Section):
-    run_name: str = "demo"  # a plain name: the run folder is outputs/<run_name> (or --out-dir)
-    out_dir: str | None = None  # default: outputs/<run_name>
+    # a plain name: the run folder is outputs/<run_name> (or --out-dir); neither changes results
+    run_name: str = setting("demo", "nothing")
+    out_dir: str | None = setting(None, "nothing")  # default: outputs/<run_name>
     device: str = "auto"
     model: ModelConfig = ModelConfig()
     hook: str = "blocks.12.hook_resid_pre"
-    sae1: SAEConfig
-    sae2: SAEConfig
+    sae1: SAEConfig | None = None  # the case study's pair: SAE configs, or names from `saes`
+    sae2: SAEConfig | None = None
+    saes: dict[str, SAEConfig] | None = None  # many SAEs by name, for `faithcase matrix`
+    studies: list[tuple[str, str]] = []  # pairs of `saes` names: a case study each
     corpus: CorpusConfig
     outliers: OutlierConfig = OutlierConfig()
     scan: ScanConfig = ScanConfig()
@@ -273,6 +289,7 @@ class Config(Section):
     windows: WindowsConfig = WindowsConfig()
     embed: EmbedConfig = EmbedConfig()
     describe: DescribeConfig = DescribeConfig()
+    matrix: MatrixConfig = MatrixConfig()
     assemble: AssembleConfig = AssembleConfig()
     base_dir: str = Field(".", exclude=True)  # the folder the YAML's relative paths start from
 
@@ -283,6 +300,69 @@ class Config(Section):
             raise ValueError(f"must be a plain name (letters, digits, '.', '_', '-'), "
                              f"got {name!r}; choose the folder with --out-dir")
         return name
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named_pair(cls, data: Any) -> Any:
+        """sae1 / sae2 given as names of `saes` entries; with exactly two `saes` and neither
+        named, they are the pair."""
+        if not isinstance(data, dict):
+            return data
+        saes = data.get("saes") if isinstance(data.get("saes"), dict) else {}
+        data = dict(data)
+        for key in ("sae1", "sae2"):
+            name = data.get(key)
+            if isinstance(name, str):
+                if name not in saes:
+                    raise ValueError(f"{key} names {name!r}, which is not in saes "
+                                     f"({', '.join(map(str, saes)) or 'none given'})")
+                data[key] = saes[name]
+        if len(saes) == 2 and data.get("sae1") is None and data.get("sae2") is None:
+            data["sae1"], data["sae2"] = saes.values()
+        return data
+
+    @model_validator(mode="after")
+    def _saes_and_studies(self) -> "Config":
+        names = list(self.saes or {})
+        for name in names:
+            if not RUN_NAME.match(name) or name in (".", ".."):
+                raise ValueError(f"saes: {name!r} is not a plain name (letters, digits, '.', "
+                                 "'_', '-')")
+        for a, b in self.studies:
+            unknown = [n for n in (a, b) if n not in names]
+            if unknown:
+                raise ValueError(f"studies: the pair [{a}, {b}] names {unknown[0]!r}, which is "
+                                 f"not in saes ({', '.join(names) or 'none given'})")
+            if a == b:
+                raise ValueError(f"studies: the pair [{a}, {b}] names one SAE twice")
+        return self
+
+    def sae_config(self, key: str) -> SAEConfig:
+        """sae1 / sae2 (the case study's pair) or a `saes` entry by name."""
+        pair = key in ("sae1", "sae2")
+        found = getattr(self, key, None) if pair else (self.saes or {}).get(key)
+        if found is None:
+            n = len(self.saes or {})
+            many = (f"; this config has {n} saes: name the pair with sae1: NAME and sae2: NAME, "
+                    "or list studies") if n > 1 else (
+                    f"; this config has {n} SAE in saes: a case study needs two") if n else ""
+            raise FaithcaseError(f"the config gives no {key}{many}")
+        return found
+
+    def matrix_names(self) -> list[str]:
+        """The SAEs of `faithcase matrix`: the `saes` entries, else sae1 and sae2."""
+        if self.saes:
+            return list(self.saes)
+        return [key for key in ("sae1", "sae2") if getattr(self, key) is not None]
+
+    def for_study(self, a: str, b: str) -> "Config":
+        """The two-SAE config of the study [a, b]: its run folder is studies/a__b/ in this run's
+        folder, everything else as here."""
+        saes = self.saes or {}
+        folder = self.output_dir() / "studies" / study_name(a, b)
+        return self.model_copy(update={"sae1": saes[a], "sae2": saes[b], "saes": None,
+                                       "studies": [], "run_name": study_name(a, b),
+                                       "out_dir": str(folder.resolve())})
 
     @field_validator("hook")
     @classmethod
@@ -303,6 +383,10 @@ class Config(Section):
         if self.out_dir:
             return resolve_path(self.out_dir, Path(self.base_dir))
         return Path("outputs") / self.run_name
+
+
+def study_name(a: str, b: str) -> str:
+    return f"{a}__{b}"
 
 
 def _format_validation_error(err: ValidationError) -> str:

@@ -23,6 +23,15 @@ PIPELINE = Graph(stages(), hasher=fingerprint)
 STAGES = tuple(PIPELINE.order())
 
 
+def _many_saes() -> Graph:
+    from faithcase.studies import COMPARE_STAGE
+
+    return Graph([*stages(("matrix",)), COMPARE_STAGE], hasher=fingerprint)
+
+
+MANY_SAES = _many_saes()  # matrix -> (the studies' pipelines) -> compare
+
+
 def pipeline_run(rt, force: tuple[str, ...] = (), strict: bool = False,
                  targets: tuple[str, ...] | None = None) -> GraphRun:
     """The graph run; when reaching `targets` (default: every stage) will compute embed, its
@@ -46,7 +55,23 @@ def check_embedder(rt, run: GraphRun, targets: tuple[str, ...] | None = None) ->
 
 @contextmanager
 def open_run(rt, force: tuple[str, ...] = (), strict: bool = False,
-             wait: bool = True, targets: tuple[str, ...] | None = None) -> Iterator[GraphRun]:
-    """The pipeline's graph run on the Runtime's run folder, holding the folder's lock."""
+             wait: bool = True, targets: tuple[str, ...] | None = None,
+             graph: Graph | None = None) -> Iterator[GraphRun]:
+    """The pipeline's (or `graph`'s) run on the Runtime's run folder, holding the folder's
+    lock."""
+    force = tuple(force) + split_pass_stages(rt, graph or PIPELINE, targets)
     with RunLock(rt.out_dir, wait=wait, report=rt.console.print):
-        yield pipeline_run(rt, force, strict, targets)
+        if graph is None:
+            yield pipeline_run(rt, force, strict, targets)
+        else:
+            yield graph.run(rt, rt.ledger_path, force, report=rt.console.print, strict=strict)
+
+
+def split_pass_stages(rt, graph: Graph, targets: tuple[str, ...] | None) -> tuple[str, ...]:
+    """Under torchrun, the stages that read the corpus run on every rank together: never cached
+    (run/shards.py)."""
+    from faithcase.run.shards import CORPUS_STAGES
+
+    if not rt.shard.split:
+        return ()
+    return tuple(name for name in graph.order(targets) if name in CORPUS_STAGES)

@@ -8,6 +8,7 @@ import torch
 
 from faithcase.artifacts import ActivationSpread
 from faithcase.model.tokens import TokenTexts
+from faithcase.numerics.exact_sum import CompensatedSum
 
 SPREAD_METHOD = (
     "windows: each sequence's positions 1..T-1 cut into aligned, disjoint chunks of `window` "
@@ -24,7 +25,7 @@ class TokenSpread:
         self.window = window
         self.n_activating = torch.zeros(n_features, dtype=torch.long, device=device)
         self.n_non_activating = torch.zeros(n_features, dtype=torch.long, device=device)
-        self.by_token = torch.zeros(0, n_features, dtype=torch.float64, device=device)
+        self.by_token = CompensatedSum((0, n_features), device)
 
     def update(self, acts: torch.Tensor, tokens: torch.Tensor) -> None:
         """acts [B, L, F] (>= 0, excluded positions 0) at positions 1..T-1; tokens [B, L]."""
@@ -35,16 +36,35 @@ class TokenSpread:
         self.n_activating += (chunk_max > 0).sum((0, 1))
         self.n_non_activating += (chunk_max == 0).sum((0, 1))
         ids = tokens.reshape(-1).long()
-        needed = int(ids.max()) + 1 if ids.numel() else 0
-        if needed > self.by_token.shape[0]:  # grow (doubling) to the largest id seen
-            size = max(needed, 2 * self.by_token.shape[0])
-            grown = self.by_token.new_zeros(size, n_features)
-            grown[: self.by_token.shape[0]] = self.by_token
-            self.by_token = grown
-        self.by_token.index_add_(0, ids, acts.reshape(-1, n_features).double())
+        if not ids.numel():
+            return
+        present, where = ids.unique(return_inverse=True)
+        partial = acts.new_zeros(len(present), n_features, dtype=torch.float64)
+        partial.index_add_(0, where, acts.reshape(-1, n_features).double())
+        self._grow(int(present[-1]) + 1)
+        self.by_token.add_at(present, partial)
+
+    def _grow(self, needed: int) -> None:
+        rows = self.by_token.hi.shape[0]
+        if needed > rows:  # doubling, to the largest id seen
+            self.by_token.grow(max(needed, 2 * rows))
+
+    def state(self) -> dict:
+        return {"n_activating": self.n_activating.cpu(),
+                "n_non_activating": self.n_non_activating.cpu(), "by_token": self.by_token.state()}
+
+    def merge_state(self, state: dict) -> None:
+        device = self.n_activating.device
+        self.n_activating += state["n_activating"].to(device)
+        self.n_non_activating += state["n_non_activating"].to(device)
+        other = CompensatedSum.from_state(state["by_token"])
+        rows = max(other.hi.shape[0], self.by_token.hi.shape[0])
+        self._grow(rows)
+        other.grow(self.by_token.hi.shape[0])
+        self.by_token.merge(other)
 
     def finish(self, texts: TokenTexts, threshold: float) -> list[ActivationSpread]:
-        by_token = self.by_token.cpu()
+        by_token = self.by_token.value.cpu()
         n_features = self.n_activating.numel()
         totals = by_token.sum(0) if len(by_token) else torch.zeros(n_features, dtype=torch.float64)
         tops = by_token.max(0) if len(by_token) else None

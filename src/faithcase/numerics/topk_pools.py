@@ -150,3 +150,18 @@ def greedy_per_sequence(primary, secondary, candidate_start, top, window):
 def _feature_major_copy(values: torch.Tensor) -> torch.Tensor:
     """[B, N, F] -> a contiguous [B, F, N] copy (always a copy: it is masked in place)."""
     return values.transpose(1, 2).clone(memory_format=torch.contiguous_format)
+
+
+def merge_pools(pool: dict, other: dict, order_by: Order) -> dict:
+    """The best rows per feature of two pools of one capacity (e.g. two shards' pools): exactly
+    the pool a single stream of both shards' candidates keeps, when `order_by` is a total order."""
+    capacity = pool["acts"].shape[0]
+    other = {name: values.to(pool["acts"].device) for name, values in other.items()}
+    merged = {name: torch.cat([pool[name], other[name]]) for name in pool}
+    best = pool_order({name: merged[name] for name, _ in order_by}, order_by)[:capacity]
+    kept = {}
+    for name, values in merged.items():
+        index = best.view(*best.shape, *([1] * (values.dim() - 2))).expand(
+            capacity, *values.shape[1:])
+        kept[name] = values.gather(0, index)
+    return kept

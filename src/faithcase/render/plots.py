@@ -256,3 +256,25 @@ def make_plots(cases: list[PairCase], summary: CaseStudySummary,
         plots[PLOT_FILES["scale_sweeps"]] = scale_sweeps(cases, explain)
         plots[PLOT_FILES["null_selfsim"]] = null_selfsim(cases, explain)
     return plots
+
+
+def matrix_heatmap(artifact, statistic: str, path: Path | None = None) -> bytes:
+    """One statistic of the matrix as a heatmap, SAEs in the matrix order (dataset, seed)."""
+    import numpy as np
+
+    order, values = artifact.order, artifact.tables[statistic]
+    grid = np.array([[np.nan if v is None else v for v in row] for row in values], dtype=float)
+    size = 1.2 + 0.75 * len(order)
+    fig = new_figure(size + 1.2, size)
+    ax = fig.add_subplot()
+    image = ax.imshow(np.ma.masked_invalid(grid), cmap="viridis", vmin=0, vmax=1)
+    for i, row in enumerate(grid):
+        for j, value in enumerate(row):
+            if not math.isnan(value):
+                ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8,
+                        color="white" if value < 0.6 else "black")
+    ax.set_xticks(range(len(order)), order, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(len(order)), order, fontsize=8)
+    ax.set_title(statistic.replace("_", " "), fontsize=9)
+    fig.colorbar(image, ax=ax, shrink=0.8)
+    return to_png(fig, path)

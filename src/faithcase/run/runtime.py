@@ -25,14 +25,19 @@ from faithcase.config import Config, affecting
 from faithcase.run.errors import FaithcaseError
 from faithcase.model.outliers import excluded_positions
 from faithcase.model.tokens import token_texts
+from faithcase.run import shards
 from faithcase.run.paths import resolve_path
 
 RESIDUAL_NORM_BATCHES = 4  # corpus batches that set the unit of the steering scales
 
 
 class Runtime:
-    def __init__(self, cfg: Config, console: Console | None = None):
+    def __init__(self, cfg: Config, console: Console | None = None,
+                 parent: "Runtime | None" = None):
+        """`parent`: the runtime of the run this one is a study of (same model and corpus): its
+        model, corpus sequences and corpus passes (in memory and on disk) are shared."""
         self.cfg = cfg
+        self.parent = parent
         self.console = console or Console(stderr=True)
         self.out_dir = cfg.output_dir()
         if self.out_dir.exists() and not self.out_dir.is_dir():
@@ -41,7 +46,9 @@ class Runtime:
         self._saes: dict[str, object] = {}
         self._sae_hashes: dict[str, str] = {}
         self._sae_paths: dict[str, Path] = {}
-        self._passes: dict[str, list[tuple]] = {}
+        self._passes: dict[str, list[tuple]] = parent._passes if parent else {}
+        self.shard = shards.current()  # this process's part of a split corpus pass
+        self.corpus_passes = 0  # model passes over the corpus (a study's run counts its parent's)
         self.load_seconds: dict[str, float] = {}  # what loading the model and the embedder took
 
     # ---------------------------------------------------------------- files
@@ -61,7 +68,7 @@ class Runtime:
     def sae_path(self, key: str) -> Path:
         """The SAE's local folder; a hub SAE is fetched into the Hugging Face cache first."""
         if key not in self._sae_paths:
-            sae_cfg = getattr(self.cfg, key)
+            sae_cfg = self.cfg.sae_config(key)
             if sae_cfg.hf is not None:
                 from faithcase.saes.hub import hub_sae_folder
 
@@ -79,14 +86,15 @@ class Runtime:
             from faithcase.model.lm import DTYPES
             from faithcase.saes import check_compatible, load_sae
 
-            sae_cfg = getattr(self.cfg, key)
+            sae_cfg = self.cfg.sae_config(key)
             dtype = None if sae_cfg.dtype == "auto" else DTYPES[sae_cfg.dtype]  # auto: declared
             sae = load_sae(self.sae_path(key), format=sae_cfg.format, hook=self.cfg.hook,
                            device=self.device, dtype=dtype)
             _check_finite_encoder(key, sae)
+            for other_key, other in self._saes.items():
+                check_compatible(other, sae)
+                _check_same_site(other_key, other, key, sae)
             self._saes[key] = sae
-            if len(self._saes) == 2:
-                check_compatible(self._saes["sae1"], self._saes["sae2"])
         return self._saes[key]
 
     def sae_for_model(self, key: str):
@@ -124,6 +132,8 @@ class Runtime:
     def lm(self):
         from faithcase.model.lm import load_model
 
+        if self.parent is not None:
+            return self.parent.lm
         model = self.cfg.model
         start = time.perf_counter()
         with self.console.status(f"loading {model.name} …"):
@@ -160,10 +170,12 @@ class Runtime:
 
     def resource_key(self, name: str):
         if name == "saes":
-            # the files, format and dtype setting (auto: the files' declared dtype) fix the SAE
-            saes = {key: [self.sae_hash(key), getattr(self.cfg, key).format,
-                          getattr(self.cfg, key).dtype] for key in SAE_KEYS}
-            return saes | {"hook": self.cfg.hook}
+            return self._sae_keys(SAE_KEYS)
+        if name == "all_saes":  # every `saes` entry, with the metadata the tables group by
+            names = self.cfg.matrix_names()
+            meta = {n: [self.cfg.sae_config(n).seed, self.cfg.sae_config(n).dataset]
+                    for n in names}
+            return self._sae_keys(names) | {"metadata": meta}
         if name == "model":
             return affecting(self.cfg.model) | {"hook": self.cfg.hook}
         if name == "corpus":
@@ -172,12 +184,20 @@ class Runtime:
             return affecting(self.cfg)
         raise ValueError(f"unknown resource {name!r}")
 
+    def _sae_keys(self, keys) -> dict:
+        # the files, format and dtype setting (auto: the files' declared dtype) fix the SAE
+        saes = {key: [self.sae_hash(key), self.cfg.sae_config(key).format,
+                      self.cfg.sae_config(key).dtype] for key in keys}
+        return saes | {"hook": self.cfg.hook}
+
     # ---------------------------------------------------------------- corpus
 
     @cached_property
     def sequences(self) -> torch.Tensor:
         from faithcase.model.corpus import load_texts, token_sequences
 
+        if self.parent is not None:
+            return self.parent.sequences
         corpus = self.cfg.corpus
         sources = [corpus.source] if isinstance(corpus.source, str) else corpus.source
         texts = itertools.chain.from_iterable(
@@ -214,7 +234,8 @@ class Runtime:
     def residual_cache(self, hook: str) -> ResidualCache:
         key = {"model": affecting(self.cfg.model), "device": self.device, "hook": hook,
                "corpus": self.resource_key("corpus"), "version": __version__}
-        return ResidualCache(self.out_dir, key, warn=self._warn)
+        root = self.parent.out_dir if self.parent is not None else self.out_dir
+        return ResidualCache(root, key, warn=self._warn)
 
     def _warn(self, message: str) -> None:
         self.console.print(f"[yellow]warning:[/] {message}")
@@ -222,7 +243,7 @@ class Runtime:
     def _cached_or_streamed(self, hook: str, description: str) -> Iterator[tuple]:
         """The pass from the disk cache when it is complete, else from the model (written to the
         cache as it goes)."""
-        if not self.cfg.corpus.disk_cache:
+        if not self.cfg.corpus.disk_cache or self.shard.split:  # a shard's pass is not cached
             yield from self.stream(self.sequences, hook, description)
             return
         cache = self.residual_cache(hook)
@@ -262,7 +283,9 @@ class Runtime:
         `hook`, with a progress bar."""
         size = self.cfg.corpus.batch_size
         outliers = self.cfg.outliers
-        starts = range(first_batch * size, len(sequences), size)
+        starts = [start for start in range(first_batch * size, len(sequences), size)
+                  if self.shard.owns(start // size)]
+        self._count_pass()
         with _progress(self.console) as progress:
             task = progress.add_task(description, total=len(starts))
             for start in starts:
@@ -271,6 +294,11 @@ class Runtime:
                 excluded = excluded_positions(resid, outliers.norm_ratio, outliers.exclude_bos)
                 yield torch.arange(start, start + len(tokens)), tokens, resid, excluded
                 progress.advance(task)
+
+    def _count_pass(self) -> None:
+        self.corpus_passes += 1
+        if self.parent is not None:
+            self.parent._count_pass()
 
     def residual_norm(self, layer: int) -> float:
         """Median residual norm at `blocks.{layer}.hook_resid_pre` on corpus tokens (BOS and massive
@@ -315,6 +343,14 @@ def _check_finite_encoder(key: str, sae) -> None:
     if bad:
         raise FaithcaseError(f"{key} ({sae.path}) has {bad} non-finite values in its encoder "
                              "weights or biases: check the checkpoint")
+
+
+def _check_same_site(key_a: str, a, key_b: str, b) -> None:
+    from faithcase.model.hooks import same_site
+
+    if a.hook_name and b.hook_name and not same_site(a.hook_name, b.hook_name):
+        raise FaithcaseError(f"the SAEs read different hooks: {key_a} reads {a.hook_name}, "
+                             f"{key_b} reads {b.hook_name}; compare SAEs of one hook site")
 
 
 def _resolved(spec: str | None, base_dir: Path) -> str | None:

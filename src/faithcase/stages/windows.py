@@ -39,12 +39,20 @@ from faithcase.config import WindowsConfig
 from faithcase.artifacts import SAE_KEYS, windows_file
 from faithcase.run.errors import FaithcaseError
 from faithcase.run.graph import Stage
+from faithcase.run.shards import merge_across
 from faithcase.model.outliers import counted_positions
 from faithcase.model.tokens import TokenTexts, token_texts
 from faithcase.model.window_prompt import overlaps
 from faithcase.numerics.activation_stats import FINE_BINS, HISTOGRAM_METHOD, ActivationStats
 from faithcase.numerics.chunks import row_chunks
 from faithcase.numerics.token_spread import TokenSpread
+from faithcase.numerics.window_state import (
+    CONTEXT_FIELDS,
+    CONTEXT_ORDER,
+    WINDOW_FIELDS,
+    WINDOW_ORDER,
+    MergeableWindows,
+)
 from faithcase.numerics.topk_pools import (
     greedy_per_sequence,
     merge_into,
@@ -58,23 +66,6 @@ __all__ = ["FINE_BINS", "HISTOGRAM_METHOD", "QUANTILE_METHOD", "WindowCollector"
            "collect_windows", "top_activated_windows"]
 
 ACTIVATING_SALT, NON_ACTIVATING_SALT = 0x1F2E3D, 0x4C5B6A
-WINDOW_ORDER = [("primary", True), ("secondary", True), ("seq", False), ("pos", False)]
-CONTEXT_ORDER = [("key", False), ("seq", False), ("start", False)]
-LOWEST, HIGHEST = -math.inf, torch.iinfo(torch.long).max  # empty pool slots sort last
-WINDOW_FIELDS = {
-    "primary": (torch.float64, LOWEST),  # window sum, non-zero count, or peak activation
-    "secondary": (torch.float64, LOWEST),  # window sum breaking density ties; 0 otherwise
-    "seq": (torch.long, HIGHEST),
-    "pos": (torch.long, HIGHEST),  # window start, or the peak position for `max`
-    "start": (torch.long, HIGHEST),
-}
-CONTEXT_FIELDS = {
-    "key": (torch.float64, math.inf),
-    "seq": (torch.long, HIGHEST),
-    "start": (torch.long, HIGHEST),
-    "max_act": (torch.float32, 0.0),
-}
-
 QUANTILE_METHOD = (
     "reservoir: each sequence's positions 1..T-1 are cut into aligned, disjoint chunks of "
     "`window` tokens (short tail dropped); per feature a uniform sample (bottom-k of seeded hash "
@@ -108,7 +99,7 @@ def _batch_rows(batch: int, shape: torch.Size, device) -> torch.Tensor:
 # ---------------------------------------------------------------- the collector
 
 
-class WindowCollector:
+class WindowCollector(MergeableWindows):
     """Streams batches of one corpus pass for one SAE; `finish` turns the bounded state into
     FeatureWindows."""
 
@@ -373,6 +364,8 @@ def collect_windows(collectors: Mapping[str, WindowCollector], batches: Iterable
         seq_ids, tokens, resid, excluded = _unpack(batch)
         for collector in collectors.values():
             collector.update(seq_ids, tokens, resid, excluded)
+    for collector in collectors.values():
+        merge_across(collector)  # a pass split over processes (run/shards.py)
     return {name: collector.finish(texts) for name, collector in collectors.items()}
 
 

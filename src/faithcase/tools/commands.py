@@ -153,6 +153,17 @@ def bench_describe(opts: RunOptions, n_features: int = 16, n_windows: int = 8):
                       measure(runtime(opts), n_features=n_features, n_windows=n_windows))
 
 
+@bench_app.command("matrix")
+@with_run_options
+def bench_matrix(opts: RunOptions, n_tokens: int = 8192):
+    """The matrix's one corpus pass for every SAE vs one pass per pair (default config: the demo's
+    four SAEs)."""
+    from faithcase.tools.bench_matrix import bench_matrix as measure
+
+    opts.config = opts.config or "pkg:faithcase/configs/matrix.yaml"
+    tables.print_dict("bench matrix", measure(runtime(opts), n_tokens=n_tokens))
+
+
 @bench_app.command("dtype")
 @with_run_options
 def bench_dtype(opts: RunOptions):
@@ -194,15 +205,17 @@ def _print_manifest(manifest: dict) -> None:
         table.add_row(key, value)
     console.print(table)
     _print_quality(manifest)
+    if manifest.get("external"):
+        _print_quality(manifest["external"], "the external pair (Python documentation)")
 
 
-def _print_quality(manifest: dict) -> None:
+def _print_quality(manifest: dict, pair: str = "the faithful pair") -> None:
     """Held-out quality of each SAE against the targets, and the Hungarian shared-feature ratio."""
     saes, match = manifest.get("saes", {}), manifest.get("match", {})
     targets = manifest.get("targets", {})
     if not saes:
         return
-    table = Table(title="held-out quality (filtered tokens)")
+    table = Table(title=f"{pair}: held-out quality (filtered tokens)")
     for column in ("SAE", "seed", "k", "FVU", "L0", "dead", "targets met"):
         table.add_column(column, justify="left" if column == "SAE" else "right")
     for name, entry in saes.items():
@@ -219,6 +232,31 @@ def _print_quality(manifest: dict) -> None:
                       f"[bold]{match.get('shared_ratio', float('nan')):.4f}[/bold] · "
                       f"pairs with cos ≥ 0.9: {match.get('pairs_cos_ge_0.9')} · "
                       f"mean matched cos: {match.get('mean_similarity', float('nan')):.4f}")
+
+
+@demo_app.command("external")
+def demo_external(
+    docs: Annotated[Path, typer.Option(
+        "--docs", help="The Python documentation's reStructuredText sources (Debian package "
+                       "python3.11-doc).")] = Path("/usr/share/doc/python3.11/html/_sources"),
+    work_dir: Annotated[Path, typer.Option(
+        "--work-dir", help="Activations and the stage log (the corpus and the built pair go "
+                           "beside it, in <work-dir>_corpus and <work-dir>_bundle).")
+    ] = Path("build/external"),
+    bundle_dir: Annotated[Optional[Path], typer.Option(
+        "--bundle-dir", help="The bundle the pair is added to (default: the package's).")] = None,
+):
+    """The contrast pair: two SAEs (seeds 42, 49; the faithful pair's recipe) on English text
+    the model did not write, added to the demo bundle (run after `faithcase demo build`)."""
+    from faithcase.demo import BUNDLE_DIR
+    from faithcase.tools.demo.external import build_external
+
+    with user_errors():
+        external = build_external(docs, work_dir, bundle_dir or BUNDLE_DIR, console=err_console)
+    match = external["match"]
+    console.print(f"external pair: shared ratio {match['shared_ratio']:.4f}, top-1 ratio "
+                  f"{match['top1_ratio']:.4f}, {external['corpus']['total_tokens']:,} tokens "
+                  f"({external['corpus']['licence']})")
 
 
 @demo_app.command("build")

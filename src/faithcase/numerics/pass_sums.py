@@ -1,0 +1,155 @@
+"""The running sums of a corpus pass over several SAEs at once (the scan and the matrix).
+
+Each SAE encodes every kept token once. Per SAE: firing counts, active total and the squared
+reconstruction error (the load check); per matched pair of any two SAEs: the sums behind the
+Pearson correlation of the two features' activations and the tokens both fire on. Float64 sums are
+compensated (exact_sum.py), so a pass split over processes merges to the same numbers; memory is
+bounded by the SAE sizes, never by the corpus.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from faithcase.artifacts import AgreementTable
+from faithcase.model.outliers import counted_positions
+from faithcase.numerics.chunks import row_chunks
+from faithcase.numerics.exact_sum import CompensatedSum
+
+PAIR_SUMS = ("a", "b", "aa", "bb", "ab")
+PairKey = tuple[str, str]
+
+
+class PassSums:
+    """Streams batches of one corpus pass for the SAEs `saes` (name -> SAE) and the matched pairs
+    `pairs` ((name_a, name_b) -> (indices in a, indices in b))."""
+
+    def __init__(self, saes: Mapping[str, Any],
+                 pairs: Mapping[PairKey, tuple[list[int], list[int]]]):
+        self.saes = dict(saes)
+        for a, b in pairs:
+            if a not in self.saes or b not in self.saes:
+                raise ValueError(f"pair {(a, b)} names an SAE not given")
+        self.index = {key: (torch.tensor(ia, dtype=torch.long), torch.tensor(ib, dtype=torch.long))
+                      for key, (ia, ib) in pairs.items()}
+        self.d_in = next(iter(self.saes.values())).d_in
+        self.reset()
+
+    def reset(self) -> None:
+        self.n_sequences = self.n_tokens = self.n_excluded = 0
+        self.firing = {key: torch.zeros(sae.d_sae, dtype=torch.long)
+                       for key, sae in self.saes.items()}
+        self.active = {key: 0 for key in self.saes}  # active features, summed over tokens
+        self.sse = {key: CompensatedSum() for key in self.saes}
+        self.sum_x = CompensatedSum(self.d_in)
+        self.sum_sq = CompensatedSum()
+        self.pair_sums = {key: {name: CompensatedSum(len(ia)) for name in PAIR_SUMS}
+                          for key, (ia, _) in self.index.items()}
+        self.n_both = {key: torch.zeros(len(ia), dtype=torch.long)
+                       for key, (ia, _) in self.index.items()}
+
+    @torch.no_grad()
+    def update(self, seq_ids, tokens: torch.Tensor, resid: torch.Tensor,
+               excluded: torch.Tensor | None) -> None:
+        counted = counted_positions(excluded, tokens.shape)
+        self.n_sequences += tokens.shape[0]
+        self.n_excluded += int(counted.numel() - counted.sum())
+        x = resid[counted.to(resid.device)].float()
+        self.n_tokens += len(x)
+        for chunk in row_chunks(x, max(sae.d_sae for sae in self.saes.values())):
+            self._update_chunk(chunk)
+
+    def _update_chunk(self, x: torch.Tensor) -> None:
+        x64 = x.double()
+        self.sum_x.add(x64.sum(0))
+        self.sum_sq.add(x64.pow(2).sum())
+        acts = {}
+        for key, sae in self.saes.items():
+            a = sae.encode(x.to(sae.device))
+            fired = a > 0
+            self.firing[key] += fired.sum(0).cpu()
+            self.active[key] += int(fired.sum())
+            error = sae.decode(a, x.to(sae.device)).double() - x64.to(a.device)
+            self.sse[key].add(error.pow(2).sum())
+            acts[key] = a
+        for (ka, kb), (ia, ib) in self.index.items():
+            a = acts[ka].index_select(1, ia.to(acts[ka].device)).double().cpu()
+            b = acts[kb].index_select(1, ib.to(acts[kb].device)).double().cpu()
+            sums = self.pair_sums[(ka, kb)]
+            for name, values in (("a", a), ("b", b), ("aa", a * a), ("bb", b * b), ("ab", a * b)):
+                sums[name].add(values.sum(0))
+            self.n_both[(ka, kb)] += ((a > 0) & (b > 0)).sum(0)
+
+    # -------------------------------------------------------- shards
+
+    def state(self) -> dict:
+        """Everything streamed so far, on the CPU (what `merge_state` adds)."""
+        return {"counts": [self.n_sequences, self.n_tokens, self.n_excluded],
+                "firing": self.firing, "active": self.active,
+                "sse": {k: s.state() for k, s in self.sse.items()},
+                "sum_x": self.sum_x.state(), "sum_sq": self.sum_sq.state(),
+                "pairs": {key: {n: s.state() for n, s in sums.items()}
+                          for key, sums in self.pair_sums.items()},
+                "n_both": self.n_both}
+
+    def merge_state(self, state: dict) -> None:
+        n_sequences, n_tokens, n_excluded = state["counts"]
+        self.n_sequences += n_sequences
+        self.n_tokens += n_tokens
+        self.n_excluded += n_excluded
+        for key in self.saes:
+            self.firing[key] += state["firing"][key]
+            self.active[key] += state["active"][key]
+            self.sse[key].merge(CompensatedSum.from_state(state["sse"][key]))
+        self.sum_x.merge(CompensatedSum.from_state(state["sum_x"]))
+        self.sum_sq.merge(CompensatedSum.from_state(state["sum_sq"]))
+        for key, sums in self.pair_sums.items():
+            for name, total in sums.items():
+                total.merge(CompensatedSum.from_state(state["pairs"][key][name]))
+            self.n_both[key] += state["n_both"][key]
+
+    # -------------------------------------------------------- results
+
+    def variance(self) -> float:
+        """Total variance of the kept activations (summed over dimensions)."""
+        n = self.n_tokens
+        return float(self.sum_sq.value) - float(self.sum_x.value.pow(2).sum()) / n
+
+    def fvu(self, key: str) -> float:
+        variance = self.variance()
+        return float(self.sse[key].value) / variance if variance > 0 else math.inf
+
+    def l0(self, key: str) -> float:
+        return self.active[key] / self.n_tokens
+
+    def agreement(self, pair: PairKey) -> AgreementTable:
+        """Pearson, Jaccard and both conditional firing probabilities of every matched pair."""
+        n = self.n_tokens
+        s = {name: total.value for name, total in self.pair_sums[pair].items()}
+        cov = s["ab"] / n - (s["a"] / n) * (s["b"] / n)
+        var_a = s["aa"] / n - (s["a"] / n) ** 2
+        var_b = s["bb"] / n - (s["b"] / n) ** 2
+        denominator = (var_a * var_b).clamp_min(0).sqrt()
+        defined = ((var_a > 1e-12 * (s["aa"] / n).clamp_min(1e-300))
+                   & (var_b > 1e-12 * (s["bb"] / n).clamp_min(1e-300)))
+        pearson = torch.where(defined, cov / denominator.clamp_min(1e-300), torch.nan).clamp(-1, 1)
+        ia, ib = self.index[pair]
+        n1, n2 = self.firing[pair[0]][ia], self.firing[pair[1]][ib]
+        both = self.n_both[pair]
+        either = n1 + n2 - both
+        return AgreementTable(pearson=_or_none(pearson), jaccard=_ratio(both, either),
+                              p2_given_1=_ratio(both, n1), p1_given_2=_ratio(both, n2),
+                              n1=n1.tolist(), n2=n2.tolist(), n_both=both.tolist())
+
+
+def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> list[float | None]:
+    return _or_none(torch.where(denominator > 0, numerator.double() / denominator.clamp_min(1),
+                                torch.nan))
+
+
+def _or_none(values: torch.Tensor) -> list[float | None]:
+    return [None if math.isnan(v) else v for v in values.tolist()]

@@ -1,0 +1,233 @@
+"""The matrix stage (`faithcase matrix`): every pair of many SAEs of one hook site, side by side.
+
+Per pair: the Hungarian assignment of decoder directions (`match_features`, certified as in the
+match stage), FaithfulSAE's shared ratio at the threshold and the top-1 ratio in both directions;
+then, from one corpus pass that encodes every SAE on the same kept tokens (numerics/pass_sums.py),
+the activation agreement of the matched pairs: mean Pearson (pairs whose Pearson is defined), mean
+Jaccard (pairs where either feature fires) and the share of matched pairs with Pearson above
+`matrix.pearson_cutoff`. SAEs are ordered by dataset, then seed; pairs of one dataset form its
+"within" group, the others "cross-dataset": the paper's seed-stability table, with agreement.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from faithcase.config import MatchConfig, MatrixConfig, ScanConfig, affecting
+from faithcase.matrix_artifacts import (
+    MATRIX_FILE,
+    MATRIX_STATISTICS,
+    MatrixArtifact,
+    MatrixGroup,
+    MatrixPair,
+    MatrixSAE,
+)
+from faithcase.model.hooks import same_site
+from faithcase.numerics.load_check import sae_quality
+from faithcase.numerics.matching import match_features
+from faithcase.numerics.pass_sums import PassSums
+from faithcase.render.tables import console, fmt, table
+from faithcase.run.errors import FaithcaseError
+from faithcase.run.graph import Stage
+from faithcase.run.shards import merge_across
+
+CROSS = "cross-dataset"
+HEATMAP_STATISTICS = ("shared_ratio", "top1_ratio", "mean_pearson", "mean_jaccard",
+                      "share_pearson")
+
+
+def heatmap_file(statistic: str) -> str:
+    return f"matrix_{statistic}.png"
+
+
+def check_saes(saes: Mapping[str, Any]) -> None:
+    """At least two SAEs, all of one hook site (where they declare theirs) and one width."""
+    if len(saes) < 2:
+        raise FaithcaseError(f"a matrix needs at least two SAEs, the config gives {len(saes)} "
+                             f"({', '.join(saes) or 'none'}): add entries to saes")
+    declared = {name: sae.hook_name for name, sae in saes.items() if sae.hook_name}
+    first = next(iter(declared.items()), None)
+    for name, hook in declared.items():
+        if not same_site(hook, first[1]):
+            raise FaithcaseError(f"the SAEs read different hooks: {first[0]} reads {first[1]}, "
+                                 f"{name} reads {hook}; a matrix compares SAEs of one hook site")
+    widths = {name: int(sae.d_in) for name, sae in saes.items()}
+    if len(set(widths.values())) > 1:
+        raise FaithcaseError(f"the SAEs read vectors of different widths: {widths}")
+
+
+def matrix_order(metadata: Mapping[str, tuple[int | None, str | None]]) -> list[str]:
+    """Names by dataset, then seed, then name (SAEs without them last)."""
+    def key(name: str):
+        seed, dataset = metadata.get(name, (None, None))
+        return (dataset is None, dataset or "", seed is None, seed or 0, name)
+    return sorted(metadata, key=key)
+
+
+def pair_group(a: str, b: str, metadata) -> str:
+    da, db = metadata[a][1], metadata[b][1]
+    return f"within {da or '(no dataset)'}" if da == db else CROSS
+
+
+def matrix(saes: Mapping[str, Any], batches: Iterable[Any],
+           metadata: Mapping[str, tuple[int | None, str | None]] | None = None,
+           settings: MatrixConfig | None = None, match_settings: MatchConfig | None = None,
+           hook: str | None = None, scan_settings: ScanConfig | None = None,
+           infos: Mapping[str, str] | None = None) -> MatrixArtifact:
+    """Every pair of `saes` (name -> SAE): matching statistics, and activation agreement from
+    one pass over `batches` ((seq_ids, tokens, resid, excluded), as `Runtime.activation_batches`
+    gives them). `metadata`: name -> (seed, dataset); `infos`: name -> the files' sha256."""
+    check_saes(saes)
+    settings, match_settings = settings or MatrixConfig(), match_settings or MatchConfig()
+    metadata = {name: tuple((metadata or {}).get(name, (None, None))) for name in saes}
+    order = matrix_order(metadata)
+    matchings = {}
+    for a, b in itertools.combinations(order, 2):
+        matchings[(a, b)] = match_features(saes[a].W_dec.float(), saes[b].W_dec.float(),
+                                           match_settings.threshold, match_settings.solver)
+    sums = PassSums({name: saes[name] for name in order},
+                    {key: (m.assignment.index1, m.assignment.index2)
+                     for key, m in matchings.items()})
+    for seq_ids, tokens, resid, excluded in batches:
+        sums.update(seq_ids, tokens, resid, excluded)
+    merge_across(sums)  # a pass split over processes (run/shards.py)
+    if sums.n_tokens == 0:
+        raise FaithcaseError("the corpus gave no kept tokens; check corpus.source, "
+                             "corpus.max_tokens and the outlier rule")
+    pairs = [_pair(a, b, matchings[(a, b)], sums, settings, metadata) for a, b in matchings]
+    scan_settings = scan_settings or ScanConfig()
+    entries = [MatrixSAE(name=n, seed=metadata[n][0], dataset=metadata[n][1],
+                         d_sae=int(saes[n].d_sae), hook_name=saes[n].hook_name,
+                         sha256=(infos or {}).get(n, ""),
+                         quality=sae_quality(sums, n, scan_settings, hook)) for n in order]
+    return MatrixArtifact(hook=hook or (saes[order[0]].hook_name or ""),
+                          threshold=match_settings.threshold,
+                          pearson_cutoff=settings.pearson_cutoff, statistics=MATRIX_STATISTICS,
+                          n_tokens=sums.n_tokens, n_sequences=sums.n_sequences, order=order,
+                          saes=entries, pairs=pairs, tables=_tables(order, pairs),
+                          groups=_groups(pairs))
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _pair(a: str, b: str, matching, sums: PassSums, settings: MatrixConfig,
+          metadata) -> MatrixPair:
+    agreement = sums.agreement((a, b))
+    pearson = [p for p in agreement.pearson if p is not None]
+    jaccard = [j for j in agreement.jaccard if j is not None]
+    above = sum(p > settings.pearson_cutoff for p in pearson)
+    stats, solver = matching.stats, matching.solver
+    return MatrixPair(a=a, b=b, group=pair_group(a, b, metadata), n_matched=stats.n_matched,
+                      shared_ratio=stats.shared_ratio, top1_ratio_ab=stats.top1_ratio,
+                      top1_ratio_ba=stats.top1_ratio_sae1, mean_similarity=stats.mean_similarity,
+                      solver=solver.name, certified=bool(solver.exact or solver.certified),
+                      n_pearson=len(pearson), n_jaccard=len(jaccard), mean_pearson=_mean(pearson),
+                      mean_jaccard=_mean(jaccard),
+                      share_pearson=above / len(pearson) if pearson else None)
+
+
+def _tables(order: list[str], pairs: list[MatrixPair]) -> dict[str, list[list[float | None]]]:
+    where = {name: i for i, name in enumerate(order)}
+    tables = {name: [[None] * len(order) for _ in order] for name in MATRIX_STATISTICS}
+    for p in pairs:
+        i, j = where[p.a], where[p.b]
+        for name in MATRIX_STATISTICS:
+            if name == "top1_ratio":  # [row][column]: column's features, best row cosine
+                tables[name][i][j], tables[name][j][i] = p.top1_ratio_ab, p.top1_ratio_ba
+            else:
+                tables[name][i][j] = tables[name][j][i] = getattr(p, name)
+    return tables
+
+
+def _groups(pairs: list[MatrixPair]) -> list[MatrixGroup]:
+    names = sorted({p.group for p in pairs}, key=lambda g: (g == CROSS, g))
+    groups = []
+    for name in names:
+        members = [p for p in pairs if p.group == name]
+
+        def mean_of(field: str) -> float | None:
+            return _mean([getattr(p, field) for p in members if getattr(p, field) is not None])
+
+        groups.append(MatrixGroup(
+            group=name, n_pairs=len(members), pairs=[f"{p.a} × {p.b}" for p in members],
+            shared_ratio=mean_of("shared_ratio"),
+            top1_ratio=_mean([v for p in members for v in (p.top1_ratio_ab, p.top1_ratio_ba)]),
+            mean_pearson=mean_of("mean_pearson"), mean_jaccard=mean_of("mean_jaccard"),
+            share_pearson=mean_of("share_pearson")))
+    return groups
+
+
+# ---------------------------------------------------------------- printing
+
+
+def print_matrix(artifact: MatrixArtifact, inputs: dict | None = None) -> None:
+    order = artifact.order
+    for name in HEATMAP_STATISTICS:
+        label = MATRIX_STATISTICS[name].replace("threshold", str(artifact.threshold))
+        label = label.replace("cutoff", str(artifact.pearson_cutoff))
+        grid = table(f"{name}: {label}", ["", *order])
+        for i, row in enumerate(artifact.tables[name]):
+            grid.add_row(order[i], *[fmt(v) for v in row])
+        console.print(grid)
+    groups = table(f"seed stability by dataset ({artifact.n_tokens:,} kept tokens, one pass)",
+                   ["group", "pairs", "shared", "top-1", "Pearson", "Jaccard",
+                    f"P > {artifact.pearson_cutoff}"])
+    groups.columns[0].no_wrap = True
+    groups.columns[0].min_width = max(len(g.group) for g in artifact.groups)
+    for g in artifact.groups:
+        groups.add_row(g.group, str(g.n_pairs), fmt(g.shared_ratio), fmt(g.top1_ratio),
+                       fmt(g.mean_pearson), fmt(g.mean_jaccard), fmt(g.share_pearson))
+    console.print(groups)
+    uncertified = [f"{p.a} × {p.b}" for p in artifact.pairs if not p.certified]
+    if uncertified:
+        console.print(f"[yellow]not certified optimal:[/] {', '.join(uncertified)}")
+
+
+# ---------------------------------------------------------------- the stage
+
+
+def _metadata(cfg) -> dict[str, tuple[int | None, str | None]]:
+    return {name: (cfg.sae_config(name).seed, cfg.sae_config(name).dataset)
+            for name in cfg.matrix_names()}
+
+
+def _check(rt) -> None:
+    names = rt.cfg.matrix_names()
+    if len(names) < 2:
+        raise FaithcaseError(f"a matrix needs at least two SAEs, the config gives {len(names)} "
+                             f"({', '.join(names) or 'none'}): add entries to saes")
+
+
+def _compute(job) -> MatrixArtifact:
+    from faithcase.render.plots import matrix_heatmap
+
+    rt, cfg = job.ctx, job.ctx.cfg
+    _check(rt)
+    saes = {name: rt.sae_for_model(name) for name in cfg.matrix_names()}
+    check_saes(saes)
+    with rt.console.status(f"matching {math.comb(len(saes), 2)} pairs of SAEs …"):
+        batches = rt.activation_batches(description=f"matrix: {len(saes)} SAEs on one pass")
+        artifact = matrix(saes, batches, _metadata(cfg), job.settings, cfg.match, cfg.hook,
+                          cfg.scan, {name: rt.sae_hash(name) for name in saes})
+    job.write(MATRIX_FILE, artifact)
+    for name in HEATMAP_STATISTICS:
+        job.write_bytes(heatmap_file(name), matrix_heatmap(artifact, name))
+    return artifact
+
+
+def _key(rt) -> dict:
+    return {"saes": rt.resource_key("all_saes"), "model": rt.resource_key("model"),
+            "corpus": rt.resource_key("corpus"), "settings": affecting(rt.cfg.matrix),
+            "match": affecting(rt.cfg.match), "scan": affecting(rt.cfg.scan)}
+
+
+STAGE = Stage(
+    "matrix", _compute, section="matrix", artifact=MatrixArtifact, printer=print_matrix,
+    key=_key, check=_check,
+    doc="Every pair of the config's SAEs: shared ratio, top-1 ratios and activation agreement "
+        "from one corpus pass, with heatmaps and the seed-stability table.")
