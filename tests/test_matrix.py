@@ -14,6 +14,9 @@ import torch
 import yaml
 from scipy.optimize import linear_sum_assignment
 
+from typer.testing import CliRunner
+
+from faithcase.cli import app
 from faithcase.config import MatchConfig, MatrixConfig, load_config
 from faithcase.matrix_artifacts import MATRIX_FILE, MatrixArtifact
 from faithcase.model.outliers import counted_positions
@@ -175,14 +178,15 @@ def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path):
     for name, (saes, extra, message) in cases.items():
         _tiny_many(tmp_path, saes, run_name=name, **extra)
         for command in ("matrix", "run"):
-            done = faithcase_cli(command, "--config", "many.yaml", cwd=tmp_path)
-            assert done.returncode == 2, (name, command, done.stderr[-2000:])
-            lines = [line for line in done.stderr.splitlines() if line.strip()]
-            said = " ".join(done.stderr.split())
+            out = tmp_path / "outputs" / name
+            done = CliRunner().invoke(app, [command, "--config", str(tmp_path / "many.yaml"), "--out-dir", str(out)])
+            assert done.exit_code == 2, (name, command, done.output[-2000:])
+            lines = [line for line in done.output.splitlines() if line.strip()]
+            said = " ".join(done.output.split())
             assert (message in said or (name == "one" and "has 1 SAE in saes" in said)) \
-                and lines[-1].startswith("error:"), done.stderr
-            assert "Traceback" not in done.stderr and (name != "hooks" or "reads blocks.6.hook_resid_pre" in done.stderr)
-            assert _nothing_written(tmp_path / "outputs" / name)
+                and lines[-1].startswith("error:"), done.output
+            assert "Traceback" not in done.output and (name != "hooks" or "reads blocks.6.hook_resid_pre" in said)
+            assert _nothing_written(out)
 
 
 DEMO_FOUR = {"faithful_42": {"path": f"{BUNDLE}/sae_seed42", "seed": 42, "dataset": "faithful"},

@@ -25,9 +25,9 @@ STUDIES = [["faithful_42", "faithful_49"], ["external_42", "external_49"]]
 
 
 @pytest.fixture(scope="module")
-def studies_run(tmp_path_factory, demo_lm):
-    """`faithcase run` on the tiny config with four SAEs and two studies, in this process (the
-    session's model), counting the model's passes over the corpus."""
+def studies_run(tmp_path_factory):
+    """`faithcase run` on the tiny config with four SAEs and two studies, in this process (its own
+    model, untouched by other tests), counting the model's passes over the corpus."""
     from faithcase.cli import RunOptions, run_studies_command, runtime
 
     root = tmp_path_factory.mktemp("studies")
@@ -37,7 +37,6 @@ def studies_run(tmp_path_factory, demo_lm):
     (root / "many.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     opts = RunOptions(config=str(root / "many.yaml"), out_dir=root / "many")
     rt = runtime(opts)
-    rt.__dict__["lm"] = demo_lm
     run_studies_command(opts, rt)
     return rt, root / "many"
 

@@ -54,6 +54,14 @@ def same_site(a: str, b: str) -> bool:
     return canonical(a) == canonical(b)
 
 
+def different_sites(a: str | None, b: str | None) -> bool:
+    """Two declared hook names that are residual-stream hooks of different sites (names without
+    a layer, e.g. a sparsify folder's, are not compared)."""
+    if not a or not b or layer_from_hook(a) is None or layer_from_hook(b) is None:
+        return False
+    return not same_site(a, b)
+
+
 def steering_hook(positions_mask: torch.Tensor, vectors: torch.Tensor,
                   mode: SteerMode = "replace") -> Callable:
     """Hook fn for a `hook_resid_pre`: at positions where positions_mask [B, T] is True, set the

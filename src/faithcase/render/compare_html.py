@@ -92,7 +92,8 @@ def render_comparison(artifact: ComparisonArtifact, matrix: MatrixArtifact) -> s
     heatmaps = "".join(f"<figure>{_png_tag(matrix_heatmap(matrix, name), name)}"
                        f"<figcaption>{escape(matrix.statistics[name])}</figcaption></figure>"
                        for name in ("shared_ratio", "mean_pearson", "share_pearson"))
-    figures = "".join(f'<figure class="wide">{_png_tag(distribution_png(artifact, field, title), field)}'
+    figures = "".join(f'<figure class="wide">'
+                      f'{_png_tag(distribution_png(artifact, field, title), field)}'
                       f"<figcaption>{escape(title)}</figcaption></figure>"
                       for field, title in DISTRIBUTIONS)
     title = f"faithcase · {len(artifact.studies)} studies · {matrix.hook}"

@@ -346,9 +346,9 @@ def _check_finite_encoder(key: str, sae) -> None:
 
 
 def _check_same_site(key_a: str, a, key_b: str, b) -> None:
-    from faithcase.model.hooks import same_site
+    from faithcase.model.hooks import different_sites
 
-    if a.hook_name and b.hook_name and not same_site(a.hook_name, b.hook_name):
+    if different_sites(a.hook_name, b.hook_name):
         raise FaithcaseError(f"the SAEs read different hooks: {key_a} reads {a.hook_name}, "
                              f"{key_b} reads {b.hook_name}; compare SAEs of one hook site")
 

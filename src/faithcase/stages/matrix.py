@@ -25,7 +25,7 @@ from faithcase.matrix_artifacts import (
     MatrixPair,
     MatrixSAE,
 )
-from faithcase.model.hooks import same_site
+from faithcase.model.hooks import different_sites
 from faithcase.numerics.load_check import sae_quality
 from faithcase.numerics.matching import match_features
 from faithcase.numerics.pass_sums import PassSums
@@ -51,7 +51,7 @@ def check_saes(saes: Mapping[str, Any]) -> None:
     declared = {name: sae.hook_name for name, sae in saes.items() if sae.hook_name}
     first = next(iter(declared.items()), None)
     for name, hook in declared.items():
-        if not same_site(hook, first[1]):
+        if different_sites(hook, first[1]):
             raise FaithcaseError(f"the SAEs read different hooks: {first[0]} reads {first[1]}, "
                                  f"{name} reads {hook}; a matrix compares SAEs of one hook site")
     widths = {name: int(sae.d_in) for name, sae in saes.items()}
@@ -208,8 +208,8 @@ def _compute(job) -> MatrixArtifact:
 
     rt, cfg = job.ctx, job.ctx.cfg
     _check(rt)
+    check_saes({name: rt.sae(name) for name in cfg.matrix_names()})  # before the model loads
     saes = {name: rt.sae_for_model(name) for name in cfg.matrix_names()}
-    check_saes(saes)
     with rt.console.status(f"matching {math.comb(len(saes), 2)} pairs of SAEs …"):
         batches = rt.activation_batches(description=f"matrix: {len(saes)} SAEs on one pass")
         artifact = matrix(saes, batches, _metadata(cfg), job.settings, cfg.match, cfg.hook,
