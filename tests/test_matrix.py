@@ -207,7 +207,7 @@ def test_faithcase_matrix_on_the_demos_four_saes(tmp_path):
     folder = tmp_path / "outputs" / "four"
     result = MatrixArtifact.model_validate_json((folder / MATRIX_FILE).read_text())
     assert result.order == ["external_42", "external_49", "faithful_42", "faithful_49"]
-    for name in ("shared_ratio", "top1_ratio", "mean_pearson", "mean_jaccard", "share_pearson"):
+    for name in ("shared_ratio", "top1_ratio", "mean_similarity", "mean_pearson", "mean_jaccard", "share_pearson"):
         assert (folder / f"matrix_{name}.png").read_bytes()[:4] == b"\x89PNG"
         table = result.tables[name]
         assert len(table) == 4 and all(len(row) == 4 and row[i] is None for i, row in enumerate(table))

@@ -134,3 +134,20 @@ def test_two_torchrun_processes_give_the_single_process_run_folder(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "the runs agree" in done.stdout, done.stdout[-2000:]
     shutil.rmtree(tmp_path / "split" / ".shards")
+
+
+def test_under_torchrun_only_the_corpus_stages_run(tmp_path):
+    from faithcase.config import load_config
+    from faithcase.pipeline import MANY_SAES, PIPELINE, split_pass_stages
+    from faithcase.run.errors import FaithcaseError
+    from faithcase.run.runtime import Runtime
+    from faithcase.run.shards import Shard
+
+    (tmp_path / "tiny.yaml").write_text(tiny_config())
+    rt = Runtime(load_config(str(tmp_path / "tiny.yaml")))
+    assert split_pass_stages(rt, PIPELINE, ("explain",)) == ()  # one process: nothing forced
+    rt.shard = Shard(rank=1, world=2)
+    assert split_pass_stages(rt, PIPELINE, ("windows",)) == ("scan", "windows")
+    assert split_pass_stages(rt, MANY_SAES, ("matrix",)) == ("matrix",)
+    with pytest.raises(FaithcaseError, match="under torchrun only the corpus stages run .*explain would repeat"):
+        split_pass_stages(rt, PIPELINE, None)

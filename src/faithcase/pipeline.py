@@ -70,8 +70,16 @@ def open_run(rt, force: tuple[str, ...] = (), strict: bool = False,
 def split_pass_stages(rt, graph: Graph, targets: tuple[str, ...] | None) -> tuple[str, ...]:
     """Under torchrun, the stages that read the corpus run on every rank together: never cached
     (run/shards.py)."""
-    from faithcase.run.shards import CORPUS_STAGES
+    from faithcase.run.errors import FaithcaseError
+    from faithcase.run.shards import CORPUS_STAGES, SPLIT_STAGES
 
     if not rt.shard.split:
         return ()
-    return tuple(name for name in graph.order(targets) if name in CORPUS_STAGES)
+    order = graph.order(targets)
+    other = [name for name in order if name not in SPLIT_STAGES]
+    if other:
+        corpus = ", ".join(CORPUS_STAGES)
+        raise FaithcaseError(f"under torchrun only the corpus stages run ({corpus}); {other[0]} "
+                             "would repeat on every rank: run it, or `faithcase run`, in one "
+                             "process once they are done")
+    return tuple(name for name in order if name in CORPUS_STAGES)

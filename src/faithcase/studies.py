@@ -11,8 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from faithcase.artifacts import CASE_STUDY_FILE, LEDGER_FILE, SUMMARY_FILE, CaseStudySummary
-from faithcase.artifacts import PairCase
+from faithcase.artifacts import (
+    CASE_STUDY_FILE,
+    LEDGER_FILE,
+    SUMMARY_FILE,
+    CaseStudySummary,
+    PairCase,
+)
 from faithcase.config import study_name
 from faithcase.matrix_artifacts import (
     COMPARISON_FILE,

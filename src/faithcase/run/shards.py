@@ -7,7 +7,8 @@ per-batch rule, e.g. the outlier median, sees the same rows), its collectors str
 float64 sums as compensated sums (numerics/exact_sum.py), so every rank ends with the single
 pass's state. Rank 0 writes the run folder; the other ranks work in `.shards/rank<r>/` inside it
 and print nothing. The stages that read the corpus (CORPUS_STAGES) run on every rank together,
-so they are recomputed under torchrun, never taken from a cache that only one rank sees.
+so they are recomputed under torchrun, never taken from a cache that only one rank sees; a
+command that reaches any other stage but match and pairs is a one-line error under torchrun.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import os
 from dataclasses import dataclass
 
 CORPUS_STAGES = ("scan", "windows", "matrix")
+SPLIT_STAGES = (*CORPUS_STAGES, "match", "pairs")  # what a rank may run: the rest repeats
 
 
 @dataclass(frozen=True)

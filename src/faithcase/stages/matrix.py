@@ -35,8 +35,7 @@ from faithcase.run.graph import Stage
 from faithcase.run.shards import merge_across
 
 CROSS = "cross-dataset"
-HEATMAP_STATISTICS = ("shared_ratio", "top1_ratio", "mean_pearson", "mean_jaccard",
-                      "share_pearson")
+HEATMAP_STATISTICS = tuple(MATRIX_STATISTICS)  # one heatmap and one printed table each
 
 
 def heatmap_file(statistic: str) -> str:
