@@ -75,12 +75,12 @@ def documents(source: Path, doc_chars: int = 700) -> list[str]:
     pages = []
     for section in SECTIONS:
         root = source / section
-        pages += sorted(root.rglob("*.rst.txt")) if root.is_dir() else [root]
+        pages += sorted(root.rglob("*.rst.txt")) if root.is_dir() else [root] * root.is_file()
+    if not pages:
+        raise FaithcaseError(f"no documentation pages under {source}: install python3.11-doc "
+                             "(Debian) or give its _sources folder with --docs")
     docs = []
     for page in pages:
-        if not page.is_file():
-            raise FaithcaseError(f"{page} not found: install python3.11-doc (Debian) or give "
-                                 "its _sources folder")
         current = ""
         for paragraph in prose_paragraphs(page.read_text(encoding="utf-8")):
             current = f"{current}\n\n{paragraph}" if current else paragraph
