@@ -41,6 +41,7 @@ def run_studies(rt, force: tuple[str, ...] = (), strict: bool = False, wait: boo
     is called before study i."""
     from faithcase.pipeline import STAGES, open_run
     from faithcase.run.runtime import Runtime
+    from faithcase.stages.assemble import print_summary
 
     folders = []
     for i, (a, b) in enumerate(rt.cfg.studies, start=1):
@@ -50,6 +51,7 @@ def run_studies(rt, force: tuple[str, ...] = (), strict: bool = False, wait: boo
         with open_run(sub, force, strict=strict, wait=wait) as run:
             for name in STAGES:
                 run.get(name)
+            print_summary(run.get("assemble")[1])
         folders.append(sub.out_dir)
     return folders
 
