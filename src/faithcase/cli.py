@@ -321,8 +321,10 @@ def report(opts: RunOptions, case_study: Annotated[Optional[Path], typer.Option(
 @app.command()
 @with_run_options
 def matrix(opts: RunOptions):
-    """Every pair of the config's SAEs: shared ratio, top-1 ratios and activation agreement from
-    one corpus pass; matrix.json, heatmaps and the seed-stability table."""
+    """Every pair of the config's SAEs, matched and compared on one corpus pass.
+
+    Shared ratio, top-1 ratios and activation agreement: matrix.json, heatmaps and the
+    seed-stability table."""
     from faithcase.pipeline import MANY_SAES, open_run
     from faithcase.stages.matrix import print_matrix
 
@@ -356,8 +358,9 @@ def run_studies_command(opts: RunOptions, rt) -> None:
 @app.command()
 @with_run_options
 def run(opts: RunOptions):
-    """Every stage in order: match, scan, pairs, explain, windows, describe, embed, assemble,
-    report; with `studies` in the config: the matrix, each study, and their comparison."""
+    """Every stage in order; with `studies` in the config, the matrix, each study, the comparison.
+
+    match, scan, pairs, explain, windows, describe, embed, assemble, report."""
     from faithcase.artifacts import CASE_STUDY_FILE
     from faithcase.pipeline import STAGES
     from faithcase.stages.assemble import print_summary
@@ -377,8 +380,9 @@ def run(opts: RunOptions):
 
 @app.command()
 def diff(first: Path, second: Path):
-    """Compare the artifacts of two run folders, number by number (timestamps, durations,
-    fingerprints and paths ignored)."""
+    """Compare the artifacts of two run folders, number by number.
+
+    Timestamps, durations, fingerprints and paths are ignored."""
     from faithcase.tools.diff import compare_runs
 
     with user_errors():

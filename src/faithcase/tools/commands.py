@@ -23,7 +23,8 @@ from faithcase.run.errors import FaithcaseError
 bench_app = typer.Typer(no_args_is_help=True,
                         help="Timings as ratios against a baseline measured in the same run.")
 demo_app = typer.Typer(no_args_is_help=True,
-                       help="The embedded demo bundle (corpus and two TopK SAEs).")
+                       help="The embedded demo bundle: corpora and four TopK SAEs (the faithful "
+                            "and the external pair).")
 app.add_typer(bench_app, name="bench")
 app.add_typer(demo_app, name="demo")
 
@@ -246,8 +247,10 @@ def demo_external(
     bundle_dir: Annotated[Optional[Path], typer.Option(
         "--bundle-dir", help="The bundle the pair is added to (default: the package's).")] = None,
 ):
-    """The contrast pair: two SAEs (seeds 42, 49; the faithful pair's recipe) on English text
-    the model did not write, added to the demo bundle (run after `faithcase demo build`)."""
+    """The contrast pair: two SAEs on English text the model did not write.
+
+    Seeds 42 and 49 and the faithful pair's recipe, on the Python documentation; added to the
+    demo bundle (run it after `faithcase demo build`)."""
     from faithcase.demo import BUNDLE_DIR
     from faithcase.tools.demo.external import build_external
 
