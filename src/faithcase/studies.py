@@ -32,7 +32,7 @@ from faithcase.run.store import Ledger, read_artifact
 
 
 def study_folder(rt, a: str, b: str) -> Path:
-    return rt.out_dir / "studies" / study_name(a, b)
+    return rt.cfg.for_study(a, b).output_dir()
 
 
 def run_studies(rt, force: tuple[str, ...] = (), strict: bool = False, wait: bool = True,

@@ -42,11 +42,15 @@ def heatmap_file(statistic: str) -> str:
     return f"matrix_{statistic}.png"
 
 
+def _at_least_two(names: list[str]) -> None:
+    if len(names) < 2:
+        raise FaithcaseError(f"a matrix needs at least two SAEs, the config gives {len(names)} "
+                             f"({', '.join(names) or 'none'}): add entries to saes")
+
+
 def check_saes(saes: Mapping[str, Any]) -> None:
     """At least two SAEs, all of one hook site (where they declare theirs) and one width."""
-    if len(saes) < 2:
-        raise FaithcaseError(f"a matrix needs at least two SAEs, the config gives {len(saes)} "
-                             f"({', '.join(saes) or 'none'}): add entries to saes")
+    _at_least_two(list(saes))
     declared = {name: sae.hook_name for name, sae in saes.items() if sae.hook_name}
     first = next(iter(declared.items()), None)
     for name, hook in declared.items():
@@ -196,10 +200,7 @@ def _metadata(cfg) -> dict[str, tuple[int | None, str | None]]:
 
 
 def _check(rt) -> None:
-    names = rt.cfg.matrix_names()
-    if len(names) < 2:
-        raise FaithcaseError(f"a matrix needs at least two SAEs, the config gives {len(names)} "
-                             f"({', '.join(names) or 'none'}): add entries to saes")
+    _at_least_two(rt.cfg.matrix_names())
 
 
 def _compute(job) -> MatrixArtifact:
