@@ -1,5 +1,6 @@
 """SAEs encode in their checkpoint's declared dtype (or the config's override), recorded in SAEInfo
-and in the SAEs' fingerprint; each format against its own library or reference code."""
+and in the SAEs' fingerprint; each format against its own library or reference code. The dtype
+policy (run/machine.py): float32 on a CPU where half-precision matmul is slow."""
 
 import json
 import os
@@ -13,10 +14,18 @@ from sae_lens.saes.sae import SAEMetadata
 
 from faithcase.config import load_config
 from faithcase.run.errors import FaithcaseError
+from faithcase.run.machine import (HALF_MATMUL_ENV, choose_dtype, half_matmul_slowdown,
+                                   policy_key)
 from faithcase.run.runtime import Runtime
 from faithcase.saes import load_sae
 
 D_IN, D_SAE, K = 64, 256, 8
+
+
+@pytest.fixture(autouse=True)
+def half_is_fast(monkeypatch):
+    """These tests read the declared dtype: as on a machine where half precision is fast."""
+    monkeypatch.setenv(HALF_MATMUL_ENV, "fast")
 
 
 def inputs(n=256, seed=0):
@@ -153,3 +162,57 @@ def test_bad_dtype_in_config_is_one_line(tmp_path):
         run_config(tmp_path, tmp_path, **{"sae2.dtype": "bf16"})
     message = str(err.value)
     assert "\n" not in message and "sae2.dtype" in message and "bfloat16" in message
+
+
+# ---------------------------------------------------------------- the policy
+
+
+def test_slow_half_on_cpu_computes_in_float32_and_says_why(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(HALF_MATMUL_ENV, "slow")
+    folder = write_batchtopk(tmp_path / "sae", "torch.bfloat16")
+    sae = load_sae(folder)
+    assert sae.dtype == torch.float32 and sae.declared_dtype == torch.bfloat16
+    assert "bf16 matmul 50x slower than float32 on this CPU" == sae.dtype_note
+    x = inputs()
+    expected, _ = batchtopk_reference(weights(), x, torch.float32)
+    torch.testing.assert_close(sae.encode(x), expected, atol=1e-5, rtol=0)
+    assert load_sae(folder, dtype=torch.bfloat16).dtype == torch.bfloat16  # explicit wins
+    rt = Runtime(run_config(tmp_path, folder, **{"sae2.dtype": "bfloat16"}))
+    assert rt.sae("sae1").dtype == torch.float32 and rt.sae("sae2").dtype == torch.bfloat16
+    info = rt.sae_info("sae1")
+    assert (info.dtype, info.declared_dtype) == ("float32", "bfloat16")
+    slow_key = rt.resource_key("saes")
+    monkeypatch.setenv(HALF_MATMUL_ENV, "fast")
+    assert Runtime(run_config(tmp_path, folder, **{"sae2.dtype": "bfloat16"})).resource_key(
+        "saes") != slow_key  # a run folder moved to a machine that decides otherwise recomputes
+
+
+def test_runtime_says_so_once(tmp_path, monkeypatch):
+    from rich.console import Console
+
+    monkeypatch.setenv(HALF_MATMUL_ENV, "slow")
+    folder = write_batchtopk(tmp_path / "sae", "torch.bfloat16")
+    console = Console(record=True, width=200)
+    rt = Runtime(run_config(tmp_path, folder), console=console)
+    rt.sae("sae1"), rt.sae("sae1"), rt.sae("sae2")
+    lines = [line for line in console.export_text().splitlines() if "declares" in line]
+    assert lines == ["sae1 declares bfloat16; computing in float32 (bf16 matmul 50x slower than "
+                     "float32 on this CPU)", "sae2 declares bfloat16; computing in float32 (bf16 "
+                     "matmul 50x slower than float32 on this CPU)"]
+
+
+def test_other_devices_keep_the_declared_dtype(monkeypatch):
+    monkeypatch.setenv(HALF_MATMUL_ENV, "slow")
+    assert choose_dtype(torch.bfloat16, "cuda").used == torch.bfloat16
+    assert choose_dtype(torch.bfloat16, "cpu").used == torch.float32
+    assert choose_dtype(torch.float32, "cpu").used == torch.float32
+    assert policy_key("cuda") == {"half": "declared"}
+
+
+def test_measured_slowdown_is_a_real_ratio(monkeypatch):
+    monkeypatch.delenv(HALF_MATMUL_ENV)
+    ratio = half_matmul_slowdown(torch.bfloat16)
+    assert 0 < ratio < 10_000 and ratio not in (0.5, 50.0)
+    monkeypatch.setenv(HALF_MATMUL_ENV, "sometimes")
+    with pytest.raises(FaithcaseError, match="fast or slow"):
+        half_matmul_slowdown(torch.bfloat16)

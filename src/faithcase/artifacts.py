@@ -63,6 +63,7 @@ class SAEInfo(Model):
     hook_name: str | None
     sha256: str
     dtype: str | None = None  # the dtype it encoded in, e.g. "bfloat16" (None: not recorded)
+    declared_dtype: str | None = None  # the checkpoint's own (differs where slow, run/machine.py)
 
 
 class Histogram(Model):

@@ -47,7 +47,8 @@ class ModelConfig(Section):
     name: str = "HuggingFaceTB/SmolLM2-135M-Instruct"  # architecture / Hugging Face id
     path: str | None = None  # local Hugging Face folder
     gguf: str | None = None  # GGUF file (the embedded demo model)
-    dtype: str = "float32"
+    # auto: the checkpoint's declared dtype (GGUF: float32), float32 on a CPU where it is slow
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
 
 
 class SAEConfig(Section):
@@ -59,8 +60,12 @@ class SAEConfig(Section):
     id: str | None = None  # the SAE's folder in the repo (a SAELens id, a sparsify hook point …)
     revision: str | None = None
     format: str | None = None  # a registered SAE format (faithcase.saes); None: detected
-    # the dtype it encodes in; auto: the checkpoint's declared dtype (unknown: float32)
+    # the dtype it encodes in; auto: the checkpoint's declared dtype (unknown: float32), float32
+    # on a CPU where half-precision matmul is slow (run/machine.py)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # standardize each input ((x - mean) / std) before encoding; None: what the checkpoint says
+    # (FaithfulSAE's converter drops BatchTopK's input_unit_norm: set it here)
+    input_unit_norm: bool | None = None
     # what the SAE was trained with, for grouping the matrix tables (`faithcase matrix`, whose
     # fingerprint covers them itself); no single-pair result depends on them
     seed: int | None = setting(None, "nothing")

@@ -17,14 +17,10 @@ import torch
 from faithcase.model import hooks
 from faithcase.model.hooks import SteerMode
 from faithcase.run.errors import FaithcaseError
+from faithcase.run.machine import DTYPES, DtypeChoice, choose_dtype, resolve_dtype  # noqa: F401
 from faithcase.run.paths import resolve_path
 
 
-DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-}
 
 
 def instruction_tuned_name(name: str) -> bool:
@@ -42,14 +38,6 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
-
-
-def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in DTYPES:
-        raise FaithcaseError(f"Unknown dtype '{dtype}'; use one of {', '.join(sorted(DTYPES))}.")
-    return DTYPES[dtype]
 
 
 def model_source(name: str, path: str | None = None, gguf: str | None = None) -> tuple[str, dict]:
@@ -85,14 +73,41 @@ def load_tokenizer(name: str, path: str | None = None, gguf: str | None = None):
     return tokenizer
 
 
+def declared_model_dtype(name: str, path: str | None = None, gguf: str | None = None):
+    """The dtype a checkpoint declares (config.json `dtype`/`torch_dtype`); a GGUF file is
+    dequantized, so float32."""
+    if gguf:
+        return torch.float32
+    from transformers import AutoConfig
+
+    source, kwargs = model_source(name, path, gguf)
+    with _as_faithcase_error(source):
+        config = AutoConfig.from_pretrained(source, **kwargs)
+    declared = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(declared, str):
+        declared = DTYPES.get(declared.removeprefix("torch."))
+    return declared if isinstance(declared, torch.dtype) else torch.float32
+
+
+def model_dtype(name: str, path: str | None = None, gguf: str | None = None,
+                device: str = "auto", dtype: str = "auto") -> DtypeChoice:
+    """The dtype the model computes in: `dtype` when set, else (auto) its declared dtype,
+    except half precision on a CPU without fast half matmul (run/machine.py)."""
+    if dtype != "auto":
+        return DtypeChoice(resolve_dtype(dtype), resolve_dtype(dtype))
+    return choose_dtype(declared_model_dtype(name, path, gguf), resolve_device(device))
+
+
 def load_hf_model(name: str, path: str | None = None, gguf: str | None = None,
-                  device: str = "auto", dtype: str = "float32"):
-    """The plain HF causal LM, on `device`, in eval mode, with gradients off."""
+                  device: str = "auto", dtype: str | torch.dtype = "auto"):
+    """The plain HF causal LM, on `device`, in eval mode, with gradients off; `dtype` auto: see
+    `model_dtype`."""
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the CLI shows its own progress
-    torch_dtype = resolve_dtype(dtype)
+    torch_dtype = (dtype if isinstance(dtype, torch.dtype)
+                   else model_dtype(name, path, gguf, device, dtype).used)
     source, kwargs = model_source(name, path, gguf)
     with _as_faithcase_error(source):
         hf_model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
@@ -129,7 +144,7 @@ def wrap_model(name: str, hf_model, tokenizer) -> "LanguageModel":
 
 
 def load_model(name: str, path: str | None = None, gguf: str | None = None,
-               device: str = "auto", dtype: str = "float32") -> "LanguageModel":
+               device: str = "auto", dtype: str | torch.dtype = "auto") -> "LanguageModel":
     """Load a model from a GGUF file (`gguf`), a local HF folder (`path`) or an HF id (`name`)."""
     tokenizer = load_tokenizer(name, path=path, gguf=gguf)
     hf_model = load_hf_model(name, path=path, gguf=gguf, device=device, dtype=dtype)

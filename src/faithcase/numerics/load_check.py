@@ -29,8 +29,12 @@ def load_warnings(key: str, sae, fvu: float, l0: float, settings: ScanConfig,
     causes = "likely causes: " + "; ".join(CAUSES)
     warnings = []
     if not fvu <= settings.max_fvu:
+        unit_norm = bool(getattr(sae, "input_unit_norm", False))
         warnings.append(f"{key}: FVU {fvu:.3f} > {settings.max_fvu} on the corpus: the SAE does "
-                        f"not reconstruct these activations; {causes}")
+                        f"not reconstruct these activations; most likely input normalisation: it "
+                        f"encodes {'with' if unit_norm else 'without'} it, try "
+                        f"`input_unit_norm: {str(not unit_norm).lower()}` in its config entry; "
+                        f"{causes}")
     if sae.activation == "topk" and sae.k and abs(l0 - sae.k) > settings.l0_tolerance * sae.k:
         warnings.append(f"{key}: L0 {l0:.1f} is far from the SAE's k={sae.k}; {causes}")
     if sae.activation != "topk" and l0 > 0.1 * sae.d_sae:

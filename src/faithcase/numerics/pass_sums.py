@@ -34,22 +34,28 @@ class PassSums:
         for a, b in pairs:
             if a not in self.saes or b not in self.saes:
                 raise ValueError(f"pair {(a, b)} names an SAE not given")
-        self.index = {key: (torch.tensor(ia, dtype=torch.long), torch.tensor(ib, dtype=torch.long))
-                      for key, (ia, ib) in pairs.items()}
+        # every sum lives on its SAE's device (a pair's on its first SAE's); results move once
+        self.device = next(iter(self.saes.values())).device
+        self.index = {(a, b): (torch.tensor(ia, dtype=torch.long, device=self.saes[a].device),
+                               torch.tensor(ib, dtype=torch.long, device=self.saes[b].device))
+                      for (a, b), (ia, ib) in pairs.items()}
         self.d_in = next(iter(self.saes.values())).d_in
         self.reset()
 
     def reset(self) -> None:
         self.n_sequences = self.n_tokens = self.n_excluded = 0
-        self.firing = {key: torch.zeros(sae.d_sae, dtype=torch.long)
+        self.firing = {key: torch.zeros(sae.d_sae, dtype=torch.long, device=sae.device)
                        for key, sae in self.saes.items()}
-        self.active = {key: 0 for key in self.saes}  # active features, summed over tokens
-        self.sse = {key: CompensatedSum() for key in self.saes}
-        self.sum_x = CompensatedSum(self.d_in)
-        self.sum_sq = CompensatedSum()
-        self.pair_sums = {key: {name: CompensatedSum(len(ia)) for name in PAIR_SUMS}
+        # active features, summed over tokens
+        self.active = {key: torch.zeros((), dtype=torch.long, device=sae.device)
+                       for key, sae in self.saes.items()}
+        self.sse = {key: CompensatedSum(device=sae.device) for key, sae in self.saes.items()}
+        self.sum_x = CompensatedSum(self.d_in, device=self.device)
+        self.sum_sq = CompensatedSum(device=self.device)
+        self.pair_sums = {key: {name: CompensatedSum(len(ia), device=ia.device)
+                                for name in PAIR_SUMS}
                           for key, (ia, _) in self.index.items()}
-        self.n_both = {key: torch.zeros(len(ia), dtype=torch.long)
+        self.n_both = {key: torch.zeros(len(ia), dtype=torch.long, device=ia.device)
                        for key, (ia, _) in self.index.items()}
 
     @torch.no_grad()
@@ -58,7 +64,7 @@ class PassSums:
         counted = counted_positions(excluded, tokens.shape)
         self.n_sequences += tokens.shape[0]
         self.n_excluded += int(counted.numel() - counted.sum())
-        x = resid[counted.to(resid.device)].float()
+        x = resid[counted.to(resid.device)].to(self.device, torch.float32)
         self.n_tokens += len(x)
         for chunk in row_chunks(x, max(sae.d_sae for sae in self.saes.values())):
             self._update_chunk(chunk)
@@ -69,16 +75,16 @@ class PassSums:
         self.sum_sq.add(x64.pow(2).sum())
         acts = {}
         for key, sae in self.saes.items():
-            a = sae.encode(x.to(sae.device))
+            a = sae.encode(x)
             fired = a > 0
-            self.firing[key] += fired.sum(0).cpu()
-            self.active[key] += int(fired.sum())
-            error = sae.decode(a, x.to(sae.device)).double() - x64.to(a.device)
+            self.firing[key] += fired.sum(0)
+            self.active[key] += fired.sum()
+            error = sae.decode(a, x).double() - x64.to(a.device)
             self.sse[key].add(error.pow(2).sum())
             acts[key] = a
         for (ka, kb), (ia, ib) in self.index.items():
-            a = acts[ka].index_select(1, ia.to(acts[ka].device)).double().cpu()
-            b = acts[kb].index_select(1, ib.to(acts[kb].device)).double().cpu()
+            a = acts[ka].index_select(1, ia).double()
+            b = acts[kb].index_select(1, ib).to(a.device, torch.float64)
             sums = self.pair_sums[(ka, kb)]
             for name, values in (("a", a), ("b", b), ("aa", a * a), ("bb", b * b), ("ab", a * b)):
                 sums[name].add(values.sum(0))
@@ -89,12 +95,12 @@ class PassSums:
     def state(self) -> dict:
         """Everything streamed so far, on the CPU (what `merge_state` adds)."""
         return {"counts": [self.n_sequences, self.n_tokens, self.n_excluded],
-                "firing": self.firing, "active": self.active,
+                "firing": _cpu(self.firing), "active": {k: int(v) for k, v in self.active.items()},
                 "sse": {k: s.state() for k, s in self.sse.items()},
                 "sum_x": self.sum_x.state(), "sum_sq": self.sum_sq.state(),
                 "pairs": {key: {n: s.state() for n, s in sums.items()}
                           for key, sums in self.pair_sums.items()},
-                "n_both": self.n_both}
+                "n_both": _cpu(self.n_both)}
 
     def merge_state(self, state: dict) -> None:
         n_sequences, n_tokens, n_excluded = state["counts"]
@@ -102,7 +108,7 @@ class PassSums:
         self.n_tokens += n_tokens
         self.n_excluded += n_excluded
         for key in self.saes:
-            self.firing[key] += state["firing"][key]
+            self.firing[key] += state["firing"][key].to(self.firing[key].device)
             self.active[key] += state["active"][key]
             self.sse[key].merge(CompensatedSum.from_state(state["sse"][key]))
         self.sum_x.merge(CompensatedSum.from_state(state["sum_x"]))
@@ -110,7 +116,7 @@ class PassSums:
         for key, sums in self.pair_sums.items():
             for name, total in sums.items():
                 total.merge(CompensatedSum.from_state(state["pairs"][key][name]))
-            self.n_both[key] += state["n_both"][key]
+            self.n_both[key] += state["n_both"][key].to(self.n_both[key].device)
 
     # -------------------------------------------------------- results
 
@@ -124,12 +130,12 @@ class PassSums:
         return float(self.sse[key].value) / variance if variance > 0 else math.inf
 
     def l0(self, key: str) -> float:
-        return self.active[key] / self.n_tokens
+        return int(self.active[key]) / self.n_tokens
 
     def agreement(self, pair: PairKey) -> AgreementTable:
         """Pearson, Jaccard and both conditional firing probabilities of every matched pair."""
         n = self.n_tokens
-        s = {name: total.value for name, total in self.pair_sums[pair].items()}
+        s = {name: total.value.cpu() for name, total in self.pair_sums[pair].items()}
         cov = s["ab"] / n - (s["a"] / n) * (s["b"] / n)
         var_a = s["aa"] / n - (s["a"] / n) ** 2
         var_b = s["bb"] / n - (s["b"] / n) ** 2
@@ -138,12 +144,16 @@ class PassSums:
                    & (var_b > 1e-12 * (s["bb"] / n).clamp_min(1e-300)))
         pearson = torch.where(defined, cov / denominator.clamp_min(1e-300), torch.nan).clamp(-1, 1)
         ia, ib = self.index[pair]
-        n1, n2 = self.firing[pair[0]][ia], self.firing[pair[1]][ib]
-        both = self.n_both[pair]
+        n1, n2 = self.firing[pair[0]][ia].cpu(), self.firing[pair[1]][ib].cpu()
+        both = self.n_both[pair].cpu()
         either = n1 + n2 - both
         return AgreementTable(pearson=_or_none(pearson), jaccard=_ratio(both, either),
                               p2_given_1=_ratio(both, n1), p1_given_2=_ratio(both, n2),
                               n1=n1.tolist(), n2=n2.tolist(), n_both=both.tolist())
+
+
+def _cpu(tensors: dict) -> dict:
+    return {key: value.cpu() for key, value in tensors.items()}
 
 
 def _ratio(numerator: torch.Tensor, denominator: torch.Tensor) -> list[float | None]:

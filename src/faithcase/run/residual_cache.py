@@ -27,12 +27,13 @@ Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # ids, to
 
 
 class ResidualCache:
-    def __init__(self, run_dir: Path, key: dict, warn=print):
+    def __init__(self, run_dir: Path, key: dict, warn=print, device: str = "cpu"):
         digest = hashlib.sha256(orjson.dumps({"format": FORMAT, **key},
                                              option=orjson.OPT_SORT_KEYS)).hexdigest()
         self.root = run_dir / ".cache" / "residuals"
         self.dir = self.root / digest[:20]
         self.warn = warn
+        self.device = device  # where batches are loaded: the model's device, as a fresh pass gives
 
     # ---------------------------------------------------------------- reading
 
@@ -63,7 +64,7 @@ class ResidualCache:
                 self._discard(f"batch {index} is missing or damaged")
                 yield index, None
                 return
-            saved = torch.load(io.BytesIO(data), weights_only=True)
+            saved = torch.load(io.BytesIO(data), weights_only=True, map_location=self.device)
             yield index, (saved["seq_ids"], saved["tokens"], saved["resid"], saved["excluded"])
 
     def _discard(self, why: str) -> None:

@@ -9,6 +9,7 @@ stages that read the same hook run the model over the corpus once per run, howev
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 import time
 from collections.abc import Callable, Iterator
 from functools import cached_property
@@ -26,6 +27,7 @@ from faithcase.run.errors import FaithcaseError
 from faithcase.model.outliers import excluded_positions
 from faithcase.model.tokens import token_texts
 from faithcase.run import shards
+from faithcase.run.machine import dtype_name, policy_key
 from faithcase.run.paths import resolve_path
 
 RESIDUAL_NORM_BATCHES = 4  # corpus batches that set the unit of the steering scales
@@ -83,13 +85,16 @@ class Runtime:
 
     def sae(self, key: str):
         if key not in self._saes:
-            from faithcase.model.lm import DTYPES
             from faithcase.saes import check_compatible, load_sae
 
             sae_cfg = self.cfg.sae_config(key)
-            dtype = None if sae_cfg.dtype == "auto" else DTYPES[sae_cfg.dtype]  # auto: declared
             sae = load_sae(self.sae_path(key), format=sae_cfg.format, hook=self.cfg.hook,
-                           device=self.device, dtype=dtype)
+                           device=self.device, dtype=sae_cfg.dtype)
+            if sae_cfg.input_unit_norm is not None:
+                sae = replace(sae, input_unit_norm=sae_cfg.input_unit_norm)
+            if sae.dtype_note and sae_cfg.dtype == "auto":
+                self.console.print(f"{key} declares {dtype_name(sae.declared_dtype)}; computing "
+                                   f"in {dtype_name(sae.dtype)} ({sae.dtype_note})")
             _check_finite_encoder(key, sae)
             for other_key, other in self._saes.items():
                 check_compatible(other, sae)
@@ -118,7 +123,8 @@ class Runtime:
         sae = self.sae(key)
         return SAEInfo(path=str(self.sae_path(key)), format=sae.format, d_in=sae.d_in,
                        d_sae=sae.d_sae, hook_name=sae.hook_name, sha256=self.sae_hash(key),
-                       dtype=str(sae.dtype).removeprefix("torch."))
+                       dtype=dtype_name(sae.dtype),
+                       declared_dtype=dtype_name(sae.declared_dtype or torch.float32))
 
     # ---------------------------------------------------------------- models
 
@@ -136,12 +142,27 @@ class Runtime:
             return self.parent.lm
         model = self.cfg.model
         start = time.perf_counter()
+        choice = self.model_dtype
+        if choice.reason and model.dtype == "auto":
+            self.console.print(choice.describe(model.name))
         with self.console.status(f"loading {model.name} …"):
             loaded = load_model(model.name, path=_resolved(model.path, self.base_dir()),
                                 gguf=_resolved(model.gguf, self.base_dir()), device=self.device,
-                                dtype=model.dtype)
+                                dtype=choice.used)
         self.load_seconds["lm"] = time.perf_counter() - start
         return loaded
+
+    @cached_property
+    def model_dtype(self):
+        """The language model's declared dtype and the one it computes in (run/machine.py)."""
+        from faithcase.model.lm import model_dtype
+
+        if self.parent is not None:
+            return self.parent.model_dtype
+        model = self.cfg.model
+        return model_dtype(model.name, path=_resolved(model.path, self.base_dir()),
+                           gguf=_resolved(model.gguf, self.base_dir()), device=self.device,
+                           dtype=model.dtype)
 
     @cached_property
     def embedder(self):
@@ -177,7 +198,8 @@ class Runtime:
                     for n in names}
             return self._sae_keys(names) | {"metadata": meta}
         if name == "model":
-            return affecting(self.cfg.model) | {"hook": self.cfg.hook}
+            return affecting(self.cfg.model) | {"hook": self.cfg.hook,
+                                                "dtype_policy": policy_key(self.device)}
         if name == "corpus":
             return {"corpus": affecting(self.cfg.corpus), "outliers": affecting(self.cfg.outliers)}
         if name == "config":
@@ -185,10 +207,11 @@ class Runtime:
         raise ValueError(f"unknown resource {name!r}")
 
     def _sae_keys(self, keys) -> dict:
-        # the files, format and dtype setting (auto: the files' declared dtype) fix the SAE
+        # the files, format and dtype setting (auto: the declared dtype, unless slow here) fix it
         saes = {key: [self.sae_hash(key), self.cfg.sae_config(key).format,
-                      self.cfg.sae_config(key).dtype] for key in keys}
-        return saes | {"hook": self.cfg.hook}
+                      self.cfg.sae_config(key).dtype, self.cfg.sae_config(key).input_unit_norm]
+                for key in keys}
+        return saes | {"hook": self.cfg.hook, "dtype_policy": policy_key(self.device)}
 
     # ---------------------------------------------------------------- corpus
 
@@ -232,10 +255,10 @@ class Runtime:
             self._passes[hook] = kept
 
     def residual_cache(self, hook: str) -> ResidualCache:
-        key = {"model": affecting(self.cfg.model), "device": self.device, "hook": hook,
+        key = {"model": self.resource_key("model"), "device": self.device, "hook": hook,
                "corpus": self.resource_key("corpus"), "version": __version__}
         root = self.parent.out_dir if self.parent is not None else self.out_dir
-        return ResidualCache(root, key, warn=self._warn)
+        return ResidualCache(root, key, warn=self._warn, device=self.device)
 
     def _warn(self, message: str) -> None:
         self.console.print(f"[yellow]warning:[/] {message}")
@@ -272,9 +295,7 @@ class Runtime:
             writer.finish()
 
     def _pass_bytes(self) -> int:
-        from faithcase.model.lm import resolve_dtype
-
-        element = torch.empty((), dtype=resolve_dtype(self.cfg.model.dtype)).element_size()
+        element = torch.empty((), dtype=self.model_dtype.used).element_size()
         return self.sequences.numel() * self.lm.d_model * element
 
     def stream(self, sequences: torch.Tensor, hook: str, description: str,

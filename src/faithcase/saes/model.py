@@ -12,8 +12,9 @@ The ReLU/top-k order differs between the libraries (SAELens: top-k then ReLU; sp
 BatchTopK: ReLU then top-k) but gives the same dense result: every positive value kept by one
 is kept by the other, and the rest are zeros either way.
 
-An SAE encodes in the dtype of its weights (the checkpoint's declared dtype, see `load_sae`);
-inputs are cast to it first. In float32 the matmul and bias are one fused addmm; in bfloat16 and
+An SAE encodes in the dtype of its weights (the checkpoint's declared dtype unless slow here, see
+`load_sae`) on the device of its weights: inputs are moved and cast to them first, here and
+nowhere else. In float32 the matmul and bias are one fused addmm; in bfloat16 and
 float16 the product is rounded before the bias is added, as SAELens and BatchTopK compute it
 (sparsify's nn.Linear fuses them: `fused_bias`).
 """
@@ -49,7 +50,8 @@ class SAE:
     format: str = ""  # "saelens" | "sparsify" | "batchtopk" ("" when built in memory)
     path: str = ""  # the folder the weights came from
     fused_bias: bool = False  # the format's own encode adds b_enc inside the matmul (sparsify)
-    declared_dtype: torch.dtype | None = None  # the checkpoint's own; load_sae encodes in it
+    declared_dtype: torch.dtype | None = None  # the checkpoint's own (load_sae: see run/machine.py)
+    dtype_note: str = ""  # why the dtype used differs from the declared one
 
     @property
     def d_in(self) -> int:
@@ -70,7 +72,7 @@ class SAE:
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Feature activations [..., d_sae] of inputs x [..., d_in]."""
         self._check_input(x)
-        flat = x.reshape(-1, self.d_in).to(self.dtype)  # 2-D for one matmul
+        flat = self._own(x.reshape(-1, self.d_in))  # 2-D for one matmul
         if self.input_unit_norm:
             flat, _, _ = standardize(flat)
         if self.apply_b_dec_to_input:
@@ -86,7 +88,7 @@ class SAE:
         An SAE with input_unit_norm reconstructs in standardized space; pass the original
         input x so its mean and std can be restored, as the format's forward pass does.
         """
-        flat = z.reshape(-1, self.d_sae).to(self.dtype)
+        flat = self._own(z.reshape(-1, self.d_sae))
         if self.rescale_acts_by_decoder_norm:
             flat = flat * (1 / self.W_dec.norm(dim=-1))
         out = self._affine(flat, self.W_dec, self.b_dec).reshape(*z.shape[:-1], self.d_in)
@@ -95,7 +97,7 @@ class SAE:
                 raise ValueError(
                     "this SAE standardizes its input: pass the input x to decode(z, x)"
                 )
-            _, mean, std = standardize(x.to(self.dtype))
+            _, mean, std = standardize(self._own(x))
             out = out * std + mean
         return out
 
@@ -117,6 +119,10 @@ class SAE:
             b_dec=move(self.b_dec),
             threshold=move(self.threshold),
         )
+
+    def _own(self, x: torch.Tensor) -> torch.Tensor:
+        """x on this SAE's device and in its dtype."""
+        return x.to(device=self.device, dtype=self.dtype)
 
     def _affine(self, x: torch.Tensor, W: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """x @ W + b in the SAE's dtype, rounded as the format's own code rounds it."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
@@ -21,6 +21,7 @@ from typing import Callable, Optional
 import torch
 
 from faithcase.run.errors import FaithcaseError
+from faithcase.run.machine import choose_dtype
 from faithcase.saes.helpers import existing_folder, has_files, listing, one_line, require_files
 from faithcase.saes.model import SAE
 
@@ -187,16 +188,18 @@ def load_sae(
     format: str | None = None,
     hook: str | None = None,
     device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None,
+    dtype: torch.dtype | str | None = None,
 ) -> SAE:
     """Load the SAE in folder `path`; `format` overrides detection, `hook` picks a
     sparsify per-hook subfolder (see `select_hook_subfolder`; other formats ignore it:
     their hook is read from their config into `hook_name`/`hook_layer`). The weights are cast
-    once, from the stored tensors, to `dtype`, or when None to the checkpoint's declared dtype
-    (`SAE.declared_dtype`; None: float32)."""
+    once, from the stored tensors, to `dtype`, or when None (auto) to the checkpoint's declared
+    dtype (`SAE.declared_dtype`; None: float32), except half precision on a CPU where it is slow
+    (run/machine.py; `SAE.dtype_note` says why)."""
     folder = existing_folder(path)
     fmt = get_format(format) if format else find_format(folder)
     if fmt.check_files:
         require_files(folder, fmt.name, fmt.files)
     sae = fmt.load(folder, hook)
-    return sae.to(device=device, dtype=dtype or sae.declared_dtype or torch.float32)
+    choice = choose_dtype(sae.declared_dtype, device, dtype)
+    return replace(sae.to(device=device, dtype=choice.used), dtype_note=choice.reason)

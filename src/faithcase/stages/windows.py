@@ -81,6 +81,8 @@ SPARE_PER_WINDOW = 4
 
 class Encoder(Protocol):
     d_sae: int
+    # where its activations come out (the collector's state lives there; default: the input's)
+    device: torch.device
 
     def encode(self, x: torch.Tensor) -> torch.Tensor: ...
 
@@ -141,13 +143,10 @@ class WindowCollector(MergeableWindows):
     def _encode_selected(self, resid: torch.Tensor) -> torch.Tensor:
         """Exact full encode (TopK needs every pre-activation), then keep the selected columns:
         [N, F]."""
-        columns = None
         parts = []
         for chunk in row_chunks(resid, self.sae.d_sae):
             encoded = self.sae.encode(chunk)
-            if columns is None:
-                columns = self._feature_ids.to(encoded.device)
-            parts.append(encoded.index_select(-1, columns).float())
+            parts.append(encoded.index_select(-1, self._feature_ids).float())
         return torch.cat(parts)
 
     @torch.no_grad()
@@ -161,12 +160,13 @@ class WindowCollector(MergeableWindows):
                 f"{window}-token window; raise corpus.seq_len"
             )
         if self._device is None:
-            self._allocate(resid.device)
+            self._allocate(torch.device(getattr(self.sae, "device", resid.device)))
         device = self._device
         self.n_sequences += batch
         self.seq_len = length if self.seq_len is None else max(self.seq_len, length)
-        counted = counted_positions(excluded, (batch, length))[:, 1:].to(device)
+        counted = counted_positions(excluded, (batch, length))[:, 1:]
         n_counted = int(counted.sum())
+        counted = counted.to(device)
         self.n_tokens += n_counted
         self.n_excluded += batch * length - n_counted
         if not self.features:
@@ -174,7 +174,7 @@ class WindowCollector(MergeableWindows):
 
         # activations of the selected features at positions 1..T-1: [B, L, F], excluded ones 0
         flat = resid[:, 1:].reshape(batch * usable, resid.shape[-1])
-        acts = self._encode_selected(flat).to(device).view(batch, usable, -1).clamp_min(0)
+        acts = self._encode_selected(flat).view(batch, usable, -1).clamp_min(0)
         acts = acts * counted.unsqueeze(-1)
         tokens = tokens[:, 1:].to(device)
         seq_ids = seq_ids.to(device=device, dtype=torch.long)

@@ -129,7 +129,8 @@ def _naive_windows(rt, sequences: torch.Tensor, features: dict[str, list[int]],
             resid = cache[rt.cfg.hook]
             excluded = excluded_positions(resid, rt.cfg.outliers.norm_ratio,
                                           rt.cfg.outliers.exclude_bos)
-            acts = sae.encode(resid).masked_fill(excluded[..., None], 0)
+            acts = sae.encode(resid)
+            acts = acts.masked_fill(excluded[..., None].to(acts.device), 0)
             for f in features[key]:
                 column = acts[..., f]
                 sums = column.unfold(1, window, 1).mean(-1)
