@@ -15,6 +15,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, LlamaForCausalLM
 
 from faithcase.model import corpus, lm
+from faithcase.run.paths import resolve_path
 from faithcase.tools import rehearse_build
 from faithcase.saes import load_sae
 from faithcase.stages.match import match_features
@@ -86,6 +87,21 @@ def test_model_folder_loads_offline_and_its_hook_is_hf_hidden_state(model_folder
         assert {weights.get_slice(name).get_dtype() for name in weights.keys()} == {"BF16"}
         assert "lm_head.weight" not in weights.keys()  # tied: the embedding is the unembedding
     assert hf_model.lm_head.weight.data_ptr() == hf_model.model.embed_tokens.weight.data_ptr()
+
+
+def test_model_dtype_auto_is_the_declared_bf16_unless_slow_here(model_folder, monkeypatch):
+    monkeypatch.setenv("FAITHCASE_HALF_MATMUL", "fast")
+    fast = lm.model_dtype("rehearsal", path=str(model_folder), device="cpu")
+    assert (fast.declared, fast.used, fast.reason) == (torch.bfloat16, torch.bfloat16, "")
+    monkeypatch.setenv("FAITHCASE_HALF_MATMUL", "slow")
+    slow = lm.model_dtype("rehearsal", path=str(model_folder), device="cpu")
+    assert (slow.declared, slow.used) == (torch.bfloat16, torch.float32)
+    assert slow.describe("rehearsal") == ("rehearsal declares bfloat16; computing in float32 "
+                                          "(bf16 matmul 50x slower than float32 on this CPU)")
+    assert lm.model_dtype("rehearsal", path=str(model_folder), device="cpu",
+                          dtype="bfloat16").used == torch.bfloat16  # explicit wins
+    model = lm.load_model("rehearsal", path=str(model_folder), device="cpu")
+    assert model.hf_model.dtype == torch.float32
 
 
 def test_model_init_is_seeded_and_not_degenerate(model_folder, tmp_path):
@@ -252,7 +268,7 @@ def test_prompt_check_on_the_rehearsal_tokenizer(model_folder, llama3):
 def test_gpu_check_uses_the_paper_batches_and_projects_to_2m_tokens():
     from faithcase.tools import rehearse
 
-    paper = yaml.safe_load((Path(__file__).parents[1] / "configs/llama-3.2-1b.yaml").read_text())
+    paper = yaml.safe_load(resolve_path("pkg:faithcase/configs/llama-3.2-1b.yaml").read_text())
     assert rehearse.PAPER_BATCHES == {"seq_len": paper["corpus"]["seq_len"],
                                       "corpus": paper["corpus"]["batch_size"],
                                       "explain": paper["explain"]["batch_size"]}

@@ -357,6 +357,45 @@ def run_studies_command(opts: RunOptions, rt) -> None:
 
 @app.command()
 @with_run_options
+def check(opts: RunOptions):
+    """Load every component of the config on its device and try it once (preflight).
+
+    The model (a forward to the hook), the corpus, each SAE (the load check on a few hundred
+    tokens), the embedder (its self-test), the window explainer: one table; exit 2 if any fails."""
+    from faithcase.run.preflight import Preflight, check_table, refusal
+
+    preflight = Preflight(runtime(opts))
+    checks = preflight.run()
+    console.print(check_table(checks))
+    if preflight.failed:
+        raise refusal(checks)
+
+
+def preflight_stale(rt, graph) -> None:
+    """The check of the components that the stale stages of `graph` need, before any of them
+    runs; a fully cached run loads nothing."""
+    from faithcase.pipeline import PIPELINE
+    from faithcase.run.preflight import Preflight, check_table, refusal
+
+    stale = [name for name in PIPELINE.order()
+             if name in graph.force or not graph.is_fresh(name)]
+    uses = {use for name in stale for use in PIPELINE.stages[name].uses}
+    preflight = Preflight(rt)
+    wanted = (["model"] if uses & {"model", "corpus"} else []) + \
+             (["corpus"] if "corpus" in uses else []) + \
+             (preflight.sae_keys() if uses & {"saes", "model"} else []) + \
+             (["embedder"] if "embed" in stale else []) + \
+             (["window explainer"] if "describe" in stale and rt.cfg.describe.enabled else [])
+    if not wanted:
+        return
+    checks = preflight.run(wanted)
+    if preflight.failed:
+        console.print(check_table(checks, "faithcase check (before the run)"))
+        raise refusal(checks)
+
+
+@app.command()
+@with_run_options
 def run(opts: RunOptions):
     """Every stage in order; with `studies` in the config, the matrix, each study, the comparison.
 
@@ -370,6 +409,7 @@ def run(opts: RunOptions):
         return run_studies_command(opts, rt)
     rt.cfg.sae_config("sae1")  # a many-SAE config without a pair: one line, before any work
     with pipeline(opts, STAGES if opts.force or opts.force_all else (), rt=rt) as graph:
+        preflight_stale(rt, graph)
         for i, name in enumerate(STAGES, start=1):
             console.rule(f"[bold]{i}/{len(STAGES)} {name}")
             graph.get(name)

@@ -235,7 +235,7 @@ class DescribeConfig(Section):
     model: str = "same"
     path: str | None = None
     gguf: str | None = None
-    dtype: str = "float32"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"  # as model.dtype
     url: str | None = None  # an OpenAI-compatible endpoint, e.g. http://127.0.0.1:8000/v1
     api_key_env: str | None = setting("OPENAI_API_KEY", "nothing")
     timeout_s: float = setting(60.0, "nothing", gt=0)

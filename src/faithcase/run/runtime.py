@@ -177,6 +177,8 @@ class Runtime:
         self.load_seconds["embedder"] = time.perf_counter() - start
         if loaded.config_kwargs:  # e.g. stella's xformers-only attention turned off on CPU
             self.console.print(f"embedder {embed.model} loaded with {loaded.config_kwargs}")
+        if loaded.remote_code is not None:  # transformers 5 compatibility (model/remote_code.py)
+            self.console.print(f"embedder {embed.model}: {loaded.remote_code.summary}")
         return loaded
 
     # ---------------------------------------------------------------- what fingerprints cover

@@ -61,9 +61,16 @@ def rehearse(
     given = {"tokens": tokens, "n_pairs": n_pairs, "n_stratified": n_stratified,
              "n_scales": n_scales, "n_null": n_null, "n_samples": n_samples}
     workload = preset | {name: value for name, value in given.items() if value is not None}
-    if gpu_check and not on_gpu:
-        err_console.print("no GPU here: the GPU check runs the reduced workload on CPU "
-                          f"({workload['tokens']:,} tokens); peak GPU memory shows —")
+    if gpu_check:
+        import torch
+
+        print_gpu_facts(torch)
+        if not on_gpu:
+            err_console.print("[bold red]error:[/bold red] the GPU check needs CUDA, and torch "
+                              f"sees none (torch {torch.__version__}, torch.version.cuda "
+                              f"{torch.version.cuda}): install a CUDA build of torch, or run "
+                              "`faithcase rehearse` for the CPU rehearsal")
+            raise typer.Exit(2)
     with user_errors():
         for name in ("tokens", "n_pairs", "n_scales"):
             if workload[name] < 1:
@@ -74,6 +81,13 @@ def rehearse(
     console.print(_rehearsal_table(rows, workload, device))
     console.print(f"the planted pairs came back as the best pairs; total projected on this "
                   f"machine ({device}): {sum(r['projected'] for r in rows) / 3600:.2f} h")
+
+
+def print_gpu_facts(torch) -> None:
+    """torch's CUDA build and the device, first thing of the GPU check."""
+    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    console.print(f"torch {torch.__version__}, torch.version.cuda {torch.version.cuda}, "
+                  f"device {name}")
 
 
 def _rehearsal_table(rows: list[dict], workload: dict, device: str):

@@ -2,8 +2,8 @@
 
 It builds (once, seeded; see `rehearse_build.py`) a random-weight model with Llama-3.2-1B's
 architecture, two BatchTopK SAEs of 14,336 × 2,048 (k=48) in FaithfulSAE's folder layout sharing
-planted rows, and a small corpus; writes a config with the paper config's dtype (bfloat16) and
-batch sizes; then runs each stage in its own process, recording its time, its model-loading time
+planted rows, and a small corpus; writes a config with the paper config's dtype (auto: the
+checkpoints' bfloat16, float32 on a CPU without fast bf16) and batch sizes; then runs each stage in its own process, recording its time, its model-loading time
 and its peak RSS, and projects its full-size time on this machine from its per-unit cost: corpus
 tokens for the passes (the paper's 2M), steered rows (sweep rows of the features and of the null,
 and generated texts) for explain, scored features for embed; the other stages do the same work at
@@ -27,8 +27,8 @@ import yaml
 
 from faithcase.run.errors import FaithcaseError
 
-# as configs/llama-3.2-1b.yaml sets them
-PAPER_BATCHES = {"seq_len": 128, "corpus": 32, "explain": 128}
+# as the paper config (pkg:faithcase/configs/llama-3.2-1b.yaml) sets them
+PAPER_BATCHES = {"seq_len": 128, "corpus": 512, "explain": 128}
 # workloads: corpus tokens of the passes, pairs per group, stratified pairs, scales,
 # null directions, samples, windows the window explainer reads, and whether it describes every
 # group (else the best pairs only)
@@ -100,7 +100,7 @@ def rehearsal_config(work_dir: Path, model: Path, planted: dict, corpus: Path,
     saes = work_dir / "saes"
     return {
         "run_name": "rehearsal", "out_dir": str(work_dir / "run"), "device": device,
-        "model": {"name": REHEARSAL_MODEL_NAME, "path": str(model), "dtype": "bfloat16"},
+        "model": {"name": REHEARSAL_MODEL_NAME, "path": str(model), "dtype": "auto"},
         "hook": PAPER_HOOK,
         "sae1": {"path": str(saes / planted["sae1"]), "format": "batchtopk"},
         "sae2": {"path": str(saes / planted["sae2"]), "format": "batchtopk"},
