@@ -224,7 +224,7 @@ def test_info_rows_flatten_the_manifest():
                     reason="the demo bundle has not been built (make demo-bundle)")
 def test_shipped_bundle(demo_lm):
     from faithcase.model.corpus import token_sequences
-    from faithcase.model.outliers import excluded_positions
+    from faithcase.numerics.outliers import excluded_positions
     from faithcase.tools.demo.manifest import bundle_info
     from faithcase.tools.demo.settings import HELDOUT_FILE
     from faithcase.saes import load_sae

@@ -10,7 +10,7 @@ from faithcase.artifacts import Assignment
 from faithcase.config import ScanConfig, WindowsConfig
 from faithcase.run.residual_cache import ResidualCache
 from faithcase.saes.model import SAE
-from faithcase.numerics.load_check import sae_quality
+from faithcase.saes.load_check import sae_quality
 from faithcase.numerics.pass_sums import PassSums
 from faithcase.stages.scan import ScanCollector
 from faithcase.stages.windows import WindowCollector, collect_windows

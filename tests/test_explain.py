@@ -15,7 +15,7 @@ from faithcase.tools.bench import explain_speedup
 from faithcase.artifacts import RankedText
 from faithcase.config import ExplainConfig
 from faithcase.run.errors import FaithcaseError
-from faithcase.model.outliers import excluded_positions
+from faithcase.numerics.outliers import excluded_positions
 from faithcase.model import hooks as hooks_module
 from faithcase.model import steering
 from faithcase.numerics.directions import unit_directions

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from faithcase.cli import app
 from faithcase.config import MatchConfig, MatrixConfig, load_config
 from faithcase.matrix_artifacts import MATRIX_FILE, MatrixArtifact
-from faithcase.model.outliers import counted_positions
+from faithcase.numerics.outliers import counted_positions
 from faithcase.run.errors import FaithcaseError
 from faithcase.run.paths import resolve_path
 from faithcase.saes import SAE

@@ -9,7 +9,7 @@ import torch
 from faithcase.artifacts import Assignment
 from faithcase.config import ScanConfig
 from faithcase.run.errors import FaithcaseError
-from faithcase.model.outliers import counted_positions
+from faithcase.numerics.outliers import counted_positions
 from faithcase.saes import SAE
 from faithcase.model.hooks import same_site
 from faithcase.stages.scan import load_warnings, scan

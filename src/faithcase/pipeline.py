@@ -23,13 +23,8 @@ PIPELINE = Graph(stages(), hasher=fingerprint)
 STAGES = tuple(PIPELINE.order())
 
 
-def _many_saes() -> Graph:
-    from faithcase.studies import COMPARE_STAGE
-
-    return Graph([*stages(("matrix",)), COMPARE_STAGE], hasher=fingerprint)
-
-
-MANY_SAES = _many_saes()  # matrix -> (the studies' pipelines) -> compare
+# matrix -> (the studies' pipelines, studies.py) -> compare
+MANY_SAES = Graph(stages(("matrix", "compare")), hasher=fingerprint)
 
 
 def pipeline_run(rt, force: tuple[str, ...] = (), strict: bool = False,

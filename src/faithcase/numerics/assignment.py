@@ -34,7 +34,8 @@ from faithcase.numerics.similarity import (
     unit_rows,
 )
 from faithcase.numerics.solution import Solution
-from faithcase.numerics.sparse_assignment import SparseSettings, solve_sparse
+from faithcase.numerics.certificate import SparseSettings
+from faithcase.numerics.sparse_assignment import solve_sparse
 
 __all__ = [  # the similarity primitives are re-exported: callers import them from here
     "BLOCK_ROWS", "DEEPEN_MAX_PER_ROW", "DEFAULT_TOLERANCE", "DENSE_AUTO_MAX_PAIRS", "SOLVERS",

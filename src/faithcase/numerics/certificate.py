@@ -7,7 +7,8 @@ too crowded to keep whole are checked pair by pair (`exact_violations`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -15,8 +16,21 @@ import torch
 from faithcase.numerics.candidate_graph import KnownPairs, rank_within
 from faithcase.numerics.similarity import selected_row_blocks
 
-if TYPE_CHECKING:
-    from faithcase.numerics.sparse_assignment import SparseSettings
+
+@dataclass(frozen=True)
+class SparseSettings:
+    """Knobs of the sparse solver (see match_features)."""
+
+    k: int  # best pairs per row and per column that start in the candidate graph
+    depth: int  # best pairs per row kept (known exactly) by the first pass
+    tol: float
+    max_iterations: int
+    time_limit: float | None
+    block_rows: int
+    max_per_row: int  # at most this many pairs kept per deepened row
+    progress: Callable[[str, int, int], None]
+    margin: float = 0.02  # deepened rows keep pairs down to this far below what could break
+    near: float = 0.03  # pairs this close to breaking the certificate join the graph too
 
 
 def dual_potentials(known: KnownPairs, matched: np.ndarray, max_rounds: int | None = None):

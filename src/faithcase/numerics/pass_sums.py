@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from faithcase.artifacts import AgreementTable
-from faithcase.model.outliers import counted_positions
+from faithcase.numerics.outliers import counted_positions
 from faithcase.numerics.chunks import row_chunks
 from faithcase.numerics.exact_sum import CompensatedSum
 

@@ -23,6 +23,7 @@ from faithcase.numerics.candidate_graph import (
     solve_on_graph,
 )
 from faithcase.numerics.certificate import (
+    SparseSettings,
     add_most_violated,
     broken_known,
     dual_potentials,
@@ -30,22 +31,6 @@ from faithcase.numerics.certificate import (
     repaired_dual_bound,
 )
 from faithcase.numerics.solution import Solution
-
-
-@dataclass(frozen=True)
-class SparseSettings:
-    """Knobs of the sparse solver (see match_features)."""
-
-    k: int  # best pairs per row and per column that start in the candidate graph
-    depth: int  # best pairs per row kept (known exactly) by the first pass
-    tol: float
-    max_iterations: int
-    time_limit: float | None
-    block_rows: int
-    max_per_row: int  # at most this many pairs kept per deepened row
-    progress: Callable[[str, int, int], None]
-    margin: float = 0.02  # deepened rows keep pairs down to this far below what could break
-    near: float = 0.03  # pairs this close to breaking the certificate join the graph too
 
 
 @dataclass

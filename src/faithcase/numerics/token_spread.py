@@ -4,10 +4,11 @@ activation by token id (single-token features). Memory: features × the largest 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from faithcase.artifacts import ActivationSpread
-from faithcase.model.tokens import TokenTexts
 from faithcase.numerics.exact_sum import CompensatedSum
 
 SPREAD_METHOD = (
@@ -63,7 +64,7 @@ class TokenSpread:
         other.grow(self.by_token.hi.shape[0])
         self.by_token.merge(other)
 
-    def finish(self, texts: TokenTexts, threshold: float) -> list[ActivationSpread]:
+    def finish(self, texts: Callable[[list[int]], list[str]], threshold: float) -> list[ActivationSpread]:
         by_token = self.by_token.value.cpu()
         n_features = self.n_activating.numel()
         totals = by_token.sum(0) if len(by_token) else torch.zeros(n_features, dtype=torch.float64)

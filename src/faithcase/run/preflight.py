@@ -163,8 +163,8 @@ class Preflight:
         return self._tokens
 
     def _sae(self, check: ComponentCheck) -> None:
-        from faithcase.model.outliers import excluded_positions
-        from faithcase.numerics.load_check import sae_quality
+        from faithcase.numerics.outliers import excluded_positions
+        from faithcase.saes.load_check import sae_quality
         from faithcase.numerics.pass_sums import PassSums
 
         rt, key = self.rt, check.component

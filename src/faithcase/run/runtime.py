@@ -24,7 +24,7 @@ from faithcase.run.residual_cache import ResidualCache
 from faithcase.run.store import file_sha256
 from faithcase.config import Config, affecting
 from faithcase.run.errors import FaithcaseError
-from faithcase.model.outliers import excluded_positions
+from faithcase.numerics.outliers import excluded_positions
 from faithcase.model.tokens import token_texts
 from faithcase.run import shards
 from faithcase.run.machine import dtype_name, policy_key

@@ -26,7 +26,7 @@ from faithcase.matrix_artifacts import (
     MatrixSAE,
 )
 from faithcase.model.hooks import different_sites
-from faithcase.numerics.load_check import sae_quality
+from faithcase.saes.load_check import sae_quality
 from faithcase.numerics.matching import match_features
 from faithcase.numerics.pass_sums import PassSums
 from faithcase.render.tables import console, fmt, table

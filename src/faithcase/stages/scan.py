@@ -22,7 +22,7 @@ from faithcase.artifacts import SAE_KEYS
 from faithcase.config import ScanConfig
 from faithcase.run.graph import Stage
 from faithcase.run.errors import FaithcaseError
-from faithcase.numerics.load_check import CAUSES, load_warnings, sae_quality
+from faithcase.saes.load_check import CAUSES, load_warnings, sae_quality
 from faithcase.numerics.pass_sums import PassSums
 from faithcase.run.shards import merge_across
 

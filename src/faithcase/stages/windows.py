@@ -40,7 +40,7 @@ from faithcase.artifacts import SAE_KEYS, windows_file
 from faithcase.run.errors import FaithcaseError
 from faithcase.run.graph import Stage
 from faithcase.run.shards import merge_across
-from faithcase.model.outliers import counted_positions
+from faithcase.numerics.outliers import counted_positions
 from faithcase.model.tokens import TokenTexts, token_texts
 from faithcase.model.window_prompt import overlaps
 from faithcase.numerics.activation_stats import FINE_BINS, HISTOGRAM_METHOD, ActivationStats

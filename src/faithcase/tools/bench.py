@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 
 from faithcase.artifacts import SAE_KEYS
-from faithcase.model.outliers import excluded_positions
+from faithcase.numerics.outliers import excluded_positions
 from faithcase.tools.bench_match import run_match_bench, synthetic_decoders  # noqa: F401
 
 

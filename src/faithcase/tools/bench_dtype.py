@@ -1,5 +1,7 @@
-"""`faithcase bench dtype`: the match and scan numbers with both SAEs encoded in float32 and in
-bfloat16 (FaithfulSAE's checkpoints declare and were evaluated in bfloat16), side by side.
+"""`faithcase bench dtype`: the match and scan numbers with both SAEs encoded in float32, in
+bfloat16 (FaithfulSAE's checkpoints declare and were evaluated in bfloat16) and in `auto` (the
+dtype policy of run/machine.py: the declared dtype unless half-precision matmul is slow on this
+CPU), side by side, with each scan's time as a ratio to float32's.
 
 One corpus pass feeds both scans: the batches are kept in memory. Each dtype loads the SAEs
 through a Runtime whose config sets `sae1.dtype` and `sae2.dtype`, so the weights are cast once
@@ -15,7 +17,7 @@ from typing import Any
 from faithcase.artifacts import SAE_KEYS
 from faithcase.render.tables import console, table
 
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("float32", "bfloat16", "auto")
 N_BEST = 10  # the best matched pairs whose activation agreement is averaged
 
 
@@ -52,6 +54,7 @@ def measure(run, batches: list[tuple], n_best: int = N_BEST) -> dict[str, Any]:
     for key in SAE_KEYS:
         row[f"L0 {key}"] = scanned.quality[key].l0
     row["scan s"] = seconds
+    row["encoded in"] = " / ".join(str(saes[key].dtype).removeprefix("torch.") for key in SAE_KEYS)
     row["_n_tokens"] = scanned.n_tokens
     row["_pairs"] = set(zip(a.index1, a.index2))
     row["_best"] = {(a.index1[i], a.index2[i]) for i in best}
@@ -59,7 +62,7 @@ def measure(run, batches: list[tuple], n_best: int = N_BEST) -> dict[str, Any]:
 
 
 def bench_dtype(rt, n_best: int = N_BEST) -> dict[str, dict[str, Any]]:
-    """{dtype: {measure: value}} for float32 and bfloat16, from one corpus pass of `rt`."""
+    """{dtype: {measure: value}} for float32, bfloat16 and auto, from one corpus pass of `rt`."""
     from faithcase.run.runtime import Runtime
 
     batches = list(rt.activation_batches(description="corpus pass (shared by both dtypes)"))
@@ -69,6 +72,7 @@ def bench_dtype(rt, n_best: int = N_BEST) -> dict[str, dict[str, Any]]:
         results[dtype] = measure(run, batches, n_best)
     base = results[DTYPES[0]]
     for row in results.values():
+        row["scan time ÷ float32's"] = row["scan s"] / base["scan s"]
         row["matched pairs as in float32"] = len(row["_pairs"] & base["_pairs"]) / len(
             base["_pairs"])
         row[f"{n_best} best pairs as in float32"] = len(row["_best"] & base["_best"])
@@ -84,11 +88,12 @@ def print_dtype_table(results: dict[str, dict[str, Any]]) -> None:
         if measure_name.startswith("_"):
             continue
         values = [results[name][measure_name] for name in names]
-        digits = 1 if measure_name.startswith(("L0", "scan")) else 4
+        digits = 1 if measure_name.startswith(("L0", "scan s")) else 2 if measure_name.startswith(
+            "scan time") else 4
         cells = ["—" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v)
                  for v in values]
-        difference = (values[-1] - first if None not in (first, values[-1])
-                      and not isinstance(first, int) else None)
+        difference = (values[-1] - first if isinstance(first, float)
+                      and isinstance(values[-1], float) else None)
         cells.append(_difference(difference, digits))
         grid.add_row(measure_name, *cells)
     console.print(grid)
