@@ -7,7 +7,7 @@ import yaml
 from conftest import TINY_CONFIG, faithcase_cli
 from faithcase.config import parse_config
 from faithcase.run.errors import FaithcaseError
-from faithcase.run.preflight import Preflight, check_table
+from faithcase.preflight import Preflight, check_table
 from faithcase.run.runtime import Runtime
 
 PAPER = "pkg:faithcase/configs/llama-3.2-1b.yaml"

@@ -7,15 +7,40 @@ import ast
 from pathlib import Path
 
 import orjson
+import pytest
+from typer.testing import CliRunner
 
 import faithcase.stages
-from faithcase.config import load_config
+from faithcase.cli import app
+from faithcase.config import (
+    AssembleConfig,
+    Config,
+    CorpusConfig,
+    DescribeConfig,
+    EmbedConfig,
+    ExplainConfig,
+    MatchConfig,
+    MatrixConfig,
+    ModelConfig,
+    OutlierConfig,
+    PairsConfig,
+    SAEConfig,
+    ScanConfig,
+    WindowsConfig,
+    load_config,
+)
 from faithcase.pipeline import STAGE_MODULES, stages
+from faithcase.run.errors import FaithcaseError
 from faithcase.run.graph import Graph
 from faithcase.run.runtime import Runtime
 from faithcase.run.store import fingerprint
+from faithcase.tools.config_docs import REGENERATE, doc_sections, render_configuration_docs
 
 SRC = Path(faithcase.stages.__file__).resolve().parents[1]
+CONFIGURATION_DOCS = SRC.parents[1] / "docs" / "configuration.md"
+SECTION_MODELS = (ModelConfig, SAEConfig, CorpusConfig, OutlierConfig, ScanConfig, MatchConfig,
+                  PairsConfig, ExplainConfig, WindowsConfig, EmbedConfig, DescribeConfig,
+                  MatrixConfig, AssembleConfig, Config)
 
 TOY_STAGE = '''
 """A toy stage: how many matched pairs are at least as similar as the match threshold."""
@@ -78,6 +103,64 @@ def test_stages_import_no_other_stage_and_the_machinery_imports_no_stage():
             assert not stages_used, f"{package}/{path.name} imports {stages_used}"
 
 
+def _module_graph() -> dict[str, set[str]]:
+    """faithcase module -> the faithcase modules it imports (at any depth of the file)."""
+    modules = {}
+    for path in SRC.rglob("*.py"):
+        parts = path.relative_to(SRC.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph = {}
+    for name, path in modules.items():
+        imported = set()
+        for item in _imports(path):  # "pkg.module" or "pkg.module.symbol"
+            while item and item not in modules:
+                item = item.rpartition(".")[0]
+            imported.add(item)
+        graph[name] = imported - {"", name, "faithcase"}
+    return graph
+
+
+def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected groups of more than one module (Tarjan)."""
+    index, low, stack, on_stack, found = {}, {}, [], set(), []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for other in graph[node]:
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in on_stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            group = []
+            while not group or group[-1] != node:
+                group.append(stack.pop())
+                on_stack.discard(group[-1])
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for node in graph:
+        if node not in index:
+            visit(node)
+    return found
+
+
+def test_no_import_circles_and_numerics_imports_no_model_code():
+    graph = _module_graph()
+    assert _circles(graph) == []
+    assert _circles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c"]]  # it finds one
+    above = ("faithcase.model", "faithcase.saes", "faithcase.stages", "faithcase.render",
+             "faithcase.tools", "faithcase.run.runtime", "faithcase.cli", "faithcase.pipeline")
+    for name, imported in graph.items():
+        if name.startswith("faithcase.numerics"):
+            assert not {m for m in imported if m.startswith(above)}, name
+    for name in ("faithcase.run.errors", "faithcase.run.paths"):  # the bottom layer
+        assert graph[name] <= {"faithcase.run.errors"}, (name, graph[name])
+
+
 def test_modules_and_functions_stay_small():
     for path in sorted(SRC.rglob("*.py")):
         text = path.read_text()
@@ -90,3 +173,50 @@ def test_modules_and_functions_stay_small():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 size = node.end_lineno - node.lineno + 1
                 assert size <= 60, f"{where}:{node.lineno} {node.name} has {size} lines"
+
+
+# ---------------------------------------------------------------- config documented at the source
+
+
+def test_every_config_field_has_a_description_and_every_section_a_docstring():
+    for model in SECTION_MODELS:
+        assert (model.__doc__ or "").strip(), f"{model.__name__} has no docstring"
+        for name, info in model.model_fields.items():
+            assert (info.description or "").strip(), f"{model.__name__}.{name} has no description"
+    assert {section.model for section in doc_sections()} == set(SECTION_MODELS)
+
+
+def test_the_configuration_docs_are_generated_from_the_models():
+    docs = CONFIGURATION_DOCS
+    written = docs.read_text(encoding="utf-8") if docs.is_file() else ""
+    assert written == render_configuration_docs(), (
+        f"docs/configuration.md is not what the config models say: regenerate it with "
+        f"`{REGENERATE}`")
+
+
+def test_config_errors_say_what_the_key_means_and_which_keys_exist():
+    with pytest.raises(FaithcaseError) as bad_value:
+        load_config(sets=["windows.window=0"])
+    message = str(bad_value.value)
+    description = WindowsConfig.model_fields["window"].description.rstrip(".")
+    assert "windows.window" in message and description in message and "\n" not in message
+    with pytest.raises(FaithcaseError) as unknown:
+        load_config(sets=["windows.topp=5"])
+    message = str(unknown.value)
+    assert "unknown config key 'windows.topp'" in message and "did you mean 'top'" in message
+    assert "single_token_share" in message and "\n" not in message
+
+
+def test_faithcase_config_prints_each_key_with_its_description():
+    runner = CliRunner()
+    result = runner.invoke(app, ["config", "windows"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "window" in result.output
+    assert WindowsConfig.model_fields["window"].description in result.output
+    assert "n_bootstrap" not in result.output  # one section only
+    markdown = runner.invoke(app, ["config", "--markdown"])
+    assert markdown.exit_code == 0 and markdown.output == render_configuration_docs()
+    unknown = runner.invoke(app, ["config", "windowz"])
+    assert unknown.exit_code == 2 and "sections:" in unknown.output
+    help_text = runner.invoke(app, ["config", "--help"], env={"COLUMNS": "200"}).output
+    assert "docs/configuration.md" in help_text

@@ -64,7 +64,8 @@ class TokenSpread:
         other.grow(self.by_token.hi.shape[0])
         self.by_token.merge(other)
 
-    def finish(self, texts: Callable[[list[int]], list[str]], threshold: float) -> list[ActivationSpread]:
+    def finish(self, texts: Callable[[list[int]], list[str]],
+               threshold: float) -> list[ActivationSpread]:
         by_token = self.by_token.value.cpu()
         n_features = self.n_activating.numel()
         totals = by_token.sum(0) if len(by_token) else torch.zeros(n_features, dtype=torch.float64)

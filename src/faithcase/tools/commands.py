@@ -1,4 +1,5 @@
-"""The tool commands: `bench`, `demo` and `rehearse` (registered on the faithcase app)."""
+"""The tool commands: `bench`, `demo` and `rehearse` (cli.py registers them on the faithcase
+app)."""
 
 from pathlib import Path
 from typing import Annotated, Optional
@@ -7,9 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from faithcase.cli import (
+from faithcase.cli_options import (
     RunOptions,
-    app,
     console,
     err_console,
     runtime,
@@ -25,11 +25,8 @@ bench_app = typer.Typer(no_args_is_help=True,
 demo_app = typer.Typer(no_args_is_help=True,
                        help="The embedded demo bundle: corpora and four TopK SAEs (the faithful "
                             "and the external pair).")
-app.add_typer(bench_app, name="bench")
-app.add_typer(demo_app, name="demo")
 
 
-@app.command()
 def rehearse(
     work_dir: Annotated[Path, typer.Option(
         "--work-dir",

@@ -3,7 +3,8 @@
 It builds (once, seeded; see `rehearse_build.py`) a random-weight model with Llama-3.2-1B's
 architecture, two BatchTopK SAEs of 14,336 × 2,048 (k=48) in FaithfulSAE's folder layout sharing
 planted rows, and a small corpus; writes a config with the paper config's dtype (auto: the
-checkpoints' bfloat16, float32 on a CPU without fast bf16) and batch sizes; then runs each stage in its own process, recording its time, its model-loading time
+checkpoints' bfloat16, float32 on a CPU without fast bf16) and batch sizes; then runs each stage
+in its own process, recording its time, its model-loading time
 and its peak RSS, and projects its full-size time on this machine from its per-unit cost: corpus
 tokens for the passes (the paper's 2M), steered rows (sweep rows of the features and of the null,
 and generated texts) for explain, scored features for embed; the other stages do the same work at

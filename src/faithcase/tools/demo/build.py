@@ -3,7 +3,7 @@
     samples      shards of model samples from BOS (tools/demo/sampling.py), in work_dir
     corpus       filter degenerate samples, deduplicate, split train / held-out (corpus.py)
                  → bundle/corpus_train.jsonl.gz, bundle/corpus_heldout.jsonl.gz
-    activations  truncated pass to the hook, outlier positions dropped (model/outliers.py)
+    activations  truncated pass to the hook, outlier positions dropped (numerics/outliers.py)
                  → work_dir/acts_train.pt, work_dir/acts_heldout.pt (float32, kept rows)
     sae_seed42, sae_seed49
                  two TopK SAEs that differ only in the seed (tools/demo/train.py)

@@ -172,7 +172,8 @@ class Preflight:
         check.dtype = _dtypes(sae.declared_dtype, sae.dtype)
         check.device = str(sae.device)
         if not self._model_ok:
-            check.status = f"loaded ({sae.format}, {sae.d_sae} features); no load check: the model did not load"
+            check.status = (f"loaded ({sae.format}, {sae.d_sae} features); no load check: the "
+                            "model did not load")
             return
         sae = rt.sae_for_model(key)
         tokens = self.sample_tokens()
