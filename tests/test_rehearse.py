@@ -286,3 +286,16 @@ def test_gpu_check_uses_the_paper_batches_and_projects_to_2m_tokens():
                                              "peak_gpu_gib": 3.5}, rehearse.GPU_CHECK)
     assert explain["tokens_per_s"] is None and explain["projected"] == 5.0
     assert explain["peak_gpu_gib"] == 3.5
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+def test_gpu_check_without_cuda_exits_2_and_says_what_torch_sees(tmp_path):
+    from typer.testing import CliRunner
+
+    from faithcase.cli import app
+
+    done = CliRunner().invoke(app, ["rehearse", "--gpu-check", "--work-dir", str(tmp_path / "w")])
+    assert done.exit_code == 2
+    assert f"torch.version.cuda {torch.version.cuda}" in done.output
+    assert "the GPU check needs CUDA" in done.output
+    assert not (tmp_path / "w").exists()  # nothing built
