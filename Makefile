@@ -53,7 +53,7 @@ rehearse: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/faithcase rehearse $(ARGS)
 
 # on a GPU: the rehearsal at full paper shapes on 200k corpus tokens, per stage time, tokens/s, peak GPU
-# memory and the projection to 2M tokens (under 8 min); without a GPU the reduced workload on CPU
+# memory and the projection to 2M tokens; prints torch's CUDA version and the device; exits 2 without CUDA
 gpu-check: install
 	HF_HUB_OFFLINE=1 $(VENV)/bin/faithcase rehearse --gpu-check $(ARGS)
 

@@ -45,7 +45,7 @@ def rehearse(
         "--n-samples", help="Sampled texts per feature (4).")] = None,
     gpu_check: Annotated[bool, typer.Option(
         "--gpu-check", help="On a GPU: the paper's workload on 200,000 corpus tokens, with peak "
-                            "GPU memory per stage; without one, the reduced workload on CPU.")
+                            "GPU memory per stage; exits 2 without CUDA.")
     ] = False,
 ):
     """Every stage at the paper's shapes (random-weight Llama-3.2-1B architecture and Llama 3
