@@ -28,18 +28,36 @@ N_BATCHES = 3  # 2560 tokens in sequences of 64, 16 per batch
 
 @pytest.fixture
 def counted(demo_lm, monkeypatch):
-    """Every Runtime gets the session's model; corpus passes at the SAEs' hook are counted."""
-    calls = []
-    original = demo_lm.activations
+    """Every Runtime gets the session's model; corpus passes at the SAEs' hook are counted (the
+    preflight's trial forwards on ~500 tokens before a run are not a corpus pass: counted apart,
+    in `counted.checks`)."""
+    from faithcase.preflight import Preflight
+
+    calls, checking = CountedCalls(), []
+    original, original_run = demo_lm.activations, Preflight.run
 
     def activations(tokens, hook_name, attention_mask=None):
         if hook_name == "blocks.12.hook_resid_pre":
-            calls.append(len(tokens))
+            (calls.checks if checking else calls).append(len(tokens))
         return original(tokens, hook_name, attention_mask)
 
+    def run(self, components=None):
+        checking.append(True)
+        try:
+            return original_run(self, components)
+        finally:
+            checking.pop()
+
     monkeypatch.setattr(demo_lm, "activations", activations)
+    monkeypatch.setattr(Preflight, "run", run)
     monkeypatch.setattr(lm_module, "load_model", lambda *args, **kwargs: demo_lm)
     return calls
+
+
+class CountedCalls(list):
+    def __init__(self):
+        super().__init__()
+        self.checks: list[int] = []
 
 
 def cli(config, out, *args):
@@ -59,6 +77,7 @@ def test_one_model_pass_whether_run_whole_or_stage_by_stage(counted, tmp_path):
     counted.clear()
     cli(config, tmp_path / "b", "run")
     assert len(counted) == N_BATCHES
+    assert sum(counted.checks) <= 9  # the check: a probe sentence and 8 sequences of 64 tokens
     cli(config, tmp_path / "b", "run", "--set", "pairs.n_pairs=2")  # new pairs: no model pass
     assert len(counted) == N_BATCHES
     windows = _without_meta(tmp_path / "b" / "windows_sae1.json")

@@ -59,6 +59,7 @@ class Preflight:
         self.checks: list[ComponentCheck] = []
         self._model_ok = False
         self._tokens: torch.Tensor | None = None
+        self._resid: torch.Tensor | None = None  # the model at the hook on the sample tokens
 
     # ---------------------------------------------------------------- what a config has
 
@@ -177,7 +178,9 @@ class Preflight:
             return
         sae = rt.sae_for_model(key)
         tokens = self.sample_tokens()
-        resid = rt.lm.activations(tokens, rt.cfg.hook)
+        if self._resid is None:  # one forward for every SAE
+            self._resid = rt.lm.activations(tokens, rt.cfg.hook)
+        resid = self._resid
         outliers = rt.cfg.outliers
         excluded = excluded_positions(resid, outliers.norm_ratio, outliers.exclude_bos)
         sums = PassSums({key: sae}, {})
