@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import bos_tokens
+from conftest import DEMO_GGUF, REFERENCE_TEXT, bos_tokens
 
 from faithcase.model import hooks, lm
 from faithcase.tools.bench import bench_model
@@ -39,6 +39,37 @@ def test_demo_model_loads_from_gguf(demo_lm):
     assert demo_lm.device == torch.device("cpu")
     assert not demo_lm.hf_model.training
     assert not any(p.requires_grad for p in demo_lm.hf_model.parameters())
+
+
+def test_the_dequantized_cache_equals_the_gguf_load(demo_lm, demo_plain_reference, tmp_path,
+                                                    monkeypatch):
+    """The session's model came through the cache (model/gguf_cache.py): its weights, logits and
+    tokenizer equal a direct GGUF load; where the cache cannot be written, GGUF is read directly."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from faithcase.model import gguf_cache
+    from faithcase.run.paths import resolve_path
+
+    file = resolve_path(DEMO_GGUF)
+    assert (gguf_cache.cache_folder(file) / gguf_cache.COMPLETE).is_file()
+    kwargs = {"gguf_file": file.name, "local_files_only": True}
+    direct = AutoModelForCausalLM.from_pretrained(str(file.parent), dtype=torch.float32, **kwargs)
+    cached = demo_lm.plain_model().state_dict()
+    assert all(torch.equal(tensor, cached[name]) for name, tensor in direct.state_dict().items())
+    tokens = demo_plain_reference["tokens"]
+    with torch.no_grad():
+        assert torch.equal(direct(tokens).logits, demo_plain_reference["logits"])
+    tokenizer = AutoTokenizer.from_pretrained(str(file.parent), **kwargs)
+    text = demo_lm.tokenizer.apply_chat_template([{"role": "user", "content": REFERENCE_TEXT}],
+                                                 tokenize=False, add_generation_prompt=True)
+    assert tokenizer(text)["input_ids"] == demo_lm.tokenizer(text)["input_ids"]
+    assert tokenizer.chat_template == demo_lm.tokenizer.chat_template
+
+    blocked = tmp_path / "read-only"
+    blocked.write_text("a file where the cache folder would go")
+    monkeypatch.setenv(gguf_cache.CACHE_ENV, str(blocked))
+    source, extra = lm.model_source("x", gguf=DEMO_GGUF)
+    assert (source, extra["gguf_file"]) == (str(file.parent), file.name)
 
 
 def test_load_model_errors(tmp_path):

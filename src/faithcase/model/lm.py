@@ -48,9 +48,14 @@ def model_source(name: str, path: str | None = None, gguf: str | None = None) ->
     if gguf and path:
         raise FaithcaseError("Give the model either as a GGUF file or as a local folder, not both.")
     if gguf:
+        from faithcase.model.gguf_cache import dequantized_folder
+
         file = resolve_path(gguf)
         if not file.is_file():
             raise FaithcaseError(f"GGUF model file not found: {file}")
+        folder = dequantized_folder(file)  # dequantized once (model/gguf_cache.py)
+        if folder is not None:
+            return str(folder), {"local_files_only": True}
         return str(file.parent), {"gguf_file": file.name, "local_files_only": True}
     if path:
         folder = resolve_path(path)
