@@ -125,15 +125,17 @@ def test_assemble_out_then_report_case_study(copy_of_tiny_run):
 
 @needs_bundle
 def test_two_concurrent_runs_with_different_settings_end_consistent(copy_of_tiny_run):
+    """Two `run`s with different assemble settings at once: one waits for the other's lock; the
+    folder ends with every file as its ledger records it, and `cached` only where true."""
     import subprocess
     import sys
 
     tmp_path, out = copy_of_tiny_run
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "faithcase.cli", "run", "--config", "tiny.yaml"]
+    settings = (["--set", "assemble.n_bootstrap=100"], ["--set", "assemble.n_bootstrap=200"])
     runs = [subprocess.Popen(command + extra, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
-            for extra in (["--n-pairs", "1"], ["--set", "windows.top=5"])]
+                             stderr=subprocess.PIPE, text=True) for extra in settings]
     results = [run.communicate(timeout=1200) for run in runs]
     assert [run.returncode for run in runs] == [0, 0], [err[-2000:] for _, err in results]
     assert any("waiting for the run in progress" in err for _, err in results)
@@ -143,14 +145,12 @@ def test_two_concurrent_runs_with_different_settings_end_consistent(copy_of_tiny
             assert sha256_file(out / file) == digest, (name, file)
         if (out / f"{name}.json").is_file() and name != "report":
             assert orjson.loads((out / f"{name}.json").read_bytes())["meta"]["fingerprint"] == entry["fingerprint"]
-    for extra in (["--n-pairs", "1"], ["--set", "windows.top=5"]):  # `cached` only where true
+    for extra in settings:  # `cached` only where true: the summary is the one asked for
         again = faithcase("run", "--config", "tiny.yaml", *extra, cwd=tmp_path)
         assert again.returncode == 0, again.stderr[-3000:]
-        pairs = PairsArtifact.model_validate_json((out / "pairs.json").read_bytes())
-        windows = WindowsArtifact.model_validate_json((out / "windows_sae1.json").read_bytes())
-        first = next(iter(windows.features.values()))
-        assert len(pairs.pairs["best"]) == (1 if "--n-pairs" in extra else 2)
-        assert len(first.windows["max"]) <= (5 if "windows.top=5" in extra else 10)
+        summary = orjson.loads((out / "summary.json").read_bytes())
+        assert summary["config"]["assemble"]["n_bootstrap"] == int(extra[1].split("=")[1])
+        assert "cached match is up to date" in " ".join(again.stderr.split()), again.stderr[-2000:]
 
 
 @needs_bundle
