@@ -62,25 +62,49 @@ def test_check_on_the_paper_config_offline_names_what_is_missing(tmp_path):
                      "window explainer (see the table)"]
 
 
-def test_run_refuses_a_broken_embedder_before_any_corpus_pass(tmp_path, demo_lm):
+@pytest.fixture
+def broken_embedder(tmp_path):
+    """The demo's MiniLM with random weights: it loads, and ranks nothing right."""
     from sentence_transformers import SentenceTransformer
     import torch
 
-    from faithcase.cli import preflight_stale
     from faithcase.config import EmbedConfig
-    from faithcase.pipeline import open_run
     from faithcase.run.paths import resolve_path
 
     broken = SentenceTransformer(str(resolve_path(EmbedConfig().model)), device="cpu")
     generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        for parameter in broken.parameters():  # random weights: ranks nothing right
+        for parameter in broken.parameters():
             parameter.copy_(torch.randn(parameter.shape, generator=generator))
     broken.save(str(tmp_path / "broken-embedder"))
-    rt = tiny_runtime(tmp_path, demo_lm, embed={"model": "broken-embedder"})
+    return "broken-embedder"
+
+
+def test_run_refuses_a_broken_embedder_before_any_corpus_pass(tmp_path, demo_lm,
+                                                              broken_embedder):
+    from faithcase.cli import preflight_stale
+    from faithcase.pipeline import open_run
+
+    rt = tiny_runtime(tmp_path, demo_lm, embed={"model": broken_embedder})
     with pytest.raises(FaithcaseError) as err, open_run(rt) as run:
         preflight_stale(rt, run)
     assert str(err.value).startswith("1 of 6 components cannot run: embedder: embedding model "
                                      "broken-embedder failed its self-test")
     assert "\n" not in str(err.value)
     assert not list((tmp_path / "run").glob("*.json"))  # no stage ran
+
+
+def test_a_run_of_studies_refuses_before_its_matrix(tmp_path, demo_lm, broken_embedder):
+    from faithcase.cli import RunOptions, run_studies_command
+
+    bundle = "pkg:faithcase/demo/bundle"
+    saes = {"a": {"path": f"{bundle}/sae_seed42"}, "b": {"path": f"{bundle}/sae_seed49"}}
+    data = yaml.safe_load(TINY_CONFIG) | {"saes": saes, "studies": [["a", "b"]],
+                                          "out_dir": str(tmp_path / "many")}
+    del data["sae1"], data["sae2"]
+    data["embed"] |= {"model": broken_embedder}
+    rt = Runtime(parse_config(data, tmp_path))
+    rt.__dict__["lm"] = demo_lm
+    with pytest.raises(FaithcaseError, match="components cannot run: embedder"):
+        run_studies_command(RunOptions(), rt)
+    assert not (tmp_path / "many" / "matrix.json").exists()

@@ -155,6 +155,10 @@ def run_studies_command(opts: RunOptions, rt) -> None:
     force = STAGES if opts.force or opts.force_all else ()
     with open_run(rt, ("matrix", "compare") if force else (), strict=opts.strict,
                   wait=not opts.no_wait, graph=MANY_SAES) as graph:
+        if force or not (graph.is_fresh("matrix") and graph.is_fresh("compare")):
+            from faithcase.preflight import Preflight
+
+            refuse_unless_ready(Preflight(rt))  # every SAE, the model, corpus, embedder
         console.rule("[bold]matrix")
         print_matrix(graph.get("matrix"))
         total = len(rt.cfg.studies)
@@ -184,7 +188,7 @@ def preflight_stale(rt, graph) -> None:
     """The check of the components that the stale stages of `graph` need, before any of them
     runs; a fully cached run loads nothing."""
     from faithcase.pipeline import PIPELINE
-    from faithcase.preflight import Preflight, check_table, refusal
+    from faithcase.preflight import Preflight
 
     stale = [name for name in PIPELINE.order()
              if name in graph.force or not graph.is_fresh(name)]
@@ -195,9 +199,16 @@ def preflight_stale(rt, graph) -> None:
              (preflight.sae_keys() if uses & {"saes", "model"} else []) + \
              (["embedder"] if "embed" in stale else []) + \
              (["window explainer"] if "describe" in stale and rt.cfg.describe.enabled else [])
-    if not wanted:
+    refuse_unless_ready(preflight, wanted)
+
+
+def refuse_unless_ready(preflight, components: list[str] | None = None) -> None:
+    """Run the check of `components` (default: all); the table and exit 2 if any fails."""
+    from faithcase.preflight import check_table, refusal
+
+    if components == []:
         return
-    checks = preflight.run(wanted)
+    checks = preflight.run(components)
     if preflight.failed:
         console.print(check_table(checks, "faithcase check (before the run)"))
         raise refusal(checks)
