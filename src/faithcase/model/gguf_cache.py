@@ -19,13 +19,15 @@ import shutil
 from functools import lru_cache
 from pathlib import Path
 
+from faithcase.run.paths import cache_dir
+
 CACHE_ENV = "FAITHCASE_CACHE"
 COMPLETE = "faithcase-complete"
 FORMAT = 1
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "faithcase") / "gguf"
+    return cache_dir() / "gguf"
 
 
 def cache_folder(file: Path) -> Path:

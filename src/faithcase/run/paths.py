@@ -47,3 +47,10 @@ def _resolve_package_path(rest: str) -> Path:
         raise FaithcaseError(f"Path spec 'pkg:{rest}' names no package; use pkg:<package>/<path>.")
     folder = package_folder(package)
     return folder / relative if relative else folder
+
+
+def cache_dir() -> Path:
+    """faithcase's own cache folder: $FAITHCASE_CACHE, default ~/.cache/faithcase."""
+    import os
+
+    return Path(os.environ.get("FAITHCASE_CACHE") or Path.home() / ".cache" / "faithcase")
