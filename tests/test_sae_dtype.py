@@ -228,3 +228,29 @@ def test_measured_slowdown_is_a_real_ratio_kept_per_machine(monkeypatch, tmp_pat
     monkeypatch.setenv(HALF_MATMUL_ENV, "sometimes")
     with pytest.raises(FaithcaseError, match="fast or slow"):
         half_matmul_slowdown(torch.bfloat16)
+
+
+def test_input_unit_norm_override_standardizes_and_changes_the_fingerprint(tmp_path):
+    from faithcase.saes.model import standardize
+
+    folder = write_batchtopk(tmp_path / "sae", "float32")  # the converter's config: no unit norm
+    plain = Runtime(run_config(tmp_path, folder))
+    normed = Runtime(run_config(tmp_path, folder, **{"sae1.input_unit_norm": True}))
+    assert plain.sae("sae1").input_unit_norm is False
+    assert normed.sae("sae1").input_unit_norm is True and normed.sae("sae2").input_unit_norm is False
+    x = inputs()
+    expected, _ = batchtopk_reference(weights(), standardize(x)[0], torch.float32)
+    torch.testing.assert_close(normed.sae("sae1").encode(x), expected, atol=1e-5, rtol=0)
+    assert plain.resource_key("saes") != normed.resource_key("saes")
+
+
+def test_a_high_fvu_names_input_normalisation_and_the_setting_to_try():
+    from types import SimpleNamespace
+
+    from faithcase.config import ScanConfig
+    from faithcase.saes.load_check import load_warnings
+
+    sae = SimpleNamespace(activation="relu", k=None, d_sae=100, input_unit_norm=False)
+    [warning] = load_warnings("sae2", sae, fvu=3.2, l0=1.0, settings=ScanConfig(), hook=None)
+    assert "most likely input normalisation" in warning
+    assert "try `input_unit_norm: true` in its config entry" in warning
