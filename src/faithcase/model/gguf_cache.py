@@ -19,9 +19,8 @@ import shutil
 from functools import lru_cache
 from pathlib import Path
 
-from faithcase.run.paths import cache_dir
+from faithcase.run.paths import CACHE_ENV, cache_dir  # noqa: F401 - CACHE_ENV for callers
 
-CACHE_ENV = "FAITHCASE_CACHE"
 COMPLETE = "faithcase-complete"
 FORMAT = 1
 

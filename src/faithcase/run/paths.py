@@ -49,8 +49,11 @@ def _resolve_package_path(rest: str) -> Path:
     return folder / relative if relative else folder
 
 
+CACHE_ENV = "FAITHCASE_CACHE"
+
+
 def cache_dir() -> Path:
     """faithcase's own cache folder: $FAITHCASE_CACHE, default ~/.cache/faithcase."""
     import os
 
-    return Path(os.environ.get("FAITHCASE_CACHE") or Path.home() / ".cache" / "faithcase")
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "faithcase")

@@ -27,7 +27,7 @@ from faithcase.run.errors import FaithcaseError
 from faithcase.numerics.outliers import excluded_positions
 from faithcase.model.tokens import token_texts
 from faithcase.run import shards
-from faithcase.run.machine import dtype_name, policy_key
+from faithcase.run.machine import DtypeChoice, dtype_name, policy_key
 from faithcase.run.paths import resolve_path
 
 RESIDUAL_NORM_BATCHES = 4  # corpus batches that set the unit of the steering scales
@@ -93,8 +93,8 @@ class Runtime:
             if sae_cfg.input_unit_norm is not None:
                 sae = replace(sae, input_unit_norm=sae_cfg.input_unit_norm)
             if sae.dtype_note and sae_cfg.dtype == "auto":
-                self.console.print(f"{key} declares {dtype_name(sae.declared_dtype)}; computing "
-                                   f"in {dtype_name(sae.dtype)} ({sae.dtype_note})")
+                choice = DtypeChoice(sae.declared_dtype, sae.dtype, sae.dtype_note)
+                self.console.print(choice.describe(key))
             _check_finite_encoder(key, sae)
             for other_key, other in self._saes.items():
                 check_compatible(other, sae)
