@@ -70,13 +70,18 @@ sae2: {path: pkg:faithcase/demo/bundle/sae_seed49}
 corpus:
   source: pkg:faithcase/demo/bundle/corpus_heldout.jsonl.gz
   seq_len: 64
-  max_tokens: 20000
-pairs: {n_pairs: 2, n_stratified: 4, strata: 4}
-explain: {scales: [0.5, 1.0, 2.0, 4.0], skip_lowest: 0, max_new_tokens: 12, n_samples: 1, n_null: 8}
+  max_tokens: 4096
+match: {encoder: false}  # the encoder assignment: test_overlap.py, test_matrix.py
+pairs: {n_pairs: 2, n_stratified: 2, strata: 2}
+explain: {scales: [1.0, 4.0], skip_lowest: 0, max_new_tokens: 8, n_samples: 0, n_null: 4}
 windows: {n_negative: 20}
-describe: {n_windows: 4, max_new_tokens: 12}
+describe: {kinds: [best], n_windows: 2, max_new_tokens: 8}
 embed: {min_activating: 5, min_non_activating: 5}  # the tiny corpus: delphi's 200 / 50 score nothing
+assemble: {n_bootstrap: 100}
 """
+# The smallest run that still exercises every stage: 64 sequences (every best feature scored),
+# 2 pairs per group and 2 stratified (16 features), 2 steering scales and 4 null directions, no
+# sampled texts, the window explainer on the best pairs only (2 windows, 8 tokens).
 
 
 def tiny_config(**sections) -> str:
@@ -118,3 +123,41 @@ def copy_of_tiny_run(tiny_run, tmp_path):
     shutil.copy(root / "tiny.yaml", tmp_path / "tiny.yaml")
     shutil.copytree(root / "outputs", tmp_path / "outputs")
     return tmp_path, tmp_path / "outputs" / "tiny"
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+
+
+def browser_or_skip():
+    """Skip without headless Chromium; under CI, fail (`make test` installs it)."""
+    from pathlib import Path
+
+    if Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file():
+        return
+    reason = "chromium/chromedriver not installed (apt-get install -y chromium chromium-driver)"
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; required under CI")
+    pytest.skip(reason)
+
+
+@pytest.fixture
+def driver(tmp_path):
+    """A headless Chromium (selenium) for the reports' browser tests."""
+    browser_or_skip()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--no-first-run", f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1400,2000",
+                 "--hide-scrollbars"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    chrome = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    try:
+        yield chrome
+    finally:
+        chrome.quit()

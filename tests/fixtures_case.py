@@ -10,12 +10,12 @@ from typing import Any
 from faithcase.window_artifacts import DescribeArtifact, WindowExplanation
 from faithcase.artifacts import (
     CRITERIA,
-    EXPLAINERS,
     AgreementTable,
     Assignment,
     Context,
     Document,
     EmbedArtifact,
+    ExplainerRecord,
     ExplainArtifact,
     ExplainBaseline,
     ExplainSettings,
@@ -42,7 +42,15 @@ from faithcase.artifacts import (
     WindowsArtifact,
 )
 from faithcase.run.store import write_artifact
-from faithcase.stages.embed import top_token_explanation
+from faithcase import plugins
+from faithcase.numerics.explanation_checks import peak_tokens
+
+EXPLAINERS = tuple(e.name for e in plugins.explainers())  # the built-ins: self, window, baseline, null
+
+
+def top_token_explanation(feature: FeatureWindows, n_tokens: int = 3) -> str | None:
+    """The top-token baseline's text, as explainers/baseline.py writes it."""
+    return ", ".join(peak_tokens(feature.windows.get("max", []), n_tokens)) or None
 
 # (kind, rank, index1, index2, decoder similarity)
 PAIRS = [
@@ -262,7 +270,11 @@ def make_embed(pairs: PairsArtifact, windows: dict[str, WindowsArtifact]) -> Emb
                                    else round(0.2 + p.similarity / 2, 3)) for p in pairs.all_pairs()]
     return EmbedArtifact(meta=Meta(stage="embed", fingerprint="fp-embed"), embedder="mini",
                          query_template="Query: {explanation}", features=features, pairs=similarities,
-                         nulls=nulls, templates={"{explanation}": 0.51, "Query:{explanation}": 0.5})
+                         explainers={e.name: ExplainerRecord(
+                             doc=e.doc, control=e.control,
+                             record={"partners": nulls} if e.name == "null" else {})
+                             for e in plugins.explainers()},
+                         templates={"{explanation}": 0.51, "Query:{explanation}": 0.5})
 
 
 def make_case_artifacts() -> CaseArtifacts:

@@ -43,3 +43,12 @@ def write_batchtopk(folder: Path, W_dec: torch.Tensor, W_enc: torch.Tensor | Non
 
 
 WRITERS = {"saelens": write_saelens, "sparsify": write_sparsify, "batchtopk": write_batchtopk}
+
+
+def planted_decoders(seed=0, noise=0.01):
+    """Decoder 2 = decoder 1 with rows permuted plus a little noise; returns (W1, W2, perm)."""
+    g = torch.Generator().manual_seed(seed)
+    W1 = torch.nn.functional.normalize(torch.randn(D_SAE, D_IN, generator=g), dim=-1)
+    perm = torch.randperm(D_SAE, generator=g)
+    W2 = W1[perm] + noise * torch.randn(D_SAE, D_IN, generator=g)
+    return W1, W2, perm

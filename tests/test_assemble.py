@@ -11,20 +11,21 @@ from statistics import fmean
 import numpy as np
 import orjson
 import pytest
-from fixtures_case import FAILED, N_TOKENS, NONE_AUROC, PAIRS, SILENT, make_case_artifacts
+from fixtures_case import (EXPLAINERS, FAILED, N_TOKENS, NONE_AUROC, PAIRS, SILENT,
+                           make_case_artifacts, top_token_explanation)
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
-from faithcase.artifacts import CRITERIA, EXPLAINERS, PAIR_KINDS, SAE_KEYS
+from faithcase.artifacts import CRITERIA, PAIR_KINDS, SAE_KEYS
 from faithcase.run.errors import FaithcaseError
 from faithcase.stages.assemble import assemble, check_complete, read_case_study, write_case_study
-from faithcase.stages.embed import top_token_explanation
 from faithcase.numerics.statistics import spearman
 
-# what researchers read in case_study.json, and the names the one `eleuther` replaced
+# what researchers read in case_study.json, and the names retired for one field per number
 RESEARCHER_KEYS = {"kind", "rank", "similarity", "indices", "self_explanations", "eleuthers",
                    "windows"}
 RETIRED_KEYS = {"cross_eleuthers", "controls", "own_auroc", "cross_auroc", "own", "partner"}
+RETIRED_PAIR_KEYS = RETIRED_KEYS | {"eleuther", "window_explanations", "window_eleuthers"}
 
 
 @pytest.fixture
@@ -63,13 +64,27 @@ def query_text(arts, explanation_of: str, feature: int, explainer: str) -> str:
     if explainer == "baseline":
         return top_token_explanation(arts.windows[explanation_of].features[str(feature)])
     if explainer == "null":
-        feature = arts.embed.nulls[explanation_of][str(feature)]
+        feature = arts.embed.explainers["null"].record["partners"][explanation_of][str(feature)]
     return explained[str(feature)].explanations[0]
 
 
 def mean(values):
     values = [v for v in values if v is not None]
     return fmean(values) if values else None
+
+
+def grid(entry) -> dict:
+    """An entry's AUROCs as [documents_of][explanation_of][explainer], rebuilt from its one field
+    per number: `eleuthers` (self, own) and `aurocs[explainer][own|cross]` (the rest)."""
+    out = {docs: {of: {} for of in SAE_KEYS} for docs in SAE_KEYS}
+    for slot, docs in enumerate(SAE_KEYS):
+        out[docs][docs]["self"] = entry["eleuthers"][slot]
+        for name, sides in entry["aurocs"].items():
+            for side, values in sides.items():
+                of = docs if side == "own" else SAE_KEYS[1 - slot]
+                assert name not in out[docs][of], "an AUROC said twice"
+                out[docs][of][name] = values[slot]
+    return out
 
 
 def walk(tree, depth: int):
@@ -86,9 +101,11 @@ def test_researchers_keys_are_there_and_the_old_names_are_gone(written):
     entries, summary = written
     assert isinstance(entries, list) and len(entries) == len(PAIRS)
     for entry in entries:
-        assert RESEARCHER_KEYS <= set(entry) and not RETIRED_KEYS & set(entry)
-        paths = [path for path, _ in walk(entry["eleuther"], 3)]
+        assert RESEARCHER_KEYS <= set(entry) and not RETIRED_PAIR_KEYS & set(entry)
+        paths = [path for path, _ in walk(grid(entry), 3)]
         assert sorted(paths) == sorted(product(SAE_KEYS, SAE_KEYS, EXPLAINERS))
+        assert "own" not in entry["aurocs"]["self"]  # self's own AUROCs are `eleuthers` only
+        assert set(entry["explanations"]) == set(EXPLAINERS) - {"self"}
         for per_sae in entry["windows"]:
             assert set(per_sae) == set(CRITERIA) and all(per_sae.values())
     for group in summary["groups"].values():
@@ -109,7 +126,7 @@ def test_eleuther_is_keyed_by_documents_then_explanation(arts, written):
     checked = 0
     for entry in entries:
         feature = dict(zip(SAE_KEYS, entry["indices"]))
-        for (documents_of, explanation_of, explainer), value in walk(entry["eleuther"], 3):
+        for (documents_of, explanation_of, explainer), value in walk(grid(entry), 3):
             scored = arts.embed.features[documents_of][str(feature[documents_of])]
             score = scored.eleuther[explanation_of][explainer]
             assert score.explanation == query_text(arts, explanation_of, feature[explanation_of],
@@ -119,7 +136,11 @@ def test_eleuther_is_keyed_by_documents_then_explanation(arts, written):
             assert value == (None if expected is None else pytest.approx(expected, abs=1e-12))
             checked += expected is not None
         # the researchers' eleuthers: each SAE's self-explanation on its own feature's documents
-        assert entry["eleuthers"] == [entry["eleuther"][sae][sae]["self"] for sae in SAE_KEYS]
+        assert entry["eleuthers"] == [recorded_auroc(arts, sae, feature[sae], sae, "self")
+                                      if recorded_auroc(arts, sae, feature[sae], sae, "self")
+                                      is None else pytest.approx(
+                                          recorded_auroc(arts, sae, feature[sae], sae, "self"))
+                                      for sae in SAE_KEYS]
     assert checked > 0
     none_sae, none_feature = NONE_AUROC
     slot = SAE_KEYS.index(none_sae)
@@ -130,7 +151,7 @@ def test_a_swapped_slot_would_be_seen(written):
     """The fixture's scores differ between the slots: a reversed list or a transposed dict fails."""
     entries, _ = written
     entry = next(e for e in entries if None not in e["eleuthers"])
-    values = [value for _, value in walk(entry["eleuther"], 3)]
+    values = [value for _, value in walk(grid(entry), 3)]
     assert len(set(values)) == len(values)
 
 
@@ -270,7 +291,7 @@ def test_reading_a_missing_case_study_says_to_assemble(tmp_path):
 
 @pytest.mark.parametrize("damage", [
     lambda entries: entries[0].update(cross_eleuthers=[0.5, 0.5]),  # an old name
-    lambda entries: entries[0]["eleuther"]["sae1"].update(sae3={}),  # no such SAE
+    lambda entries: entries[0]["aurocs"]["self"].update(sae3={}),  # no such side
     lambda entries: entries[0]["windows"][0]["max"][0].pop("seq_id"),
 ])
 def test_an_invalid_case_study_is_one_error_naming_the_file_and_the_stage(arts, tmp_path, damage):
@@ -328,24 +349,24 @@ def test_the_summary_printer_shows_own_then_cross_means(arts, monkeypatch):
     stage.print_summary(summary)
     cells = {column.header: list(column.cells) for column in printed[0].columns}
     assert cells["group"] == list(PAIR_KINDS)
-    for header, side in (("own self/window/base/null", "own"),
-                             ("cross self/window/base/null", "cross")):
+    for header, side in (("own self/window/baseline/null", "own"),
+                         ("cross self/window/baseline/null", "cross")):
         assert cells[header] == [" / ".join(f"{summary.groups[k].eleuther[side][n]:.2f}"
                                             for n in EXPLAINERS) for k in PAIR_KINDS]
 
 
 def test_window_explanations_and_the_paired_comparison_by_brute_force(arts, written):
-    """case_study.json keeps self_explanations / eleuthers and adds the window explanations; the
+    """case_study.json keeps self_explanations / eleuthers and has the window explanations; the
     summary's comparison is self minus window AUROC over the features both score, recomputed here
     with its bootstrap, resample by resample."""
     entries, summary = written
     for entry in entries:
         i1, i2 = entry["indices"]
-        assert entry["window_explanations"] == [
+        assert entry["explanations"]["window"] == [
             arts.describe.features["sae1"][str(i1)].explanation,
             arts.describe.features["sae2"][str(i2)].explanation]
-        assert entry["window_eleuthers"] == [entry["eleuther"]["sae1"]["sae1"]["window"],
-                                             entry["eleuther"]["sae2"]["sae2"]["window"]]
+        assert entry["aurocs"]["window"]["own"] == [grid(entry)["sae1"]["sae1"]["window"],
+                                                    grid(entry)["sae2"]["sae2"]["window"]]
     rng_seed, n_boot = 0, 2000
     for group, rows in summary["comparison"].items():
         for row in rows:

@@ -10,21 +10,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from sae_writers import D_IN, D_SAE, WRITERS, write_batchtopk, write_saelens
+from sae_writers import D_IN, D_SAE, WRITERS, planted_decoders, write_batchtopk, write_saelens
 
 from faithcase.cli import app
 
 runner = CliRunner()
-
-
-def planted_decoders(seed=0, noise=0.01):
-    """Decoder 2 = decoder 1 with rows permuted plus a little noise; returns (W1, W2, perm)."""
-    g = torch.Generator().manual_seed(seed)
-    W1 = torch.nn.functional.normalize(torch.randn(D_SAE, D_IN, generator=g), dim=-1)
-    perm = torch.randperm(D_SAE, generator=g)
-    W2 = W1[perm] + noise * torch.randn(D_SAE, D_IN, generator=g)
-    return W1, W2, perm
-
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from faithcase.numerics.statistics import paired_comparison
 from faithcase.run.errors import FaithcaseError
 from faithcase.stages.describe import describe
 from faithcase.stages.windows import WindowCollector
-from test_windows import IdentitySAE, batches_of, quantized_corpus, tagged
+from toy_saes import IdentitySAE, batches_of, quantized_corpus, tagged
 
 
 # ---------------------------------------------------------------- the prompt

@@ -9,7 +9,6 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from faithcase.artifacts import (
-    EXPLAINERS,
     Context,
     ExplainArtifact,
     ExplainBaseline,
@@ -31,9 +30,23 @@ from faithcase.stages.embed import (
     documents,
     eleuther,
     embed_case_study,
-    null_partners,
-    top_token_explanation,
 )
+from faithcase import plugins
+from faithcase.explainers import Sources
+from faithcase.explainers import baseline
+from faithcase.explainers.null import null_partners
+
+EXPLAINERS = [e.name for e in plugins.explainers()]
+
+
+def top_token_explanation(feature: FeatureWindows, n_tokens: int = 3) -> str | None:
+    """The baseline explainer's text of one feature (explainers/baseline.py)."""
+    windows = WindowsArtifact(sae="sae1", n_sequences=1, n_tokens=1, seq_len=2, window=2,
+                              excluded_positions=0, quantile_method="",
+                              features={str(feature.feature): feature})
+    sources = Sources(explain=None, windows={"sae1": windows}, describe=None,
+                      settings=EmbedConfig(n_peak_tokens=n_tokens), registry={})
+    return baseline.texts(sources, "sae1")[str(feature.feature)]
 
 DOGS = [
     "My dog loves to chase the ball in the park.",
@@ -217,7 +230,7 @@ def test_case_study_scores_self_baseline_null_own_and_across(embedder: Embedder)
     own1, own2 = one.eleuther["sae1"], two.eleuther["sae2"]
     assert own1["self"].explanation == "dogs and puppies" and own1["self"].auroc > 0.9
     assert own1["baseline"].explanation == "dog" and own2["baseline"].explanation == "tax"
-    null_of = result.nulls["sae1"]["10"]
+    null_of = result.explainers["null"].record["partners"]["sae1"]["10"]
     assert null_of == 30 and own1["null"].explanation == "mixed"  # the only other feature of sae1
     # SAE 1's explanation (dogs) on SAE 2's documents (activating: OTHER): below chance
     cross = two.eleuther["sae1"]
@@ -255,7 +268,8 @@ def test_the_embed_printer_reads_each_slot(monkeypatch) -> None:
 
     docs = [{"text": "a", "label": 1}]
     artifact = EmbedArtifact.model_validate({
-        "embedder": "m", "query_template": "{explanation}", "pairs": [], "nulls": {},
+        "embedder": "m", "query_template": "{explanation}", "pairs": [],
+        "explainers": {n: {"doc": n, "control": False} for n in EXPLAINERS},
         "features": {"sae1": {"1": {"feature": 1, "documents": docs,
                                     "eleuther": {"sae1": scores(0.1), "sae2": scores(0.4)}}},
                      "sae2": {"2": {"feature": 2, "documents": docs,

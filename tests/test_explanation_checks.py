@@ -13,13 +13,12 @@ import numpy as np
 import orjson
 import pytest
 import torch
-from fixtures_case import FAILED, make_case_artifacts
+from fixtures_case import EXPLAINERS, FAILED, make_case_artifacts
 from sklearn.metrics import roc_auc_score
-from test_report import parse
+from html_tree import parse
 from typer.testing import CliRunner
 
 from faithcase.artifacts import (
-    EXPLAINERS,
     PAIR_KINDS,
     SAE_KEYS,
     ActivationSpread,
@@ -443,7 +442,7 @@ def test_known_answer_rate_and_its_null_recomputed_from_windows_and_texts():
     groups = {kind: [(s, f) for p in kept_pairs(arts, kind)
                      for s, f in (("sae1", p.index1), ("sae2", p.index2))] for kind in PAIR_KINDS}
     described = {s: {k: e.explanation for k, e in g.items()} for s, g in arts.describe.features.items()}
-    expected = known_answer_rates(windows, explain_json, arts.embed.nulls, groups, described)
+    expected = known_answer_rates(windows, explain_json, arts.embed.explainers["null"].record["partners"], groups, described)
     rows = checks_rows(render_report(cases, summary, {}, arts.explain))
     for kind, ((rate, n), (null_rate, n_null), (window_rate, n_window)) in expected.items():
         checks = summary.groups[kind].checks
@@ -569,7 +568,7 @@ def test_the_tiny_runs_rules_and_rates_recomputed_from_its_artifacts(tiny_run):
     described = {s: {k: described.get(s, {}).get(k) for k in windows[s]} for s in SAE_KEYS}
     expected = known_answer_rates({s: {k: [Window(**w) for w in f["windows"]["max"]]
                                        for k, f in windows[s].items()} for s in SAE_KEYS},
-                                  explain_json["features"], embed["nulls"], groups, described)
+                                  explain_json["features"], embed["explainers"]["null"]["record"]["partners"], groups, described)
     html = (out / "report" / "index.html").read_text()
     rows = checks_rows(html)
     for kind, ((rate, n), (null_rate, n_null), (window_rate, n_window)) in expected.items():

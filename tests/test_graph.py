@@ -162,12 +162,10 @@ def test_a_damaged_ledger_reruns_and_bad_declarations_are_errors(toy, tmp_path):
         Graph([Stage("y", lambda job: 0, ("nope",))], hasher=fingerprint)
 
 
-def test_a_second_writer_waits_for_the_lock_or_fails_at_once(tmp_path):
+def test_a_second_writer_waits_for_the_lock(tmp_path):
+    """Waiting; failing at once instead (--no-wait): test_run_folder, through the command."""
     messages: list[str] = []
     with RunLock(tmp_path):
-        with pytest.raises(FaithcaseError, match=rf"pid {os.getpid()}.*--no-wait"):
-            with RunLock(tmp_path, wait=False):
-                pass
         order: list[str] = []
 
         def second():

@@ -97,10 +97,12 @@ def test_stages_import_no_other_stage_and_the_machinery_imports_no_stage():
         own = f"faithcase.stages.{path.stem}"
         others = {n for n in _imports(path) if n.startswith("faithcase.stages.") and n != own}
         assert not others, f"{path.name} imports {others}"
-    for package in ("model", "run", "saes", "numerics", "render"):
+    for package in ("model", "run", "saes", "numerics", "render", "explainers", "scores"):
         for path in sorted((SRC / package).rglob("*.py")):
             stages_used = {n for n in _imports(path) if n.startswith("faithcase.stages")}
             assert not stages_used, f"{package}/{path.name} imports {stages_used}"
+    plugins_used = {n for n in _imports(SRC / "plugins.py") if n.startswith("faithcase.stages")}
+    assert not plugins_used
 
 
 def _module_graph() -> dict[str, set[str]]:
@@ -220,3 +222,11 @@ def test_faithcase_config_prints_each_key_with_its_description():
     assert unknown.exit_code == 2 and "sections:" in unknown.output
     help_text = runner.invoke(app, ["config", "--help"], env={"COLUMNS": "200"}).output
     assert "docs/configuration.md" in help_text
+
+
+def test_test_modules_import_no_other_test_module():
+    """Shared helpers live in conftest.py or a helper module, never in another test module."""
+    tests = Path(__file__).parent
+    for path in sorted(tests.glob("test_*.py")):
+        others = {n for n in _imports(path) if n.split(".")[0].startswith("test_")}
+        assert not others, f"{path.name} imports {others}"

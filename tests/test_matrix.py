@@ -1,12 +1,16 @@
 """faithcase matrix: many SAEs in one config, every pair matched (against FaithfulSAE's
-feat_match.py computation with scipy) and compared on one corpus pass (against brute force from
-the encoded activations); bad input is one line and exit 2."""
+feat_match.py computation with scipy, and Paulo & Belrose's encoder + decoder one) and compared on
+one corpus pass (against brute force from the encoded activations); in how many of the others
+each latent has a shared partner (against a brute-force count); bad input is one line, exit 2."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -25,19 +29,21 @@ from faithcase.run.paths import resolve_path
 from faithcase.saes import SAE
 from faithcase.stages.matrix import matrix, matrix_order
 
-from conftest import TINY_CONFIG, faithcase_cli
-from test_scan import D_IN, D_SAE, K, batches, corpus
+from conftest import TINY_CONFIG
+from overlap_reference import sae_overlap
+from toy_saes import D_IN, D_SAE, K, batches, corpus
 
 BUNDLE = "pkg:faithcase/demo/bundle"
 
 
 def related_sae(base: torch.Tensor, noise: float, seed: int, hook: str = "blocks.3.hook_resid_pre"):
     """A TopK SAE whose decoder is `base` permuted and perturbed: matched cosines spread over
-    [0, 1] as noise grows."""
+    [0, 1] as noise grows; its encoder likewise, with its own (larger) noise."""
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(D_SAE, generator=g)
     W_dec = torch.nn.functional.normalize(base[perm] + noise * torch.randn(D_SAE, D_IN, generator=g), dim=-1)
-    return SAE(W_enc=W_dec.T.contiguous(), b_enc=torch.zeros(D_SAE), W_dec=W_dec, b_dec=torch.zeros(D_IN),
+    W_enc = base[perm] + 1.3 * noise * torch.randn(D_SAE, D_IN, generator=g)
+    return SAE(W_enc=W_enc.T.contiguous(), b_enc=torch.zeros(D_SAE), W_dec=W_dec, b_dec=torch.zeros(D_IN),
                activation="topk", k=K, hook_name=hook)
 
 
@@ -69,12 +75,18 @@ def test_matrix_against_feat_match_and_brute_force_agreement(four_saes):
     assert result.order == ["faithful_42", "faithful_49", "web_42", "web_49"]  # dataset, then seed
     kept = resid[counted_positions(excluded, tokens.shape)].float()
     acts = {name: sae.encode(kept).double().numpy() for name, sae in saes.items()}
-    shared = []
+    shared, both = [], []
     for a, b in itertools.combinations(result.order, 2):
         pair = result.pair(a, b)
         rows, cols, ratio, top1_ab, top1_ba = feat_match(saes[a].W_dec.double().numpy(),
                                                          saes[b].W_dec.double().numpy(), 0.7)
         assert pair.shared_ratio == pytest.approx(ratio, abs=1e-12)
+        second = sae_overlap(*(saes[n].W_enc.T.double().numpy() for n in (a, b)),
+                             *(saes[n].W_dec.double().numpy() for n in (a, b)))
+        assert (pair.paulo_belrose, pair.agreement) == pytest.approx(
+            (second["paulo_belrose"], second["agreement"]), abs=1e-12)
+        assert pair.encoder_certified and pair.encoder_reason is None
+        both.append(pair.paulo_belrose)
         assert (pair.top1_ratio_ab, pair.top1_ratio_ba) == pytest.approx((top1_ab, top1_ba), abs=1e-12)
         shared.append(ratio)
         pearsons, jaccards = [], []
@@ -92,7 +104,10 @@ def test_matrix_against_feat_match_and_brute_force_agreement(four_saes):
         assert result.tables["shared_ratio"][i][j] == result.tables["shared_ratio"][j][i] == pair.shared_ratio
         assert result.tables["top1_ratio"][i][j] == pair.top1_ratio_ab  # column b's features
         assert result.tables["top1_ratio"][j][i] == pair.top1_ratio_ba
+        assert result.tables["paulo_belrose"][j][i] == pair.paulo_belrose
+        assert result.tables["agreement"][i][j] == pair.agreement
     assert len(set(shared)) > 1 and max(shared) > 0  # the decoders spread over the threshold
+    assert all(p <= s for p, s in zip(both, shared)) and 0 < sum(both) < sum(shared)
     assert all(result.tables["shared_ratio"][i][i] is None for i in range(4))
     groups = {g.group: g for g in result.groups}
     assert list(groups) == ["within faithful", "within web", "cross-dataset"]
@@ -100,6 +115,79 @@ def test_matrix_against_feat_match_and_brute_force_agreement(four_saes):
     cross = [p for p in result.pairs if p.group == "cross-dataset"]
     assert groups["cross-dataset"].shared_ratio == pytest.approx(np.mean([p.shared_ratio for p in cross]))
     assert groups["within faithful"].shared_ratio > groups["within web"].shared_ratio
+    assert groups["cross-dataset"].paulo_belrose == pytest.approx(np.mean([p.paulo_belrose for p in cross]))
+
+
+def brute_force_overlap(saes: dict, threshold: float = 0.7) -> dict[str, dict[str, list[int]]]:
+    """Per SAE and definition: its latents by the number of other SAEs where scipy's assignments
+    (decoder; encoder and decoder) give it a shared partner, counted one latent at a time."""
+    found = {d: {} for d in ("faithfulsae", "paulo_belrose")}
+    for s in saes:
+        counts = {d: [0] * D_SAE for d in found}
+        for t in saes:
+            if t == s:
+                continue
+            _, dec_cols, *_ = feat_match(saes[s].W_dec.double().numpy(), saes[t].W_dec.double().numpy(), threshold)
+            _, enc_cols, *_ = feat_match(saes[s].W_enc.T.double().numpy(), saes[t].W_enc.T.double().numpy(),
+                                         threshold)
+            dec = torch.nn.functional.normalize(saes[s].W_dec.double(), dim=-1) @ \
+                torch.nn.functional.normalize(saes[t].W_dec.double(), dim=-1).T
+            enc = torch.nn.functional.normalize(saes[s].W_enc.T.double(), dim=-1) @ \
+                torch.nn.functional.normalize(saes[t].W_enc.T.double(), dim=-1).T
+            for i in range(D_SAE):
+                j, e = dec_cols[i], enc_cols[i]
+                counts["faithfulsae"][i] += bool(dec[i, j] > threshold)
+                counts["paulo_belrose"][i] += bool(e == j and dec[i, j] > threshold and enc[i, e] > threshold)
+        for d in found:
+            found[d][s] = [counts[d].count(k) for k in range(len(saes))]
+    return found
+
+
+def test_in_how_many_others_a_latent_is_shared_against_brute_force(four_saes, capsys):
+    from faithcase.render.plots import overlap_histogram
+    from faithcase.stages.matrix import print_matrix
+
+    saes, metadata = four_saes
+    resid, tokens, excluded = corpus()
+    result = matrix(saes, batches(resid, tokens, excluded, [6]), metadata)
+    expected = brute_force_overlap(saes)
+    overlap = result.overlap
+    assert overlap.n_others == 3 and [e.name for e in overlap.saes] == result.order
+    for entry in overlap.saes:
+        assert entry.n_latents == D_SAE
+        assert entry.faithfulsae == expected["faithfulsae"][entry.name]
+        assert entry.paulo_belrose == expected["paulo_belrose"][entry.name]
+    for d in ("faithfulsae", "paulo_belrose"):
+        assert overlap.total[d] == [sum(expected[d][n][k] for n in saes) for k in range(4)]
+        assert sum(1 for k in range(4) if overlap.total[d][k]) >= 3  # spread over the bins
+    assert overlap.total["faithfulsae"][0] < overlap.total["paulo_belrose"][0]
+    print_matrix(result)
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "in how many of the other 3 SAEs a latent has a shared partner" in printed
+    assert overlap_histogram(overlap)[:4] == b"\x89PNG"
+
+
+def test_an_sae_without_encoder_directions_gives_the_decoder_definition_only(four_saes, capsys):
+    from dataclasses import replace
+
+    from faithcase.render.plots import overlap_histogram
+    from faithcase.stages.matrix import print_matrix
+
+    saes, metadata = four_saes
+    blank = replace(saes["web_42"], W_enc=torch.zeros(D_IN, D_SAE))
+    resid, tokens, excluded = corpus()
+    result = matrix({"a": saes["faithful_42"], "b": saes["faithful_49"], "blank": blank},
+                    batches(resid, tokens, excluded, [6]))
+    assert result.pair("a", "b").paulo_belrose is not None
+    for other in ("a", "b"):
+        pair = result.pair(other, "blank")
+        assert (pair.paulo_belrose, pair.agreement) == (None, None) and pair.shared_ratio > 0
+        assert pair.encoder_reason == "blank: every encoder direction is zero or non-finite"
+    assert result.overlap.total["paulo_belrose"] is None and result.overlap.saes[0].paulo_belrose is None
+    assert "blank: every encoder direction" in result.overlap.encoder_reason
+    print_matrix(result)
+    assert "decoder definition only: blank: every encoder direction" in " ".join(capsys.readouterr().out.split())
+    assert overlap_histogram(result.overlap)[:4] == b"\x89PNG"
 
 
 def test_matrix_errors(four_saes):
@@ -195,29 +283,56 @@ DEMO_FOUR = {"faithful_42": {"path": f"{BUNDLE}/sae_seed42", "seed": 42, "datase
              "external_49": {"path": f"{BUNDLE}/sae_external_seed49", "seed": 49, "dataset": "external"}}
 
 
+def start_cli(*args, cwd) -> subprocess.Popen:
+    """`faithcase ARGS` started in a subprocess (offline), left to run while the test computes."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen([sys.executable, "-m", "faithcase.cli", *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
 @pytest.mark.timeout(900)
 def test_faithcase_matrix_on_the_demos_four_saes(tmp_path):
     """The command prints and saves the 4 x 4 tables; every shared and top-1 ratio is feat_match.py's
-    (scipy) on the same decoders."""
+    (scipy) on the same decoders, and the faithful pair's encoder + decoder numbers sae_overlap's.
+    The references are computed while the command runs."""
     from faithcase.saes import load_sae
 
     _tiny_many(tmp_path, DEMO_FOUR, run_name="four")
-    done = faithcase_cli("matrix", "--config", "many.yaml", cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+    command = start_cli("matrix", "--config", "many.yaml", cwd=tmp_path)
+    try:
+        order = ["external_42", "external_49", "faithful_42", "faithful_49"]
+        saes = {name: load_sae(resolve_path(DEMO_FOUR[name]["path"])) for name in order}
+        decoders = {name: sae.W_dec.float().numpy() for name, sae in saes.items()}
+        expected = {(a, b): feat_match(decoders[a], decoders[b], 0.7)[2:]
+                    for a, b in itertools.combinations(order, 2)}
+        faithful = ("faithful_42", "faithful_49")
+        second = sae_overlap(*(saes[n].W_enc.T.double().numpy() for n in faithful),
+                             *(saes[n].W_dec.double().numpy() for n in faithful))  # the second paper's
+        stdout, stderr = command.communicate(timeout=900)
+    finally:
+        command.kill()
+    assert command.returncode == 0, stderr[-3000:]
     folder = tmp_path / "outputs" / "four"
     result = MatrixArtifact.model_validate_json((folder / MATRIX_FILE).read_text())
-    assert result.order == ["external_42", "external_49", "faithful_42", "faithful_49"]
-    for name in ("shared_ratio", "top1_ratio", "mean_similarity", "mean_pearson", "mean_jaccard", "share_pearson"):
+    assert result.order == order
+    for name in ("shared_ratio", "paulo_belrose", "agreement", "top1_ratio", "mean_similarity", "mean_pearson",
+                 "mean_jaccard", "share_pearson", "overlap"):
         assert (folder / f"matrix_{name}.png").read_bytes()[:4] == b"\x89PNG"
+        if name == "overlap":
+            continue
         table = result.tables[name]
         assert len(table) == 4 and all(len(row) == 4 and row[i] is None for i, row in enumerate(table))
-    printed = " ".join(done.stdout.split())
+    printed = " ".join(stdout.split())
     assert "shared_ratio:" in printed and "seed stability by dataset" in printed and "cross-dataset" in printed
-    decoders = {name: load_sae(resolve_path(entry["path"])).W_dec.float().numpy()
-                for name, entry in DEMO_FOUR.items()}
+    assert "paulo_belrose:" in printed and "in how many of the other 3 SAEs" in printed
     for pair in result.pairs:
-        _, _, ratio, top1_ab, top1_ba = feat_match(decoders[pair.a], decoders[pair.b], 0.7)
         assert (pair.shared_ratio, pair.top1_ratio_ab, pair.top1_ratio_ba) == pytest.approx(
-            (ratio, top1_ab, top1_ba), abs=1e-12), (pair.a, pair.b)
-        assert pair.certified and pair.n_matched == 4608
-        assert f"{pair.shared_ratio:.3f}" in printed
+            expected[(pair.a, pair.b)], abs=1e-12), (pair.a, pair.b)
+        assert pair.certified and pair.n_matched == 4608 and pair.encoder_certified
+        assert f"{pair.shared_ratio:.3f}" in printed and f"{pair.paulo_belrose:.3f}" in printed
+        assert pair.paulo_belrose <= pair.shared_ratio and 0 < pair.agreement <= 1
+    pair = result.pair(*faithful)
+    assert (pair.paulo_belrose, pair.agreement) == pytest.approx((second["paulo_belrose"], second["agreement"]),
+                                                                 abs=1e-12)
+    overlap = {e.name: e for e in result.overlap.saes}
+    assert all(sum(e.faithfulsae) == sum(e.paulo_belrose) == e.n_latents == 4608 for e in overlap.values())

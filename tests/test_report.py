@@ -5,75 +5,19 @@ from __future__ import annotations
 import base64
 import os
 from html import escape
-from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from fixtures_case import make_case_artifacts
+from fixtures_case import EXPLAINERS, make_case_artifacts
+from html_tree import Node, TreeParser, parse
 
-from faithcase.artifacts import CRITERIA, EXPLAINERS, SAE_KEYS
+from faithcase.artifacts import CRITERIA, SAE_KEYS
 from faithcase.stages.assemble import assemble
 from faithcase.render.plots import decoder_vs_agreement, make_plots
 from faithcase.stages.report import build_report, render_report, report_files
 
-VOID_TAGS = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
-
-
-class Node:
-    def __init__(self, tag: str, attrs: dict[str, str | None], parent: Node | None):
-        self.tag, self.attrs, self.parent = tag, attrs, parent
-        self.children: list[Node | str] = []
-
-    @property
-    def classes(self) -> set[str]:
-        return set((self.attrs.get("class") or "").split())
-
-    def text(self) -> str:
-        return "".join(c if isinstance(c, str) else c.text() for c in self.children)
-
-    def find_all(self, tag: str | None = None, cls: str | None = None) -> list[Node]:
-        found = []
-        for child in self.children:
-            if isinstance(child, Node):
-                if (tag is None or child.tag == tag) and (cls is None or cls in child.classes):
-                    found.append(child)
-                found += child.find_all(tag, cls)
-        return found
-
-
-class TreeParser(HTMLParser):
-    """A strict tree builder: every non-void element must be closed in order."""
-
-    def __init__(self):
-        super().__init__(convert_charrefs=True)
-        self.root = Node("#root", {}, None)
-        self.current = self.root
-        self.urls: list[str] = []
-
-    def handle_starttag(self, tag, attrs):
-        attrs = dict(attrs)
-        self.urls += [v for k, v in attrs.items() if k in ("src", "href") and v is not None]
-        node = Node(tag, attrs, self.current)
-        self.current.children.append(node)
-        if tag not in VOID_TAGS:
-            self.current = node
-
-    def handle_endtag(self, tag):
-        assert tag == self.current.tag, f"</{tag}> closes <{self.current.tag}>"
-        self.current = self.current.parent
-
-    def handle_data(self, data):
-        self.current.children.append(data)
-
-
-def parse(html: str) -> TreeParser:
-    parser = TreeParser()
-    parser.feed(html)
-    parser.close()
-    assert parser.current is parser.root, f"unclosed <{parser.current.tag}>"
-    return parser
 
 
 @pytest.fixture(scope="module")
@@ -180,7 +124,7 @@ def test_summary_tables_evidence_and_sweeps(rendered):
 
 def test_each_feature_shows_its_own_and_cross_aurocs(rendered):
     """A feature's metrics: own = its documents by its own SAE's explanations, cross = by its
-    partner's, read from eleuther[documents_of][explanation_of][explainer]."""
+    partner's (case.auroc, checked against embed.json in test_assemble)."""
     cases, _, _, html = rendered
     tree = parse(html)
 
@@ -190,15 +134,15 @@ def test_each_feature_shows_its_own_and_cross_aurocs(rendered):
     for case in cases:
         features = pair_node(tree, case.kind, case.rank).find_all("div", "feature")
         for slot, feature in enumerate(features):
-            docs, partner = SAE_KEYS[slot], SAE_KEYS[1 - slot]
-            own, cross = case.eleuther[docs][docs], case.eleuther[docs][partner]
+            own = {n: case.auroc("own", n)[slot] for n in EXPLAINERS}
+            cross = {n: case.auroc("cross", n)[slot] for n in EXPLAINERS}
             metrics_div = feature.find_all("div", "metrics")[0]
             spans = [m for m in metrics_div.children if isinstance(m, Node)]
             metrics = {m.find_all("em")[0].text(): m.text()[len(m.find_all("em")[0].text()):]
                        for m in spans}
             assert metrics["own AUROC"] == shown(own["self"]) == shown(case.eleuthers[slot])
             assert metrics["cross AUROC"] == shown(cross["self"])
-            for label, scores in (("baseline · null", own), ("cross b · n", cross)):
+            for label, scores in (("baseline · null", own), ("cross baseline · null", cross)):
                 assert metrics[label] == f"{shown(scores['baseline'])} · {shown(scores['null'])}"
 
 

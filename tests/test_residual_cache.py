@@ -18,12 +18,12 @@ from faithcase.run.runtime import Runtime
 from conftest import tiny_config
 
 SMALL = tiny_config(
-    run_name="small", corpus={"max_tokens": 2560, "batch_size": 16},
+    run_name="small", corpus={"max_tokens": 1536, "batch_size": 8},
     pairs={"n_pairs": 1, "n_stratified": 0, "require_firing": False},
     explain={"scales": [1.0, 2.0], "max_new_tokens": 4, "n_samples": 0, "n_null": 2},
-    windows={"n_negative": 5, "top": 2},
+    windows={"n_negative": 5, "top": 2}, describe=False,  # no corpus pass of its own
     embed={"min_activating": 1, "min_non_activating": 1, "compare_templates": False})
-N_BATCHES = 3  # 2560 tokens in sequences of 64, 16 per batch
+N_BATCHES = 3  # 1536 tokens in sequences of 64, 8 per batch
 
 
 @pytest.fixture
@@ -78,7 +78,9 @@ def test_one_model_pass_whether_run_whole_or_stage_by_stage(counted, tmp_path):
     cli(config, tmp_path / "b", "run")
     assert len(counted) == N_BATCHES
     assert sum(counted.checks) <= 9  # the check: a probe sentence and 8 sequences of 64 tokens
-    cli(config, tmp_path / "b", "run", "--set", "pairs.n_pairs=2")  # new pairs: no model pass
+    # new pairs: their features' windows come from the cache, no model pass (the stages after
+    # windows never read the corpus: the whole run above counted one pass)
+    cli(config, tmp_path / "b", "windows", "--set", "pairs.n_pairs=2")
     assert len(counted) == N_BATCHES
     windows = _without_meta(tmp_path / "b" / "windows_sae1.json")
     cli(config, tmp_path / "b", "windows", "--set", "pairs.n_pairs=2", "--force")

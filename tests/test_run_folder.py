@@ -10,8 +10,7 @@ import os
 import pytest
 from typer.testing import CliRunner
 
-from sae_writers import write_batchtopk
-from test_cli import planted_decoders
+from sae_writers import planted_decoders, write_batchtopk
 
 from faithcase.cli import app
 from faithcase.run import store

@@ -10,36 +10,10 @@ from faithcase.artifacts import Assignment
 from faithcase.config import ScanConfig
 from faithcase.run.errors import FaithcaseError
 from faithcase.numerics.outliers import counted_positions
-from faithcase.saes import SAE
 from faithcase.model.hooks import same_site
 from faithcase.stages.scan import load_warnings, scan
 
-D_IN, D_SAE, K = 12, 20, 3
-
-
-def topk_sae(seed: int, **options) -> SAE:
-    g = torch.Generator().manual_seed(seed)
-    W_dec = torch.nn.functional.normalize(torch.randn(D_SAE, D_IN, generator=g), dim=-1)
-    return SAE(W_enc=W_dec.T.contiguous(), b_enc=torch.zeros(D_SAE), W_dec=W_dec, b_dec=0.1 * torch.randn(D_IN, generator=g),
-               activation="topk", k=K, hook_name="blocks.3.hook_resid_pre", **options)
-
-
-def corpus(n_seq: int = 6, length: int = 9, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    resid = torch.randn(n_seq, length, D_IN, generator=g) * 2
-    tokens = torch.randint(0, 50, (n_seq, length), generator=g)
-    excluded = torch.zeros(n_seq, length, dtype=torch.bool)
-    excluded[:, 0] = True
-    excluded[1, 4] = excluded[3, 7] = True  # massive activations
-    return resid, tokens, excluded
-
-
-def batches(resid, tokens, excluded, sizes):
-    start = 0
-    for size in sizes:
-        yield torch.arange(start, start + size), tokens[start:start + size], resid[start:start + size], \
-            excluded[start:start + size]
-        start += size
+from toy_saes import D_IN, D_SAE, K, batches, corpus, topk_sae  # noqa: F401 - test_matrix imports these from here
 
 
 @pytest.fixture

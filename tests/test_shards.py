@@ -20,7 +20,7 @@ from faithcase.numerics.pass_sums import PassSums
 from faithcase.stages.windows import WindowCollector
 
 from conftest import tiny_config
-from test_scan import D_SAE, batches, corpus, topk_sae
+from toy_saes import D_SAE, TopKSAE, batches, corpus, topk_sae
 
 
 def test_compensated_sums_do_not_depend_on_the_order_of_the_partials():
@@ -85,8 +85,6 @@ def test_pass_sums_of_two_shards_merge_to_the_single_pass():
 
 
 def test_window_collectors_of_three_shards_merge_to_the_single_pass():
-    from test_windows import TopKSAE
-
     gen = torch.Generator().manual_seed(5)
     n_seq, length = 18, 40
     resid = torch.randn(n_seq, length, 8, generator=gen)
@@ -117,7 +115,11 @@ def test_window_collectors_of_three_shards_merge_to_the_single_pass():
 def test_two_torchrun_processes_give_the_single_process_run_folder(tmp_path):
     """scan and windows (both corpus passes) on 2 CPU processes (gloo) vs 1 process: `faithcase
     diff` finds no difference. One thread each, so every batch's arithmetic is the same."""
-    config = tiny_config(corpus={"max_tokens": 6000})
+    from typer.testing import CliRunner
+
+    from faithcase.cli import app
+
+    config = tiny_config(corpus={"max_tokens": 2048, "batch_size": 8})  # 4 batches, 2 per rank
     (tmp_path / "tiny.yaml").write_text(config)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "FAITHCASE_THREADS": "1"}
@@ -130,9 +132,8 @@ def test_two_torchrun_processes_give_the_single_process_run_folder(tmp_path):
         assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     assert (tmp_path / "split" / "windows_sae1.json").is_file()
     assert not (tmp_path / "split" / ".cache").exists()  # a shard's pass is never cached
-    done = subprocess.run([*cli, "diff", "single", "split"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and "the runs agree" in done.stdout, done.stdout[-2000:]
+    done = CliRunner().invoke(app, ["diff", str(tmp_path / "single"), str(tmp_path / "split")])
+    assert done.exit_code == 0 and "the runs agree" in done.output, done.output[-2000:]
     shutil.rmtree(tmp_path / "split" / ".shards")
 
 

@@ -13,10 +13,7 @@ from faithcase.config import WindowsConfig
 from faithcase.stages import windows as windows_module
 from faithcase.stages.windows import QUANTILE_METHOD, WindowCollector, collect_windows
 
-
-def tagged(ids: list[int]) -> list[str]:
-    """A stand-in tokenizer: token ids to texts a test can predict."""
-    return [f"<t{i}>" for i in ids]
+from toy_saes import IdentitySAE, TopKSAE, batches_of, quantized_corpus, tagged
 
 
 def top_activated_windows(sae, features, batches, tokenizer=tagged, **settings):
@@ -29,58 +26,7 @@ def top_activated_windows(sae, features, batches, tokenizer=tagged, **settings):
 # ---------------------------------------------------------------- tiny SAE-like encoders
 
 
-class IdentitySAE:
-    """encode(x) = relu(x): feature f's activation is exactly resid[..., f]."""
-
-    def __init__(self, d: int):
-        self.d_sae = d
-
-    def encode(self, x):
-        return torch.relu(x)
-
-
-class TopKSAE:
-    """TopK over relu(x @ W + b): whether a feature survives depends on every pre-activation."""
-
-    def __init__(self, d_in: int, d_sae: int, k: int, seed: int = 0):
-        gen = torch.Generator().manual_seed(seed)
-        self.weight = torch.randn(d_in, d_sae, generator=gen)
-        self.bias = torch.randn(d_sae, generator=gen) * 0.1
-        self.d_sae, self.k = d_sae, k
-
-    def pre(self, x):
-        return torch.relu(x @ self.weight + self.bias)
-
-    def encode(self, x):
-        pre = self.pre(x)
-        top = pre.topk(self.k, dim=-1)
-        return torch.zeros_like(pre).scatter(-1, top.indices, top.values)
-
-
 # ---------------------------------------------------------------- corpora
-
-
-def quantized_corpus(n_seq=9, length=41, d=5, density=0.15, seed=0):
-    """Sparse activations that are multiples of 0.25: float sums are exact and ties are frequent."""
-    rng = np.random.default_rng(seed)
-    acts = rng.integers(1, 9, size=(n_seq, length, d)) * 0.25
-    acts *= rng.random((n_seq, length, d)) < density
-    acts[:, 0] = 7.0  # BOS: never counted
-    tokens = rng.integers(0, 500, size=(n_seq, length))
-    excluded = np.zeros((n_seq, length), dtype=bool)
-    excluded[:, 0] = True
-    return torch.tensor(acts, dtype=torch.float32), torch.tensor(tokens), torch.tensor(excluded)
-
-
-def batches_of(resid, tokens, excluded, sizes, seq_ids=None):
-    seq_ids = torch.arange(len(tokens)) if seq_ids is None else seq_ids
-    out, start = [], 0
-    for size in sizes:
-        sl = slice(start, start + size)
-        out.append((seq_ids[sl], tokens[sl], resid[sl], excluded[sl]))
-        start += size
-    assert start == len(tokens)
-    return out
 
 
 # ---------------------------------------------------------------- brute force (no cleverness)

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from faithcase import __version__
 from faithcase.evidence import (ActivationSpread, Document, ExplanationScore, FeatureChecks,  # noqa
-    Correlation, FeatureScoring, GroupChecks, KnownAnswer, PairedComparison,  # re-exported
+    Correlation, FeatureScoring, GroupChecks, KnownAnswer, PairedComparison, Sensitivity,
     SimilarityNull, UninformativeRule)
 
 PairKind = Literal["best", "worst", "random", "stratified"]
@@ -114,12 +114,26 @@ class Assignment(Model):
     similarity: list[float]
 
 
+class EncoderMatching(Model):
+    """The assignment on unit encoder directions beside the decoder's (numerics/overlap.py); lists
+    align with `Assignment.index1`. Without a usable encoder: `reason`, None elsewhere."""
+    reason: str | None = None
+    faithfulsae: float  # = MatchStats.shared_ratio
+    paulo_belrose: float | None = None  # same partner in both, both cosines > threshold
+    agreement: float | None = None  # share of decoder pairs the encoder assignment also makes
+    mean_similarity: float | None = None  # of the encoder assignment
+    solver: SolverInfo | None = None
+    index2: list[int | None] | None = None  # each feature's encoder partner
+    similarity: list[float | None] | None = None  # and its encoder cosine
+
+
 class Matching(Model):
     """The optimal one-to-one matching of two SAEs' alive features, with the paper's statistics."""
 
     stats: MatchStats
     solver: SolverInfo
     assignment: Assignment
+    encoder: EncoderMatching | None = None  # None: not computed
 
 
 class MatchArtifact(Artifact, Matching):
@@ -334,9 +348,8 @@ class WindowsArtifact(Artifact):
 
 # ---------------------------------------------------------------- embed
 
-# the self-explanation, the window explainer's, the top-token baseline, a null
-Explainer = Literal["self", "window", "baseline", "null"]
-EXPLAINERS: tuple[Explainer, ...] = ("self", "window", "baseline", "null")
+# an explainer's name: self, window, baseline, null, or a plugin's (faithcase.plugins)
+Explainer = str
 SAEKey = Literal["sae1", "sae2"]
 Side = Literal["own", "cross"]  # a feature's documents by its own SAE's explanation / its partner's
 SIDES: tuple[Side, ...] = ("own", "cross")
@@ -362,80 +375,21 @@ class PairSimilarity(Model):
     explanation_similarity: float | None  # cosine of the two explanations' embeddings
 
 
+class ExplainerRecord(Model):
+    """An explainer the embed stage scored: what it is, and what it recorded of its texts (the
+    null: `partners[sae][feature]`, the feature whose self-explanation is the null)."""
+
+    doc: str
+    control: bool  # a reference (baseline, null), not an explainer under test
+    record: dict[str, Any] = {}
+
+
 class EmbedArtifact(Artifact):
     embedder: str
     query_template: str
     features: dict[str, dict[str, ScoredFeature]]  # sae key -> str(feature)
     pairs: list[PairSimilarity]
-    nulls: dict[str, dict[str, int]]  # sae -> str(feature) -> the feature whose explanation is null
+    explainers: dict[str, ExplainerRecord]  # in order: explainers, then controls
     templates: dict[str, float | None] = {}  # query template -> mean own AUROC of self-explanations
     rules: dict[str, Any] = {}  # the scoring rules and what they count
     similarity_null: SimilarityNull | None = None
-
-
-# ---------------------------------------------------------------- assemble
-
-
-class CaseWindow(ActExample):  # a top-activating window in the case study, with where it starts
-    seq_id: int
-    start: int
-
-
-class PairCase(Model):
-    """A selected pair; lists of two are [sae1, sae2]; `eleuther` is keyed documents_of, then
-    explanation_of, then explainer (["sae1"]["sae2"]["self"]: SAE 2's explanation, SAE 1's docs)."""
-
-    kind: PairKind
-    rank: int
-    similarity: float
-    indices: list[int]
-    agreement: PairAgreement
-    silent: list[bool]  # never fires on the corpus: the pair is left out of the group means
-    self_explanations: list[str | None]
-    eleuthers: list[float | None]  # each SAE's self-explanation on its own feature's documents
-    window_explanations: list[str | None] = []  # the window explainer's (describe.json)
-    window_eleuthers: list[float | None] = []  # those on their own feature's documents
-    eleuther: dict[SAEKey, dict[SAEKey, dict[Explainer, float | None]]]
-    explanation_similarity: float | None
-    windows: list[dict[Criterion, list[CaseWindow]]]
-    scales: list[float | None]
-    failed: list[bool]
-    stats: list[FeatureStats]
-    checks: list[FeatureChecks] = []
-
-    def scores(self, side: Side, explainer: Explainer) -> list[float | None]:
-        """[on sae1's documents, on sae2's], by their own SAE's explanation or the partner's."""
-        return [self.eleuther[d][d if side == "own" else o][explainer]
-                for d, o in zip(SAE_KEYS, SAE_KEYS[::-1])]
-
-
-class GroupSummary(Model):
-    n_pairs: int
-    n_left_out: int  # pairs with a feature that never fires
-    n_features: int = 0  # features of the pairs kept (2 per pair)
-    n_scored: int = 0  # of them, those whose documents pass the scoring rules: the AUROC means
-    mean_similarity: float | None
-    mean_pearson: float | None
-    mean_jaccard: float | None
-    eleuther: dict[Side, dict[Explainer, float | None]]  # own|cross -> explainer -> mean AUROC
-    pass_rate: float | None  # share of explanations that pass the self-similarity test
-    mean_explanation_similarity: float | None
-    checks: GroupChecks | None = None
-
-
-class CaseStudySummary(Artifact):
-    model: str
-    hook: str
-    sae1: SAEInfo
-    sae2: SAEInfo
-    match: MatchStats
-    quality: dict[str, SAEQuality]
-    groups: dict[str, GroupSummary]
-    correlations: list[Correlation]
-    failure: dict[str, Any]  # the self-similarity threshold, its source, the null's quantiles
-    templates: dict[str, float | None]
-    rules: dict[str, Any] = {}  # scoring rules, explanation checks, single-token rule
-    similarity_null: SimilarityNull | None = None
-    comparison: dict[str, list[PairedComparison]] = {}  # "all" or a group -> [own, cross]
-    n_left_out: int
-    config: dict[str, Any]

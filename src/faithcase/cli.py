@@ -242,11 +242,14 @@ def run(opts: RunOptions):
 def diff(first: Path, second: Path):
     """Compare the artifacts of two run folders, number by number.
 
-    Timestamps, durations, fingerprints and paths are ignored."""
-    from faithcase.tools.diff import compare_runs
+    Timestamps, durations, fingerprints and paths are ignored; an older layout is read through
+    its renames (listed)."""
+    from faithcase.tools.diff import RENAMES, compare_runs
 
     with user_errors():
         differences = compare_runs(first, second)
+    renames = "; ".join(f"{name}: {', '.join(items)}" for name, items in RENAMES.items())
+    console.print(f"[dim]compared after the layout renames: {renames}[/dim]", soft_wrap=True)
     for line in differences[:50]:
         console.print(line, highlight=False, soft_wrap=True)
     console.print(f"{len(differences)} difference(s)" if differences else "the runs agree")

@@ -90,6 +90,9 @@ class Config(Section):
         "`faithcase matrix` over the `saes` (section matrix)."))
     assemble: AssembleConfig = Field(AssembleConfig(), description=(
         "The case study's statistics (section assemble)."))
+    plugins: list[str] = Field([], description=(
+        "Modules (importable names, or .py files relative to the config) that add an explainer "
+        "(`EXPLAINER`) or a score (`SCORE`); also FAITHCASE_PLUGINS, comma-separated."))
     base_dir: str = Field(".", exclude=True, description=(
         "Set by faithcase: the folder the YAML's relative paths start from."))
 

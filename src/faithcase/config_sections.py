@@ -163,6 +163,9 @@ class MatchConfig(Section):
     solver: Literal["auto", "dense", "sparse"] = Field("auto", description=(
         "dense: scipy on the full similarity matrix; sparse: exact and certified, for large "
         "SAEs; auto: dense up to 4096 × 4096 feature pairs."))
+    encoder: bool = Field(True, description=(
+        "Also match encoder directions (Paulo & Belrose's shared ratio and the encoder/decoder "
+        "agreement); false: the decoder definition only."))
 
 
 class PairsConfig(Section):

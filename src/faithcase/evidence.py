@@ -137,6 +137,22 @@ class GroupChecks(Model):
     n_known_answer_window: int = 0
 
 
+class Sensitivity(Model):
+    """The smallest difference in means a comparison would detect: (z(1 - alpha/2) + z(power))
+    times the standard error of the mean difference (plug-in SDs, as the percentile bootstrap
+    resamples them): a true difference of that size puts the bootstrap 95% interval above 0 with
+    probability `power`. Paired: one difference per item; otherwise two independent groups."""
+
+    comparison: str
+    paired: bool
+    n: int  # items (paired) or the first group's size
+    n_other: int | None = None  # the second group's size (unpaired)
+    standard_error: float | None
+    detectable: float | None  # None: fewer than 2 items in a group
+    power: float = 0.8
+    alpha: float = 0.05
+
+
 class PairedComparison(Model):
     """Self-explanation minus window explanation AUROC on the same documents, over the features
     scored by both: the mean with a bootstrap interval, and the share the self-explanation wins."""

@@ -3,12 +3,23 @@
 
 from __future__ import annotations
 
-from faithcase.artifacts import Artifact, GroupSummary, Model, PairedComparison, SAEQuality
+from faithcase.artifacts import (
+    Artifact,
+    Model,
+    PairedComparison,
+    SAEQuality,
+)
+from faithcase.case_study import GroupSummary
 
 MATRIX_FILE = "matrix.json"
+OVERLAP_PLOT = "matrix_overlap.png"  # the "in how many of the others" histogram
 COMPARISON_FILE, COMPARISON_HTML = "comparison.json", "comparison.html"
 MATRIX_STATISTICS = {  # name -> what it is, as the tables and heatmaps say it
-    "shared_ratio": "share of Hungarian-matched pairs with decoder cosine > threshold",
+    "shared_ratio": "faithfulsae: share of Hungarian-matched pairs with decoder cosine > "
+                    "threshold",
+    "paulo_belrose": "paulo_belrose: share of matched pairs that the encoder assignment also "
+                     "makes, both cosines > threshold",
+    "agreement": "share of decoder-matched pairs that the encoder assignment also makes",
     "top1_ratio": "share of the column SAE's features whose best row-SAE cosine > threshold",
     "mean_similarity": "mean decoder cosine of the matched pairs",
     "mean_pearson": "mean activation Pearson of the matched pairs (both features firing)",
@@ -45,6 +56,13 @@ class MatrixPair(Model):
     mean_pearson: float | None
     mean_jaccard: float | None
     share_pearson: float | None  # share of the n_pearson pairs with Pearson > cutoff
+    # the encoder assignment beside the decoder's (numerics/overlap.py); shared_ratio is the
+    # faithfulsae definition. None, with encoder_reason, where an SAE has no usable encoder
+    paulo_belrose: float | None = None
+    agreement: float | None = None
+    encoder_mean_similarity: float | None = None
+    encoder_certified: bool | None = None
+    encoder_reason: str | None = None
 
 
 class MatrixGroup(Model):
@@ -58,6 +76,28 @@ class MatrixGroup(Model):
     mean_pearson: float | None
     mean_jaccard: float | None
     share_pearson: float | None
+    paulo_belrose: float | None = None
+    agreement: float | None = None
+
+
+class SAEOverlap(Model):
+    """One SAE's alive latents by the number k = 0 .. N-1 of the other SAEs in which each has a
+    shared partner, under each definition (numerics/overlap.py)."""
+
+    name: str
+    n_latents: int  # alive latents (decoder rows not zero, finite)
+    faithfulsae: list[int]  # [k]: latents shared with exactly k others
+    paulo_belrose: list[int] | None  # None where an SAE has no usable encoder
+
+
+class MatrixOverlap(Model):
+    """Many seeds: in how many of the other N-1 SAEs each latent has a shared partner."""
+
+    definitions: dict[str, str]
+    n_others: int  # N - 1
+    encoder_reason: str | None = None  # why paulo_belrose is missing, when it is
+    saes: list[SAEOverlap]
+    total: dict[str, list[int] | None]  # definition -> summed over the SAEs
 
 
 class MatrixArtifact(Artifact):
@@ -74,6 +114,7 @@ class MatrixArtifact(Artifact):
     # top1_ratio[i][j]: share of SAE j's features whose best SAE i cosine is above threshold
     tables: dict[str, list[list[float | None]]]
     groups: list[MatrixGroup]
+    overlap: MatrixOverlap | None = None
 
     def pair(self, a: str, b: str) -> MatrixPair:
         for pair in self.pairs:
@@ -92,6 +133,7 @@ class StudyEntry(Model):
     matrix: MatrixPair
     groups: dict[str, GroupSummary]  # its summary.groups, as its own report shows them
     comparison: dict[str, list[PairedComparison]] = {}  # its summary.comparison
+    explainers: list[str] = []  # the explainers it scored (not the controls), self first
     # per pair kind, over the pairs kept in the group means (both features fire):
     pearson: dict[str, list[float | None]]  # activation Pearson of each pair
     auroc: dict[str, list[float]]  # each scored self-explanation's AUROC on its own feature

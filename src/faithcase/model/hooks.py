@@ -2,7 +2,9 @@
 
 TransformerLens names: `blocks.{L}.hook_resid_pre` is the residual entering block L (= HF
 `hidden_states[L]`), `blocks.{L}.hook_resid_post` the residual leaving it
-(= `blocks.{L+1}.hook_resid_pre`).
+(= `blocks.{L+1}.hook_resid_pre`); `blocks.{L}.hook_mlp_out` is the output of block L's MLP
+before it joins the residual (= the output of HF module `layers.{L}.mlp`, sparsify's
+`layers.{L}.mlp`). The model reads any hook its TransformerBridge has (`LanguageModel.check_hook`).
 """
 
 from __future__ import annotations

@@ -282,8 +282,8 @@ class LanguageModel:
         if hook_name not in self.bridge.hook_dict:
             self.hook_layer(hook_name)  # clearer message for a bad layer
             raise FaithcaseError(f"Unknown hook '{hook_name}' for {self.name}; "
-                                 f"use e.g. blocks.{{L}}.hook_resid_pre or "
-                                 f"blocks.{{L}}.hook_resid_post.")
+                                 f"use e.g. blocks.{{L}}.hook_resid_pre, "
+                                 f"blocks.{{L}}.hook_resid_post or blocks.{{L}}.hook_mlp_out.")
 
     # -- tokens
 

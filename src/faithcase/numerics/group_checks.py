@@ -7,16 +7,15 @@ from collections import Counter
 from statistics import fmean
 
 from faithcase.artifacts import (
-    EXPLAINERS,
     SAE_KEYS,
     SIDES,
     FeatureChecks,
     FeatureExplanation,
     FeatureWindows,
     GroupChecks,
-    PairCase,
     ScoredFeature,
 )
+from faithcase.case_study import PairCase
 
 
 def _mean(values: list) -> tuple[float | None, int]:
@@ -51,32 +50,34 @@ def feature_checks(explained: FeatureExplanation, windows: FeatureWindows,
         single_token=bool(spread and spread.single_token))
 
 
-def _informative_means(members: list[PairCase]) -> tuple[dict, dict]:
+def _informative_means(members: list[PairCase], names: list[str]) -> tuple[dict, dict]:
     """eleuther[side][explainer] over the scored features whose self-explanation on that side (own:
     the feature's, cross: its partner's) is informative; and how many self AUROCs each averages."""
     means: dict[str, dict[str, float | None]] = {}
     counts: dict[str, int] = {}
     for side in SIDES:
-        values: dict[str, list] = {name: [] for name in EXPLAINERS}
+        values: dict[str, list] = {name: [] for name in names}
         for case in members:
-            for slot, docs in enumerate(SAE_KEYS):
+            for slot in range(len(SAE_KEYS)):
                 by = slot if side == "own" else 1 - slot
                 if case.checks[by].uninformative is not None:
                     continue
-                for name in EXPLAINERS:
-                    values[name].append(case.eleuther[docs][SAE_KEYS[by]][name])
-        means[side] = {name: _mean(values[name])[0] for name in EXPLAINERS}
+                for name in names:
+                    values[name].append(case.auroc(side, name)[slot])
+        means[side] = {name: _mean(values[name])[0] for name in names}
         counts[side] = _mean(values["self"])[1]
     return means, counts
 
 
-def group_checks(members: list[PairCase]) -> GroupChecks:
-    """The checks of one group's pairs (those whose features both fire; each with its `checks`)."""
+def group_checks(members: list[PairCase], names: list[str] | None = None) -> GroupChecks:
+    """The checks of one group's pairs (those whose features both fire; each with its `checks`);
+    `names`: the explainers (default: the first pair's)."""
+    names = names or (members[0].explainer_names() if members else ["self"])
     members = [c for c in members if len(c.checks) == len(SAE_KEYS)]
     features = [(c, slot, c.checks[slot]) for c in members for slot in range(len(SAE_KEYS))]
     unscored = Counter((ch.unscored or "unscored").split(":")[0]
                        for _, _, ch in features if not ch.scored)
-    informative, n_informative = _informative_means(members)
+    informative, n_informative = _informative_means(members, names)
     similarity = _mean([c.explanation_similarity for c in members
                         if all(ch.uninformative is None for ch in c.checks)])
     known = _mean([ch.known_answer for _, _, ch in features])

@@ -35,17 +35,19 @@ def match_features(
     threshold: float = 0.7,
     solver: str = "auto",
     progress: Callable[[str, int, int], None] | None = None,
+    rows: str = "decoder",
     **solver_options,
 ) -> Matching:
     """Optimal one-to-one matching of the alive features of two SAEs by decoder cosine similarity.
 
     ``solver``: "dense" (scipy on the full matrix), "sparse" (certified candidate graph) or
     "auto" (dense up to 4096 x 4096 pairs); ``solver_options`` go to `assignment.solve`.
+    ``rows`` names the directions in messages ("encoder": W_enc.T rows, numerics/overlap.py).
     """
-    _check_inputs(W_dec1, W_dec2, solver, solver_options)
+    _check_inputs(W_dec1, W_dec2, solver, solver_options, rows)
     W_dec1, W_dec2 = W_dec1.detach().cpu(), W_dec2.detach().cpu()  # parameters or GPU tensors
-    dead1, dead2 = dead_rows(W_dec1), dead_rows(W_dec2)
-    alive1, alive2 = _alive(dead1, "SAE 1"), _alive(dead2, "SAE 2")
+    dead1, dead2 = directions.dead_rows(W_dec1), directions.dead_rows(W_dec2)
+    alive1, alive2 = _alive(dead1, "SAE 1", rows), _alive(dead2, "SAE 2", rows)
 
     A = solvers.unit_rows(W_dec1[torch.from_numpy(alive1)])
     B = solvers.unit_rows(W_dec2[torch.from_numpy(alive2)])
@@ -67,13 +69,13 @@ def match_features(
 
 
 def _check_inputs(W_dec1: torch.Tensor, W_dec2: torch.Tensor, solver: str,
-                  solver_options: dict) -> None:
+                  solver_options: dict, rows: str = "decoder") -> None:
     """One-line errors for decoders that cannot be matched and for unknown solver settings."""
-    _check_matrix(W_dec1, "SAE 1 decoder")
-    _check_matrix(W_dec2, "SAE 2 decoder")
+    _check_matrix(W_dec1, f"SAE 1 {rows}")
+    _check_matrix(W_dec2, f"SAE 2 {rows}")
     if W_dec1.shape[1] != W_dec2.shape[1]:
         raise FaithcaseError(
-            f"the SAEs have different decoder widths ({W_dec1.shape[1]} vs {W_dec2.shape[1]}): "
+            f"the SAEs have different {rows} widths ({W_dec1.shape[1]} vs {W_dec2.shape[1]}): "
             "match SAEs trained on the same model and hook site"
         )
     if solver not in solvers.SOLVERS:
@@ -83,12 +85,12 @@ def _check_inputs(W_dec1: torch.Tensor, W_dec2: torch.Tensor, solver: str,
         raise FaithcaseError(f"k and depth must be at least 1 (got {solver_options})")
 
 
-def _alive(dead: torch.Tensor, name: str) -> np.ndarray:
+def _alive(dead: torch.Tensor, name: str, rows: str = "decoder") -> np.ndarray:
     """Indices of the alive features of one SAE; an error if there are none."""
     alive = torch.nonzero(~dead).flatten().numpy()
     if len(alive) == 0:
         raise FaithcaseError(f"{name} has no alive features: "
-                             "every decoder row is zero or non-finite")
+                             f"every {rows} row is zero or non-finite")
     return alive
 
 

@@ -7,9 +7,9 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.stats import rankdata, spearmanr
+from scipy.stats import norm, rankdata, spearmanr
 
-from faithcase.artifacts import Correlation, PairedComparison
+from faithcase.artifacts import Correlation, PairedComparison, Sensitivity
 
 N_BOOTSTRAP = 2000
 
@@ -67,3 +67,26 @@ def paired_comparison(self_scores: Sequence[float | None], window_scores: Sequen
                             mean_difference=float(difference.mean()), ci_low=float(low),
                             ci_high=float(high), self_wins=wins, n_bootstrap=n_bootstrap,
                             seed=seed)
+
+
+def detectable_difference(comparison: str, first: Sequence[float | None],
+                          second: Sequence[float | None], paired: bool, power: float = 0.8,
+                          alpha: float = 0.05) -> Sensitivity:
+    """The smallest difference in mean (first - second) the bootstrap interval would detect with
+    probability `power` (Sensitivity). Paired: items where both exist; else each group's values."""
+    if paired:
+        a, b = _present(first, second)
+        groups = [a - b]
+    else:
+        groups = [np.array([v for v in values if v is not None and math.isfinite(v)],
+                           dtype=np.float64) for values in (first, second)]
+    sizes = [len(g) for g in groups]
+    if min(sizes) < 2:
+        return Sensitivity(comparison=comparison, paired=paired, n=sizes[0],
+                           n_other=None if paired else sizes[1], standard_error=None,
+                           detectable=None, power=power, alpha=alpha)
+    error = math.sqrt(sum(g.var() / len(g) for g in groups))
+    z = norm.ppf(1 - alpha / 2) + norm.ppf(power)
+    return Sensitivity(comparison=comparison, paired=paired, n=sizes[0],
+                       n_other=None if paired else sizes[1], standard_error=error,
+                       detectable=z * error, power=power, alpha=alpha)

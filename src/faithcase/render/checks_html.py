@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from html import escape
 
-from faithcase.artifacts import PAIR_KINDS, CaseStudySummary, PairCase
+from faithcase.artifacts import PAIR_KINDS
+from faithcase.case_study import CaseStudySummary, PairCase
 from faithcase.render.tables import fmt
 
 

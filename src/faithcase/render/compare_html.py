@@ -8,7 +8,8 @@ from html import escape
 from faithcase.artifacts import PAIR_KINDS
 from faithcase.matrix_artifacts import ComparisonArtifact, MatrixArtifact
 from faithcase.render.html import auroc_html, fmt, pct
-from faithcase.render.plots import matrix_heatmap, new_figure, style_axes, to_png
+from faithcase.render.plots import (matrix_heatmap, new_figure, overlap_histogram,
+                                    style_axes, to_png)
 from faithcase.render.style import CSS
 
 DISTRIBUTIONS = (("pearson", "activation Pearson of each pair"),
@@ -64,6 +65,7 @@ def _studies_table(artifact: ComparisonArtifact) -> str:
 def _groups_table(artifact: ComparisonArtifact) -> str:
     """The studies' group tables, kind by kind, one row per study."""
     rows = []
+    others = list(dict.fromkeys(n for s in artifact.studies for n in s.explainers if n != "self"))
     for kind in PAIR_KINDS:
         for s in artifact.studies:
             g = s.groups.get(kind)
@@ -78,20 +80,27 @@ def _groups_table(artifact: ComparisonArtifact) -> str:
                 f"<td>{g.n_scored}/{g.n_features}</td>"
                 f"<td>{auroc_html(g.eleuther['own'].get('self'))}</td>"
                 f"<td>{auroc_html(g.eleuther['cross'].get('self'))}</td>"
-                f"<td>{auroc_html(g.eleuther['own'].get('window'))}</td>"
+                + "".join(f"<td>{auroc_html(g.eleuther['own'].get(n))}</td>" for n in others) +
                 f"<td>{pct(g.pass_rate)}</td>"
                 f"<td>{pct(checks.known_answer_rate if checks else None)}</td></tr>")
     return ('<table class="summary" id="groups"><tr><th>group</th><th>study</th><th>pairs</th>'
             "<th>left out</th><th>decoder cos</th><th>Pearson</th><th>Jaccard</th>"
             "<th>scored</th><th>own self AUROC</th><th>cross self AUROC</th>"
-            "<th>own window AUROC</th><th>passing</th><th>names peak token</th></tr>"
+            + "".join(f"<th>own {escape(n)} AUROC</th>" for n in others) +
+            "<th>passing</th><th>names peak token</th></tr>"
             f'{"".join(rows)}</table>')
 
 
 def render_comparison(artifact: ComparisonArtifact, matrix: MatrixArtifact) -> str:
+    names = ("shared_ratio", "paulo_belrose", "agreement", "mean_pearson", "share_pearson")
     heatmaps = "".join(f"<figure>{_png_tag(matrix_heatmap(matrix, name), name)}"
                        f"<figcaption>{escape(matrix.statistics[name])}</figcaption></figure>"
-                       for name in ("shared_ratio", "mean_pearson", "share_pearson"))
+                       for name in names if name in matrix.tables)
+    if matrix.overlap is not None:
+        png = overlap_histogram(matrix.overlap)
+        heatmaps += (f'<figure class="wide">{_png_tag(png, "overlap")}'
+                     "<figcaption>in how many of the other SAEs each latent has a shared partner"
+                     "</figcaption></figure>")
     figures = "".join(f'<figure class="wide">'
                       f'{_png_tag(distribution_png(artifact, field, title), field)}'
                       f"<figcaption>{escape(title)}</figcaption></figure>"

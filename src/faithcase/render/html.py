@@ -9,22 +9,20 @@ from html import escape
 
 from faithcase.artifacts import (
     CRITERIA,
-    EXPLAINERS,
     PAIR_KINDS,
     SAE_KEYS,
     SIDES,
-    CaseStudySummary,
-    CaseWindow,
     ExplainArtifact,
-    PairCase,
 )
+from faithcase.case_study import CaseStudySummary, CaseWindow, PairCase
 from faithcase.render.checks_html import (
     checks_table_html,
     feature_checks_html,
     feature_flags_html,
 )
 from faithcase.render.style import CSS, JS
-from faithcase.render.window_html import comparison_html, window_explanation_html
+from faithcase.render.window_html import (comparison_html, controls_of, explainer_html,
+                                          explainer_names, sensitivity_html)
 
 CRITERION_HELP = {
     "mean": "highest mean activation over the window",
@@ -141,27 +139,32 @@ def sweep_html(explain: ExplainArtifact, sae: str, feature: int) -> str:
     return "".join(parts)
 
 
-def metrics_html(case: PairCase, slot: int) -> str:
-    """A feature's scale, its AUROCs (`eleuther[its SAE][explanation_of][explainer]`), frequency."""
-    docs = SAE_KEYS[slot]
-    partner = SAE_KEYS[1 - slot]
-    own, cross = case.eleuther[docs][docs], case.eleuther[docs][partner]
+def metrics_html(case: PairCase, slot: int, controls: list[str]) -> str:
+    """A feature's scale, its self-explanation's own and cross AUROC, the controls', the registered
+    scores, its frequency and peak."""
+    own, cross = case.auroc("own", "self")[slot], case.auroc("cross", "self")[slot]
     scale, stats = case.scales[slot], case.stats[slot]
+    control_own = " · ".join(auroc_html(case.auroc("own", c)[slot]) for c in controls)
+    control_cross = " · ".join(auroc_html(case.auroc("cross", c)[slot]) for c in controls)
+    names = " · ".join(controls)
+    extra = "".join(f"<span><em>{escape(key)}</em>{fmt(values[slot])}</span>"
+                    for key, values in case.scores.items())
     return (
         f'<span><em>scale</em>{"—" if scale is None else f"{scale:g}"}</span>'
-        f"<span><em>own AUROC</em>{auroc_html(own['self'])}</span>"
+        f"<span><em>own AUROC</em>{auroc_html(own)}</span>"
         '<span title="the partner\'s explanation scored on this feature\'s contexts">'
-        f"<em>cross AUROC</em>{auroc_html(cross['self'])}</span>"
-        '<span title="own AUROC of the top-token baseline / of the null"><em>baseline · null</em>'
-        f"{auroc_html(own['baseline'])} · {auroc_html(own['null'])}</span>"
-        '<span title="cross AUROC of the partner\'s baseline / null"><em>cross b · n</em>'
-        f"{auroc_html(cross['baseline'])} · {auroc_html(cross['null'])}</span>"
+        f"<em>cross AUROC</em>{auroc_html(cross)}</span>"
+        f'<span title="own AUROC of the controls: {escape(names)}"><em>{escape(names)}</em>'
+        f"{control_own}</span>"
+        f'<span title="cross AUROC of the partner\'s controls: {escape(names)}">'
+        f"<em>cross {escape(names)}</em>{control_cross}</span>{extra}"
         f"<span><em>freq</em>{stats.frequency:.2%}</span>"
         f"<span><em>max act</em>{stats.max:.2f}</span>"
     )
 
 
-def feature_html(case: PairCase, slot: int, explain: ExplainArtifact | None) -> str:
+def feature_html(case: PairCase, slot: int, explain: ExplainArtifact | None,
+                 controls: list[str]) -> str:
     sae = SAE_KEYS[slot]
     feature = case.indices[slot]
     failed = case.failed[slot]
@@ -187,11 +190,14 @@ def feature_html(case: PairCase, slot: int, explain: ExplainArtifact | None) -> 
             f'<div class="crit-label">{criterion} · {CRITERION_HELP[criterion]}</div>{body}</div>'
         )
     extra = sweep_html(explain, sae, feature) if explain is not None else ""
+    others = "".join(explainer_html(case, slot, name) for name in case.explainer_names()
+                     if name != "self" and name not in controls)
     return (
         f'<div class="feature" data-sae="{sae}" data-feature="{feature}">'
         f'<div class="feature-head"><b>{sae.upper()} · feature {feature}</b>{flag}</div>'
-        f'<blockquote class="{classes}">{text}</blockquote>{window_explanation_html(case, slot)}'
-        f'<div class="metrics">{metrics_html(case, slot)}{feature_checks_html(case, slot)}</div>'
+        f'<blockquote class="{classes}">{text}</blockquote>{others}'
+        f'<div class="metrics">{metrics_html(case, slot, controls)}'
+        f'{feature_checks_html(case, slot)}</div>'
         f'{"".join(panels)}{extra}</div>'
     )
 
@@ -212,7 +218,7 @@ def agreement_html(case: PairCase) -> str:
             f"<span><em>explanation similarity</em>{fmt(case.explanation_similarity)}</span></div>")
 
 
-def pair_html(case: PairCase, explain: ExplainArtifact | None) -> str:
+def pair_html(case: PairCase, explain: ExplainArtifact | None, controls: list[str]) -> str:
     tabs = "".join(
         f'<button type="button" class="tab{" active" if c == CRITERIA[0] else ""}" '
         f'data-criterion="{c}" title="{CRITERION_HELP[c]}">{c}</button>'
@@ -225,8 +231,8 @@ def pair_html(case: PairCase, explain: ExplainArtifact | None) -> str:
         f'SAE2 f{case.indices[1]}</span>'
         f'<span class="sim">decoder cos <b>{case.similarity:.3f}</b></span>'
         f'<div class="tabs" role="tablist">{tabs}</div></div>{agreement_html(case)}'
-        f'<div class="features">{feature_html(case, 0, explain)}'
-        f'{feature_html(case, 1, explain)}</div></div>'
+        f'<div class="features">{feature_html(case, 0, explain, controls)}'
+        f'{feature_html(case, 1, explain, controls)}</div></div>'
     )
 
 
@@ -303,26 +309,33 @@ def header_html(summary: CaseStudySummary, explain: ExplainArtifact | None) -> s
 
 
 def summary_table_html(summary: CaseStudySummary) -> str:
-    """Per group: agreement, then `eleuther[own|cross][explainer]` means, pass rate, similarity."""
+    """Per group: agreement, `eleuther[own|cross][explainer]` means, pass rate, similarity, then
+    the registered scores' means."""
+    names = explainer_names(summary)
+    columns = list(summary.scores)
     rows = []
     for kind in [k for k in PAIR_KINDS if k in summary.groups]:
         g = summary.groups[kind]
         aurocs = "".join(f"<td>{auroc_html(g.eleuther[side].get(n))}</td>"
-                         for side in SIDES for n in EXPLAINERS)
+                         for side in SIDES for n in names)
+        extra = "".join(f"<td>{fmt(g.scores.get(key))}</td>" for key in columns)
         rows.append(
             f'<tr><td><span class="badge {escape(kind)}">{escape(kind)}</span></td>'
             f"<td>{g.n_pairs}</td><td>{g.n_left_out}</td><td>{fmt(g.mean_similarity)}</td>"
             f"<td><b>{fmt(g.mean_pearson)}</b></td><td>{fmt(g.mean_jaccard)}</td>{aurocs}"
-            f"<td>{pct(g.pass_rate)}</td><td>{fmt(g.mean_explanation_similarity)}</td></tr>"
+            f"<td>{pct(g.pass_rate)}</td><td>{fmt(g.mean_explanation_similarity)}</td>{extra}"
+            "</tr>"
         )
-    names = "".join(f"<th>{n}</th>" for _ in SIDES for n in EXPLAINERS)
-    n = len(EXPLAINERS)
+    heads = "".join(f"<th>{escape(n)}</th>" for _ in SIDES for n in names)
+    extra_heads = "".join(f'<th rowspan="2" title="{escape(summary.scores[key])}">'
+                          f"{escape(key)}</th>" for key in columns)
+    n = len(names)
     head = ('<table class="summary"><tr><th rowspan="2">group</th><th rowspan="2">pairs</th>'
             '<th rowspan="2">left out</th><th rowspan="2">decoder cos</th>'
             f'<th colspan="2">activation agreement</th><th colspan="{n}">own AUROC</th>'
             f'<th colspan="{n}">cross AUROC</th><th rowspan="2">explanations passing</th>'
-            '<th rowspan="2">explanation similarity</th></tr>'
-            f"<tr><th>Pearson</th><th>Jaccard</th>{names}</tr>")
+            f'<th rowspan="2">explanation similarity</th>{extra_heads}</tr>'
+            f"<tr><th>Pearson</th><th>Jaccard</th>{heads}</tr>")
     return head + "".join(rows) + "</table>"
 
 
@@ -401,7 +414,7 @@ def render_report(
         f"{header_html(summary, explain)}"
         f'<section id="summary"><h2>Summary by group</h2>{summary_table_html(summary)}'
         '<h2>Self-explanation against the window explainer (same documents)</h2>'
-        f"{comparison_html(summary)}"
+        f"{comparison_html(summary)}{sensitivity_html(summary)}"
         f'<h2>Scoring rules and explanation checks</h2>{checks_table_html(summary)}'
         f'<h2>Decoder cosine against the scores</h2>{correlations_html(summary)}'
         '<details class="config"><summary>run configuration</summary>'
@@ -412,7 +425,8 @@ def render_report(
         f'<div class="tabs">{global_tabs}</div>'
         '<span class="legend">activation relative to the feature\'s max: '
         '<span class="ramp"></span></span></div>'
-        f'{"".join(pair_html(c, explain) for c in cases)}</section>{sweep_section_html(plots)}'
+        f'{"".join(pair_html(c, explain, controls_of(summary)) for c in cases)}</section>'
+        f"{sweep_section_html(plots)}"
         "<footer>Tokens are coloured by activation relative to the feature's maximum; "
         "hover a token for its value. "
         "↵ marks a newline. Own AUROC: the feature's explanation retrieving its own activating "

@@ -13,14 +13,13 @@ import matplotlib
 matplotlib.use("Agg")
 from matplotlib.figure import Figure  # noqa: E402
 
-from faithcase.artifacts import (  # noqa: E402
+from faithcase.artifacts import (
     PAIR_KINDS,
     SAE_KEYS,
-    CaseStudySummary,
     ExplainArtifact,
     MatchStats,
-    PairCase,
 )
+from faithcase.case_study import CaseStudySummary, PairCase
 from faithcase.run.store import write_bytes_atomic
 
 KIND_COLORS = {"best": "#2b7bba", "worst": "#d1495b", "random": "#8c8c8c", "stratified": "#3a9d5d"}
@@ -136,7 +135,7 @@ def auroc_by_group(cases: list[PairCase], path: Path | None = None) -> bytes:
             members = [c for c in cases if c.kind == kind and not any(c.silent)]
             for e, (name, (alpha, hatch)) in enumerate(EXPLAINER_STYLES.items()):
                 x = position + offset + (e - 1) * width
-                values = [a for c in members for a in c.scores(label, name) if a is not None]
+                values = [a for c in members for a in c.auroc(label, name) if a is not None]
                 if not values:
                     continue
                 ax.bar(x, sum(values) / len(values), width=width * 0.92, color=KIND_COLORS[kind],
@@ -189,8 +188,8 @@ def decoder_vs_scores(cases: list[PairCase], summary: CaseStudySummary,
 
     scores = {"activation correlation": lambda c: c.agreement.pearson,
               "explanation similarity": lambda c: c.explanation_similarity,
-              "own AUROC": lambda c: mean(c.scores("own", "self")),
-              "cross AUROC": lambda c: mean(c.scores("cross", "self"))}
+              "own AUROC": lambda c: mean(c.auroc("own", "self")),
+              "cross AUROC": lambda c: mean(c.auroc("cross", "self"))}
     rho = {c.score: c for c in summary.correlations if c.pairs == "stratified"}
     fig = new_figure(10.0, 2.8)
     for i, (name, value) in enumerate(scores.items()):
@@ -277,4 +276,32 @@ def matrix_heatmap(artifact, statistic: str, path: Path | None = None) -> bytes:
     ax.set_yticks(range(len(order)), order, fontsize=8)
     ax.set_title(statistic.replace("_", " "), fontsize=9)
     fig.colorbar(image, ax=ax, shrink=0.8)
+    return to_png(fig, path)
+
+
+def overlap_histogram(overlap, path: Path | None = None) -> bytes:
+    """Many seeds: share of each SAE's alive latents with a shared partner in exactly k of the
+    other SAEs, one panel per definition (bars: all SAEs pooled; dots: each SAE)."""
+    definitions = list(overlap.definitions)
+    n = overlap.n_others + 1
+    fig = new_figure(3.4 * len(definitions) + 0.6, 3.2)
+    axes = fig.subplots(1, len(definitions), sharey=True, squeeze=False)[0]
+    pooled = max(sum(e.n_latents for e in overlap.saes), 1)
+    for ax, definition in zip(axes, definitions):
+        total = overlap.total[definition]
+        if total is None:
+            ax.text(0.5, 0.5, "no encoder directions:\n" + (overlap.encoder_reason or ""),
+                    ha="center", va="center", fontsize=7, wrap=True, transform=ax.transAxes)
+        else:
+            ax.bar(range(n), [c / pooled for c in total], color=KIND_COLORS["best"], alpha=0.6,
+                   label="all SAEs")
+            for entry in overlap.saes:
+                counts = getattr(entry, definition)
+                ax.plot(range(n), [c / max(entry.n_latents, 1) for c in counts], "o",
+                        markersize=3, color="#333333", alpha=0.6)
+        ax.set_xticks(range(n))
+        ax.set_xlabel(f"other SAEs (of {overlap.n_others}) with a shared partner", fontsize=8)
+        ax.set_title(definition, fontsize=9)
+        style_axes(ax)
+    axes[0].set_ylabel("share of alive latents (dots: each SAE)", fontsize=8)
     return to_png(fig, path)

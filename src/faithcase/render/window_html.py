@@ -1,29 +1,40 @@
-"""The report's window explainer: each feature's window explanation with its AUROCs, and the paired
-comparison of the self-explanation against it."""
+"""The report's other explainers: each feature's explanation by every explainer beside the
+self-explanation (window, plugins) with its AUROCs, and the paired comparison of the
+self-explanation against the window explainer."""
 
 from __future__ import annotations
 
 from html import escape
 
-from faithcase.artifacts import SAE_KEYS, CaseStudySummary, PairCase
+from faithcase.case_study import CaseStudySummary, PairCase
 from faithcase.render.tables import fmt
 
 
-def window_explanation_html(case: PairCase, slot: int) -> str:
-    """The window explanation of one feature of a pair, with its own and cross AUROC."""
-    if not case.window_explanations:
-        return ""
-    text = case.window_explanations[slot]
-    docs, partner = SAE_KEYS[slot], SAE_KEYS[1 - slot]
-    own = case.eleuther[docs][docs].get("window")
-    cross = case.eleuther[docs][partner].get("window")
-    check = case.checks[slot] if case.checks else None
+def explainer_names(summary: CaseStudySummary) -> list[str]:
+    """The explainers a summary scored, controls last (older summaries: from the group means)."""
+    if summary.explainers:
+        return list(summary.explainers)
+    found = [n for g in summary.groups.values() for n in g.eleuther.get("own", {})]
+    return list(dict.fromkeys(found))
+
+
+def controls_of(summary: CaseStudySummary) -> list[str]:
+    if summary.explainers:
+        return [n for n, e in summary.explainers.items() if e.control]
+    return [n for n in ("baseline", "null") if n in explainer_names(summary)]
+
+
+def explainer_html(case: PairCase, slot: int, name: str) -> str:
+    """Another explainer's explanation of one feature of a pair, with its own and cross AUROC."""
+    text = case.explanation(name, slot)
+    own, cross = case.auroc("own", name)[slot], case.auroc("cross", name)[slot]
+    check = case.checks[slot] if case.checks and name == "window" else None
     flag = (f' <span class="flag" title="{escape(check.uninformative_window)}">uninformative'
             "</span>") if check and check.uninformative_window else ""
-    body = escape(text) if text is not None else "no window explanation"
+    body = escape(text) if text is not None else f"no {escape(name)} explanation"
     return (f'<blockquote class="window-explanation{"" if text else " none"}" '
-            'title="written by the window explainer from the top windows (delphi\'s prompt)">'
-            f'<span class="muted">from windows:</span> {body}{flag} '
+            f'data-explainer="{escape(name)}" title="the {escape(name)} explainer\'s explanation">'
+            f'<span class="muted">{escape(name)}:</span> {body}{flag} '
             f'<span class="muted">own {fmt(own, 2)} · cross {fmt(cross, 2)}</span></blockquote>')
 
 
@@ -43,3 +54,16 @@ def comparison_html(summary: CaseStudySummary) -> str:
             "<th>self AUROC</th><th>window AUROC</th><th>self − window</th>"
             "<th>95% bootstrap interval</th><th>self wins</th></tr>"
             f"{rows}</table>")
+
+
+def sensitivity_html(summary: CaseStudySummary) -> str:
+    """What the run can detect: each comparison's smallest detectable difference."""
+    items = "".join(
+        f"<li>{escape(s.comparison)} (n = {s.n}"
+        f"{'' if s.paired else f' and {s.n_other}'}): <b>{fmt(s.detectable)}</b></li>"
+        for s in summary.sensitivity)
+    if not items:
+        return ""
+    return ('<p class="sub">Smallest difference in mean AUROC each comparison would detect '
+            "(80% power, the bootstrap's 95% interval; from the run's number of scored features "
+            f"and their spread):</p><ul class=\"sensitivity\">{items}</ul>")

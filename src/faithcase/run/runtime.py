@@ -191,6 +191,19 @@ class Runtime:
             key["settings"] = affecting(getattr(self.cfg, stage.section))
         return key
 
+    @cached_property
+    def explainers(self) -> list:
+        """The registered explainers, the run's plugins included (`faithcase.plugins`)."""
+        from faithcase import plugins
+
+        return plugins.explainers(self.cfg.plugins, self.base_dir())
+
+    @cached_property
+    def scores(self) -> list:
+        from faithcase import plugins
+
+        return plugins.scores(self.cfg.plugins, self.base_dir())
+
     def resource_key(self, name: str):
         if name == "saes":
             return self._sae_keys(SAE_KEYS)
@@ -206,6 +219,11 @@ class Runtime:
             return {"corpus": affecting(self.cfg.corpus), "outliers": affecting(self.cfg.outliers)}
         if name == "config":
             return affecting(self.cfg)
+        if name in ("plugins", "explainers"):
+            from faithcase import plugins
+
+            declaring = "EXPLAINER" if name == "explainers" else None
+            return plugins.signature(self.cfg.plugins, self.base_dir(), declaring)
         raise ValueError(f"unknown resource {name!r}")
 
     def _sae_keys(self, keys) -> dict:

@@ -12,6 +12,7 @@ activation agreement).
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Sequence
 from statistics import fmean
 from typing import Any
 
@@ -21,31 +22,29 @@ from faithcase.artifacts import (
     CRITERIA,
     EMBED_FILE,
     EXPLAIN_FILE,
-    EXPLAINERS,
     PAIR_KINDS,
     SAE_KEYS,
     SIDES,
     SUMMARY_FILE,
-    CaseStudySummary,
-    CaseWindow,
     Correlation,
     EmbedArtifact,
     ExplainArtifact,
-    GroupSummary,
     MatchArtifact,
     Pair,
-    PairCase,
     PairsArtifact,
     ScanArtifact,
     WindowsArtifact,
     windows_file,
 )
+from faithcase.case_study import CaseStudySummary, CaseWindow, GroupSummary, PairCase
+from faithcase import plugins
 from faithcase.config import AssembleConfig
 from faithcase.run.store import StagedFiles, read_artifact, serialize
 from faithcase.run.errors import FaithcaseError
 from faithcase.run.graph import Stage
 from faithcase.numerics.group_checks import feature_checks, group_checks
-from faithcase.numerics.statistics import paired_comparison, spearman
+from faithcase.numerics.statistics import detectable_difference, paired_comparison, spearman
+from faithcase.scores import FeatureView, Score, column
 from faithcase.window_artifacts import DescribeArtifact
 
 
@@ -76,7 +75,7 @@ def check_complete(pairs: PairsArtifact, explain: ExplainArtifact,
                 raise FaithcaseError(f"{EMBED_FILE} lacks {which}: run `faithcase embed`")
             scored = embed.features[sae][key].eleuther
             for explanation_of in SAE_KEYS:
-                if set(scored.get(explanation_of, {})) != set(EXPLAINERS):
+                if set(scored.get(explanation_of, {})) != set(embed.explainers):
                     raise FaithcaseError(f"{EMBED_FILE} lacks the scores of {explanation_of}'s "
                                          f"explanations on {which}: run `faithcase embed`")
     for pair in pairs.all_pairs():
@@ -103,20 +102,23 @@ def mean_or_none(values: list[float | None]) -> float | None:
 
 def build_case(pair: Pair, position: int, scan: ScanArtifact, explain: ExplainArtifact,
                windows: dict[str, WindowsArtifact], embed: EmbedArtifact,
-               describe: DescribeArtifact | None = None) -> PairCase:
+               describe: DescribeArtifact | None = None, scores: Sequence[Score] = ()) -> PairCase:
     """One pair's entry; `position` is the pair's place in the match assignment (its agreement row).
-    `eleuther[documents_of][explanation_of][explainer]` is the AUROC embed.json holds at
+    Its AUROCs are those embed.json holds at
     `features[documents_of][feature].eleuther[explanation_of][explainer]`."""
     indices = {"sae1": pair.index1, "sae2": pair.index2}
     explained = [explain.features[sae][str(indices[sae])] for sae in SAE_KEYS]
     featured = [windows[sae].features[str(indices[sae])] for sae in SAE_KEYS]
-    scored = {sae: embed.features[sae][str(indices[sae])].eleuther for sae in SAE_KEYS}
-    eleuther = {docs: {of: {name: scored[docs][of][name].auroc for name in EXPLAINERS}
-                       for of in SAE_KEYS} for docs in SAE_KEYS}
+    scored = [embed.features[sae][str(indices[sae])] for sae in SAE_KEYS]
+    names = list(embed.explainers)
+
+    def auroc(slot: int, side: str, name: str) -> float | None:
+        of = SAE_KEYS[slot if side == "own" else 1 - slot]
+        return scored[slot].eleuther[of][name].auroc
+
     similarity = find_similarity(embed, pair)
-    on = describe is not None and describe.enabled
-    described = [describe.features.get(sae, {}).get(str(indices[sae])) if on else None
-                 for sae in SAE_KEYS]
+    texts = {name: [f.eleuther[sae][name].explanation for sae, f in zip(SAE_KEYS, scored)]
+             for name in names if name != "self"}
     return PairCase(
         kind=pair.kind,
         rank=pair.rank,
@@ -125,10 +127,10 @@ def build_case(pair: Pair, position: int, scan: ScanArtifact, explain: ExplainAr
         agreement=scan.agreement.pair(position, scan.n_tokens),
         silent=[scan.firing[sae][indices[sae]] == 0 for sae in SAE_KEYS],
         self_explanations=[e.explanations[0] if e.explanations else None for e in explained],
-        eleuthers=[eleuther[sae][sae]["self"] for sae in SAE_KEYS],
-        window_explanations=[d.explanation if d else None for d in described] if on else [],
-        window_eleuthers=[eleuther[sae][sae]["window"] for sae in SAE_KEYS] if on else [],
-        eleuther=eleuther,
+        eleuthers=[auroc(slot, "own", "self") for slot in range(2)],
+        explanations=texts,
+        aurocs={name: {side: [auroc(slot, side, name) for slot in range(2)]
+                       for side in SIDES if (name, side) != ("self", "own")} for name in names},
         explanation_similarity=similarity.explanation_similarity if similarity else None,
         windows=[{criterion: [CaseWindow(tokens=w.tokens, texts=w.texts, acts=w.acts,
                                          seq_id=w.seq_id, start=w.start)
@@ -137,10 +139,37 @@ def build_case(pair: Pair, position: int, scan: ScanArtifact, explain: ExplainAr
         scales=[e.scale for e in explained],
         failed=[e.failed for e in explained],
         stats=[f.stats for f in featured],
-        checks=[feature_checks(e, f, embed.features[sae][str(indices[sae])],
-                               d.uninformative if d else None)
-                for sae, e, f, d in zip(SAE_KEYS, explained, featured, described)],
+        checks=[feature_checks(e, f, s, window_uninformative(describe, sae, indices[sae]))
+                for sae, e, f, s in zip(SAE_KEYS, explained, featured, scored)],
+        scores=case_scores(scores, featured, scored, explained, names, indices),
     )
+
+
+def window_uninformative(describe: DescribeArtifact | None, sae: str, feature: int) -> str | None:
+    """Why a feature's window explanation is uninformative (describe.json), else None."""
+    if describe is None or not describe.enabled:
+        return None
+    found = describe.features.get(sae, {}).get(str(feature))
+    return found.uninformative if found else None
+
+
+def case_scores(scores: Sequence[Score], featured, scored, explained, names,
+                indices) -> dict[str, list[float | None]]:
+    """Every registered score of the pair's two features: "<name>" or "<name>.<explainer>" (of
+    the explanation text embed scored on the feature's documents)."""
+    out: dict[str, list[float | None]] = {}
+    for score in scores:
+        for name in (names if score.by_explainer else [None]):
+            values = []
+            for slot, sae in enumerate(SAE_KEYS):
+                text = scored[slot].eleuther[sae][name].explanation if name else None
+                view = FeatureView(sae=sae, feature=indices[sae], windows=featured[slot],
+                                   scored=scored[slot], explained=explained[slot],
+                                   explainer=name, explanation=text)
+                value = score.value(view)
+                values.append(None if value is None else float(value))
+            out[column(score, name)] = values
+    return out
 
 
 def group_summary(cases: list[PairCase]) -> dict[str, GroupSummary]:
@@ -149,6 +178,8 @@ def group_summary(cases: list[PairCase]) -> dict[str, GroupSummary]:
     feature's documents by its own SAE's explanation; cross, by its partner's; only scored features
     have an AUROC (n_scored of n_features). `checks`: the explanation checks (group_checks)."""
     groups = {}
+    names = cases[0].explainer_names() if cases else ["self"]
+    columns = list(cases[0].scores) if cases else []
     for kind in PAIR_KINDS:
         everyone = [c for c in cases if c.kind == kind]
         members = [c for c in everyone if not any(c.silent)]
@@ -160,11 +191,13 @@ def group_summary(cases: list[PairCase]) -> dict[str, GroupSummary]:
             mean_similarity=mean_or_none([c.similarity for c in members]),
             mean_pearson=mean_or_none([c.agreement.pearson for c in members]),
             mean_jaccard=mean_or_none([c.agreement.jaccard for c in members]),
-            eleuther={side: {name: mean_or_none([a for c in members for a in c.scores(side, name)])
-                             for name in EXPLAINERS} for side in SIDES},
+            eleuther={side: {name: mean_or_none([a for c in members for a in c.auroc(side, name)])
+                             for name in names} for side in SIDES},
             pass_rate=1 - sum(failed) / len(failed) if failed else None,
             mean_explanation_similarity=mean_or_none([c.explanation_similarity for c in members]),
-            checks=group_checks(members))
+            checks=group_checks(members, names),
+            scores={key: mean_or_none([v for c in members for v in c.scores.get(key, [])])
+                    for key in columns})
     return groups
 
 
@@ -177,13 +210,32 @@ def comparisons(cases: list[PairCase], settings: AssembleConfig | None = None
     groups = {"all": kept} | {kind: [c for c in kept if c.kind == kind] for kind in PAIR_KINDS}
     out = {}
     for name, members in groups.items():
-        rows = [paired_comparison([a for c in members for a in c.scores(side, "self")],
-                                  [a for c in members for a in c.scores(side, "window")],
+        rows = [paired_comparison([a for c in members for a in c.auroc(side, "self")],
+                                  [a for c in members for a in c.auroc(side, "window")],
                                   side, settings.n_bootstrap, settings.seed)
                 for side in SIDES]
         if any(r.n for r in rows):  # a group the window explainer did not describe is left out
             out[name] = rows
     return out
+
+
+def sensitivity(cases: list[PairCase], window: bool) -> list:
+    """The smallest difference in mean own AUROC the run's comparisons would detect (80% power):
+    self vs window on the same features (paired, when the window explainer ran), and best vs worst
+    and vs random pairs' self-explanations (two groups)."""
+    kept = [c for c in cases if not any(c.silent)]
+    rows = []
+    if window:
+        rows.append(detectable_difference(
+            "self − window, own AUROC, every pair (paired)",
+            [a for c in kept for a in c.auroc("own", "self")],
+            [a for c in kept for a in c.auroc("own", "window")], paired=True))
+    for other in ("worst", "random"):
+        rows.append(detectable_difference(
+            f"best − {other} pairs, own self AUROC (two groups)",
+            [a for c in kept if c.kind == "best" for a in c.auroc("own", "self")],
+            [a for c in kept if c.kind == other for a in c.auroc("own", "self")], paired=False))
+    return rows
 
 
 def correlations(cases: list[PairCase], match: MatchArtifact, scan: ScanArtifact,
@@ -199,8 +251,8 @@ def correlations(cases: list[PairCase], match: MatchArtifact, scan: ScanArtifact
         "activation correlation": [c.agreement.pearson for c in stratified],
         "activation Jaccard": [c.agreement.jaccard for c in stratified],
         "explanation similarity": [c.explanation_similarity for c in stratified],
-        "own AUROC": [mean_or_none(c.scores("own", "self")) for c in stratified],
-        "cross AUROC": [mean_or_none(c.scores("cross", "self")) for c in stratified],
+        "own AUROC": [mean_or_none(c.auroc("own", "self")) for c in stratified],
+        "cross AUROC": [mean_or_none(c.auroc("cross", "self")) for c in stratified],
     }
     rows = [spearman(cosine, values, score, "stratified", **boot)
             for score, values in per_pair.items()]
@@ -222,12 +274,14 @@ def assemble(
     config: dict[str, Any],
     settings: AssembleConfig | None = None,
     describe: DescribeArtifact | None = None,
+    scores: Sequence[Score] | None = None,
 ) -> tuple[list[PairCase], CaseStudySummary]:
     """One PairCase per selected pair and the run's summary; FaithcaseError if an artifact lacks
-    a pair."""
+    a pair. `scores`: the registered scores (default: faithcase.plugins')."""
     check_complete(pairs, explain, windows, embed)
+    scores = list(scores) if scores is not None else plugins.scores()
     position = {index: i for i, index in enumerate(match.assignment.index1)}
-    cases = [build_case(p, position[p.index1], scan, explain, windows, embed, describe)
+    cases = [build_case(p, position[p.index1], scan, explain, windows, embed, describe, scores)
              for p in pairs.all_pairs()]
     model_section = config.get("model")
     model_name = model_section.get("name") if isinstance(model_section, dict) else model_section
@@ -248,6 +302,10 @@ def assemble(
         rules=summary_rules(explain, embed, config),
         similarity_null=embed.similarity_null,
         comparison=comparisons(cases, settings) if describe and describe.enabled else {},
+        explainers=embed.explainers,
+        sensitivity=sensitivity(cases, bool(describe and describe.enabled)),
+        scores={column(score, name): score.doc for score in scores
+                for name in (list(embed.explainers) if score.by_explainer else [None])},
         n_left_out=sum(any(c.silent) for c in cases),
         config=config,
     )
@@ -303,15 +361,17 @@ def read_case_study(out_dir: Path, cases_name: str | None = None
 
 
 def print_summary(summary) -> None:
+    names = [n for g in summary.groups.values() for n in g.eleuther.get("own", {})]
+    names = list(dict.fromkeys(names))
     scores = table("case study by group (pairs with a silent feature left out; AUROC means over "
                    "the scored features)",
                    ["group", "pairs", "left out", "cos", "act. Pearson", "scored",
-                    "own self/window/base/null", "cross self/window/base/null"])
+                    f"own {'/'.join(names)}", f"cross {'/'.join(names)}"])
     checks = table("explanation checks", ["group", "passing", "uninformative self/window",
                                           "names peak token self/window/null",
                                           "failing 1-token/other"])
     for kind, g in summary.groups.items():
-        own, cross = (" / ".join(fmt(g.eleuther[side][n], 2) for n in EXPLAINERS) for side in SIDES)
+        own, cross = (" / ".join(fmt(g.eleuther[side].get(n), 2) for n in names) for side in SIDES)
         scores.add_row(kind, str(g.n_pairs), str(g.n_left_out), fmt(g.mean_similarity),
                        fmt(g.mean_pearson), f"{g.n_scored}/{g.n_features}", own, cross)
         c = g.checks
@@ -324,6 +384,12 @@ def print_summary(summary) -> None:
                            f"{fmt(c.failure_rate_other, 2)} ({c.n_other})")
     console.print(scores)
     console.print(checks)
+    if summary.scores:
+        extra = table("scores by group (means over the features of the pairs that fire)",
+                      ["group", *summary.scores])
+        for kind, g in summary.groups.items():
+            extra.add_row(kind, *(fmt(g.scores.get(key)) for key in summary.scores))
+        console.print(extra)
     null = summary.similarity_null
     if null is not None:
         similar = ", ".join(f"{kind} {fmt(g.mean_explanation_similarity, 2)}"
@@ -336,6 +402,10 @@ def print_summary(summary) -> None:
             console.print(f"self − window AUROC ({group}, {r.side}, n={r.n}): "
                           f"{fmt(r.mean_difference, 3)} [{fmt(r.ci_low, 3)}, {fmt(r.ci_high, 3)}], "
                           f"self wins {fmt(r.self_wins, 2)}")
+    for s in summary.sensitivity:
+        sizes = f"n={s.n}" if s.paired else f"n={s.n} and {s.n_other}"
+        console.print(f"smallest detectable difference ({s.power:.0%} power), {s.comparison}, "
+                      f"{sizes}: {fmt(s.detectable, 3)}")
     for c in summary.correlations:
         console.print(f"Spearman ρ(decoder cos, {c.score}) over {c.pairs} pairs (n={c.n}): "
                       f"{fmt(c.rho)} [{fmt(c.ci_low)}, {fmt(c.ci_high)}]")
@@ -348,7 +418,7 @@ def _compute(job) -> tuple[list[PairCase], CaseStudySummary]:
     up = job.inputs
     cases, summary = assemble(up["match"], up["scan"], up["pairs"], up["explain"], up["windows"],
                               up["embed"], job.ctx.cfg.model_dump(mode="json"), job.settings,
-                              up["describe"])
+                              up["describe"], job.ctx.scores)
     job.write(CASE_STUDY_FILE, cases)
     job.write(SUMMARY_FILE, summary)
     return cases, summary
@@ -361,6 +431,6 @@ def _load(job) -> tuple[list[PairCase], CaseStudySummary]:
 STAGE = Stage(
     "assemble", _compute, inputs=("match", "scan", "pairs", "explain", "windows", "describe",
                                 "embed"),
-    section="assemble", uses=("config",), load=_load,
+    section="assemble", uses=("config", "plugins"), load=_load,
     printer=lambda value, inputs: print_summary(value[1]),
     doc="Join every stage into case_study.json (one entry per pair) and summary.json.")

@@ -14,9 +14,8 @@ from faithcase.artifacts import (
     CASE_STUDY_FILE,
     LEDGER_FILE,
     SUMMARY_FILE,
-    CaseStudySummary,
-    PairCase,
 )
+from faithcase.case_study import CaseStudySummary, PairCase
 from faithcase.config import study_name
 from faithcase.matrix_artifacts import (
     COMPARISON_FILE,
@@ -44,6 +43,7 @@ def study_entry(name: str, a: str, b: str, folder: Path, matrix: MatrixArtifact,
     return StudyEntry(
         name=name, a=a, b=b, folder=str(folder.relative_to(root)), matrix=matrix.pair(a, b),
         groups=summary.groups, comparison=summary.comparison,
+        explainers=[n for n, e in summary.explainers.items() if not e.control],
         pearson={k: [c.agreement.pearson for c in kept if c.kind == k] for k in kinds},
         auroc={k: [v for c in kept if c.kind == k for v in c.eleuthers if v is not None]
                for k in kinds},

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 
 from faithcase.artifacts import SAE_KEYS, FeatureWindows
 from faithcase.config import affecting
+from faithcase.explainers.backends import backend
 from faithcase.model.window_prompt import (
     FEW_SHOT,
     MARKER,
@@ -56,48 +57,16 @@ ANCHORS = ("A", "B")  # two last turns whose chats share exactly the explainer's
 
 
 def explainer_name(cfg, run_model: str) -> str:
-    if cfg.url:
-        return f"{cfg.model} at {cfg.url}"
-    if cfg.model == "same":
-        return f"{run_model} (the run's model)"
-    return cfg.gguf or cfg.path or cfg.model
+    return backend(cfg).label(cfg, run_model)
 
 
 def explainer_key(rt) -> dict:
     """What the explainer's replies depend on besides the prompt."""
-    cfg = rt.cfg.describe
-    if cfg.url:
-        return {"url": cfg.url, "model": cfg.model}
-    if cfg.model == "same":
-        return {"model": rt.resource_key("model"), "device": rt.device}
-    return {"model": cfg.model, "path": cfg.path, "gguf": cfg.gguf, "dtype": cfg.dtype,
-            "device": rt.device}
+    return backend(rt.cfg.describe).key(rt)
 
 
 def make_explainer(rt):
-    from faithcase.model.window_explainer import HttpExplainer, LocalExplainer
-
-    cfg = rt.cfg.describe
-    if cfg.url:
-        return HttpExplainer(cfg.url, cfg.model, cfg.max_new_tokens, cfg.timeout_s,
-                             cfg.concurrency, cfg.api_key_env)
-    from faithcase.model.lm import load_hf_model, load_tokenizer
-    from faithcase.run.paths import resolve_path
-
-    def local(spec):
-        return str(resolve_path(spec, rt.base_dir())) if spec else None
-
-    plain = rt.lm.plain_model() if cfg.model == "same" else None
-    if plain is not None:  # the run's weights, without the bridge's hooks
-        name, hf_model, tokenizer = rt.lm.name, plain, rt.lm.tokenizer
-    else:
-        model = rt.cfg.model if cfg.model == "same" else cfg
-        name = model.name if cfg.model == "same" else cfg.model
-        tokenizer = load_tokenizer(name, path=local(model.path), gguf=local(model.gguf))
-        hf_model = load_hf_model(name, path=local(model.path), gguf=local(model.gguf),
-                                 device=rt.device, dtype=model.dtype)
-    return LocalExplainer(hf_model, tokenizer, name, cfg.max_new_tokens, cfg.batch_size,
-                          cfg.prefill)
+    return backend(rt.cfg.describe).make(rt)
 
 
 def prompt_of(feature: FeatureWindows, cfg) -> tuple[str, list[ShownWindow]]:

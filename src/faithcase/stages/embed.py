@@ -8,11 +8,10 @@ the AUROC of separating activating from non-activating contexts. A context's lab
 activations only. The query template is the embedder's own (`config.default_query_template`):
 delphi's retrieval instruction for embedders trained with one, the bare explanation otherwise.
 
-Every feature's documents are scored by four explanations: its self-explanation, its window
-explanation (describe.json), a top-token baseline (its most frequent peak tokens) and a null
-(another selected feature's self-explanation, seeded); and by the same four of its matched
-partner in the other SAE (cross scores). A score is at
-`features[documents_of][feature].eleuther[explanation_of][explainer]` of embed.json.
+Every feature's documents are scored by each registered explainer's text (`faithcase.explainers`:
+its self-explanation, its window explanation, a top-token baseline and a null, plus any plugin);
+and by the same explainers' texts of its matched partner in the other SAE (cross scores). A score
+is at `features[documents_of][feature].eleuther[explanation_of][explainer]` of embed.json.
 
 delphi's rules, stated in embed.json `rules`: a feature with fewer than `min_activating` (200)
 activating or `min_non_activating` (50) non-activating windows in the whole corpus pass (aligned
@@ -32,14 +31,13 @@ from sklearn.metrics import roc_auc_score
 
 from faithcase.render.tables import console, fmt, table
 from faithcase.artifacts import (
-    EXPLAINERS,
     SAE_KEYS,
     Context,
     Document,
+    ExplainerRecord,
     EmbedArtifact,
     ExplainArtifact,
     ExplanationScore,
-    FeatureExplanation,
     FeatureScoring,
     FeatureWindows,
     KnownAnswer,
@@ -55,12 +53,13 @@ from faithcase.config import (
     RETRIEVAL_INSTRUCTION,
     EmbedConfig,
 )
+from faithcase import plugins
+from faithcase.explainers import Explainer, Sources
 from faithcase.run.errors import FaithcaseError
 from faithcase.run.graph import Stage
 from faithcase.model.embedder import Embedder
 from faithcase.numerics.explanation_checks import (
     KNOWN_ANSWER_RULE,
-    first_text,
     names_peak_token,
     peak_tokens,
 )
@@ -73,26 +72,6 @@ SIMILARITY_NULL_METHOD = (
     "replacement (seeded)")
 
 # ---------------------------------------------------------------- explanations
-
-
-def explanation_texts(features: Mapping[str, FeatureExplanation]) -> dict[str, str | None]:
-    """One explanation per feature (the first ranked non-empty text); None when there is none."""
-    return {key: first_text(feature.explanations) for key, feature in features.items()}
-
-
-def top_token_explanation(feature: FeatureWindows, n_tokens: int = 3) -> str | None:
-    """The top-token baseline: the tokens at the peak of the feature's top `max` windows, the n most
-    frequent joined by ", " (ties: the larger summed peak activation, then first seen). None when no
-    window peaks on a visible token."""
-    return ", ".join(peak_tokens(feature.windows.get("max", []), n_tokens)) or None
-
-
-def null_partners(features: Sequence[str], seed: int) -> dict[str, str]:
-    """Each feature's null: another feature, by a seeded cyclic shift of a random order (no feature
-    is its own null; with one feature there is none)."""
-    order = [features[i] for i in np.random.default_rng(seed).permutation(len(features))]
-    return ({order[i]: order[(i + 1) % len(order)] for i in range(len(order))}
-            if len(order) > 1 else {})
 
 
 # ---------------------------------------------------------------- scoring
@@ -240,77 +219,72 @@ def explanation_similarity(embedder: Embedder, text1: str | None,
     return float(vectors[0] @ vectors[1])
 
 
-def window_texts(describe: DescribeArtifact | None, key: str) -> dict[str, str | None]:
-    if describe is None or not describe.enabled:
-        return {}
-    return {f: e.explanation for f, e in describe.features.get(key, {}).items()}
-
-
-def window_reason(describe: DescribeArtifact | None, key: str, feature: str) -> str:
-    """Why a feature has no window explanation."""
-    if describe is None or not describe.enabled:
-        return "window explainer off"
-    found = describe.features.get(key, {}).get(feature)
-    return found.reason or "no explanation" if found else "not described (describe.kinds)"
-
-
 def embed_case_study(pairs: list[Pair], explain: ExplainArtifact,
                      windows: Mapping[str, WindowsArtifact], embedder: Embedder,
                      settings: EmbedConfig | None = None, n_quantiles: int | None = None,
-                     describe: DescribeArtifact | None = None) -> EmbedArtifact:
-    """Every selected feature's documents scored by its own self-explanation, window explanation,
-    top-token baseline and null, and by those of its matched partner; `n_quantiles` is
-    windows.n_quantiles. A score sits at
+                     describe: DescribeArtifact | None = None,
+                     explainers: Sequence[Explainer] | None = None) -> EmbedArtifact:
+    """Every selected feature's documents scored by each explainer's text of it (default: the
+    registered explainers, `faithcase.plugins`) and by those of its matched partner;
+    `n_quantiles` is windows.n_quantiles. A score sits at
     `features[documents_of][feature].eleuther[explanation_of][explainer]`."""
     settings = settings or EmbedConfig()
+    explainers = list(explainers) if explainers is not None else plugins.explainers()
     found = {key: windows[key].features for key in SAE_KEYS}
     for pair in pairs:
         for key, index in (("sae1", pair.index1), ("sae2", pair.index2)):
             if str(index) not in found[key]:
                 raise FaithcaseError(f"the windows of {key} have no feature {index}: "
                                      "rerun `faithcase windows --force`")
-    explained = {key: explanation_texts(explain.features[key]) for key in SAE_KEYS}
-    nulls = {key: null_partners(sorted(found[key], key=int), settings.seed + i)
-             for i, key in enumerate(SAE_KEYS)}
+    sources = Sources(explain=explain, windows={key: windows[key] for key in SAE_KEYS},
+                      describe=describe, settings=settings,
+                      registry={e.name: e for e in explainers})
+    names = [e.name for e in explainers]
+    texts = {key: {f: {name: sources.texts(name, key).get(f) for name in names}
+                   for f in found[key]} for key in SAE_KEYS}
+    explained = {key: {f: by.get("self") for f, by in texts[key].items()} for key in SAE_KEYS}
     tokens = {key: {f: peak_tokens(w.windows.get("max", []), settings.n_peak_tokens)
                     for f, w in found[key].items()} for key in SAE_KEYS}
-    described = {key: window_texts(describe, key) for key in SAE_KEYS}
-    texts = {key: {f: {"self": explained[key].get(f), "window": described[key].get(f),
-                       "baseline": ", ".join(tokens[key][f]) or None,
-                       "null": explained[key].get(nulls[key].get(f, ""))}
-                   for f in found[key]} for key in SAE_KEYS}
     docs = {key: {f: documents(w) for f, w in found[key].items()} for key in SAE_KEYS}
     scoring = {key: {f: feature_scoring(w, settings) for f, w in found[key].items()}
                for key in SAE_KEYS}
     whose = _explainers(pairs, found)
-    features = _score_features(embedder, settings, docs, scoring, texts, whose, n_quantiles)
-    for key, group in features.items():
-        for f, scored in group.items():
-            scored.scoring = scoring[key][f]
-            said = {name: names_peak_token(texts[key][f][name], tokens[key][f])
-                    for name in ("self", "null", "window")}
-            scored.known_answer = KnownAnswer(peak_tokens=tokens[key][f],
-                                              explanation=said["self"], null=said["null"],
-                                              window=said["window"])
-            for of, by in scored.eleuther.items():
-                if by["window"].reason == "no explanation":
-                    by["window"].reason = window_reason(describe, of, str(whose[key, f][of]))
+    features = _score_features(embedder, settings, docs, scoring, texts, whose, n_quantiles,
+                               names)
+    _annotate(features, scoring, texts, tokens, whose, explainers, sources)
     similarities = [PairSimilarity(kind=p.kind, rank=p.rank, index1=p.index1, index2=p.index2,
                                    explanation_similarity=explanation_similarity(
                                        embedder, explained["sae1"].get(str(p.index1)),
                                        explained["sae2"].get(str(p.index2)))) for p in pairs]
     informative = {key: {f: e.uninformative is None for f, e in explain.features[key].items()}
                    for key in SAE_KEYS}
-    return EmbedArtifact(embedder=settings.model,
-                         query_template=settings.template, features=features, pairs=similarities,
-                         nulls={key: {f: int(g) for f, g in nulls[key].items()}
-                                for key in SAE_KEYS},
-                         templates=_template_check(embedder, settings, docs, scoring, explained,
-                                                   n_quantiles)
-                         if settings.compare_templates else {},
-                         rules=scoring_rules(settings),
-                         similarity_null=similarity_null(embedder, pairs, explained, informative,
-                                                         settings))
+    return EmbedArtifact(
+        embedder=settings.model, query_template=settings.template, features=features,
+        pairs=similarities,
+        explainers={e.name: ExplainerRecord(doc=e.doc, control=e.control,
+                                            record=e.record(sources) if e.record else {})
+                    for e in explainers},
+        templates=_template_check(embedder, settings, docs, scoring, explained, n_quantiles)
+        if settings.compare_templates else {},
+        rules=scoring_rules(settings),
+        similarity_null=similarity_null(embedder, pairs, explained, informative, settings))
+
+
+def _annotate(features, scoring, texts, tokens, whose, explainers, sources) -> None:
+    """Each scored feature's rule counts, known answer, and why an explainer gave no text."""
+    for key, group in features.items():
+        for f, scored in group.items():
+            scored.scoring = scoring[key][f]
+            said = {name: names_peak_token(texts[key][f].get(name), tokens[key][f])
+                    for name in ("self", "null", "window")}
+            scored.known_answer = KnownAnswer(peak_tokens=tokens[key][f],
+                                              explanation=said["self"], null=said["null"],
+                                              window=said["window"])
+            for of, by in scored.eleuther.items():
+                for explainer in explainers:
+                    if by[explainer.name].reason == "no explanation":
+                        by[explainer.name].reason = explainer.why_missing(
+                            sources, of, str(whose[key, f][of]))
 
 
 def scoring_rules(settings: EmbedConfig) -> dict[str, Any]:
@@ -368,18 +342,18 @@ def _counts(scoring: FeatureScoring) -> tuple[int, int]:
 
 
 def _score_features(embedder: Embedder, settings: EmbedConfig, docs, scoring, texts,
-                    whose: dict[tuple[str, str], dict[str, str]],
-                    n_quantiles: int | None) -> dict[str, dict[str, ScoredFeature]]:
+                    whose: dict[tuple[str, str], dict[str, str]], n_quantiles: int | None,
+                    names: Sequence[str]) -> dict[str, dict[str, ScoredFeature]]:
     """One batch of every (documents, explanation) score, keyed by SAE then feature."""
     batch = _Batch(embedder, settings, settings.template)
     jobs = {(key, f, of, name): batch.add(docs[key][f], texts[of][g][name],
                                           _counts(scoring[key][f]))
             for (key, f), sources in whose.items() for of, g in sources.items()
-            for name in EXPLAINERS}
+            for name in names}
     scores = batch.run(n_quantiles)
     return {key: {f: ScoredFeature(
         feature=int(f), documents=docs[key][f],
-        eleuther={of: {n: scores[jobs[key, f, of, n]] for n in EXPLAINERS}
+        eleuther={of: {n: scores[jobs[key, f, of, n]] for n in names}
                   for of in SAE_KEYS if of in whose[key, f]})
         for f in sorted(docs[key], key=int)} for key in SAE_KEYS}
 
@@ -406,13 +380,14 @@ def print_embed(artifact, inputs: dict) -> None:
     """Per pair: each feature's documents by its own SAE's explanations, then by the partner's
     ("cross 1→2": SAE 1's explanations on SAE 2's feature's documents)."""
     pairs = inputs["pairs"]
-    grid = table("embedding scores (AUROC): self / window / baseline / null",
+    names = list(artifact.explainers)
+    grid = table(f"embedding scores (AUROC): {' / '.join(names)}",
                  ["kind", "rank", "sae1", "sae2", "own 1", "own 2", "cross 1→2", "cross 2→1"])
 
     def three(feature, explanation_of: str) -> str:
         scores = feature.eleuther.get(explanation_of, {})
         return " / ".join(fmt(scores[name].auroc if name in scores else None, 2)
-                          for name in EXPLAINERS)
+                          for name in names)
 
     for p in pairs.all_pairs():
         f1 = artifact.features["sae1"][str(p.index1)]
@@ -430,13 +405,13 @@ def _compute(job) -> EmbedArtifact:
     with rt.console.status("embedding explanations and contexts …"):
         artifact = embed_case_study(up["pairs"].all_pairs(), up["explain"], up["windows"],
                                     rt.embedder, job.settings, rt.cfg.windows.n_quantiles,
-                                    up["describe"])
+                                    up["describe"], rt.explainers)
     job.write(job.stage.file, artifact)
     return artifact
 
 
 STAGE = Stage(
     "embed", _compute, inputs=("pairs", "explain", "windows", "describe"), section="embed",
-    artifact=EmbedArtifact, printer=print_embed,
+    uses=("explainers",), artifact=EmbedArtifact, printer=print_embed,
     doc="Eleuther embedding score (AUROC) of every explanation, its baseline and null, own and "
         "across the pair.")

@@ -8,10 +8,9 @@ from pathlib import Path
 from faithcase.artifacts import (
     REPORT_DIR,
     REPORT_INDEX,
-    CaseStudySummary,
     ExplainArtifact,
-    PairCase,
 )
+from faithcase.case_study import CaseStudySummary, PairCase
 from faithcase.run.graph import Stage
 from faithcase.run.store import StagedFiles
 from faithcase.render.html import plot_stem, render_report

@@ -2,7 +2,8 @@
 
 What only records how a run went is ignored: timestamps, durations, fingerprints, versions and
 paths. A key only the second run has is not a difference, so a newer version that records more
-still agrees with an older one on everything they share.
+still agrees with an older one on everything they share. Artifacts of an older layout are read
+through RENAMES first, so a run from before a rename compares number by number.
 """
 
 from __future__ import annotations
@@ -36,8 +37,49 @@ def compare_runs(first: Path, second: Path, tolerance: float = 0.0) -> list[str]
         if not other.is_file():
             differences.append(f"{name}: missing in {second}")
             continue
-        _walk(_read(Path(first) / name), _read(other), name, tolerance, differences)
+        _walk(upgrade(name, _read(Path(first) / name)), upgrade(name, _read(other)), name,
+              tolerance, differences)
     return differences
+
+
+# the layout changes since 0.x, old -> new, applied before comparing (one field per number)
+RENAMES = {
+    "case_study.json": ["eleuther[docs][of][explainer] -> eleuthers (self, own) and "
+                        "aurocs[explainer][own|cross][slot]",
+                        "window_explanations -> explanations.window",
+                        "window_eleuthers -> aurocs.window.own"],
+    "embed.json": ["nulls -> explainers.null.record.partners"],
+}
+
+
+def upgrade(name: str, data: Any) -> Any:
+    """An artifact in the current layout (RENAMES); one already current is returned as is."""
+    if name == "case_study.json" and isinstance(data, list):
+        return [_upgrade_case(entry) if isinstance(entry, dict) else entry for entry in data]
+    if name == "embed.json" and isinstance(data, dict) and "nulls" in data:
+        data = dict(data)
+        nulls = data.pop("nulls")
+        data.setdefault("explainers", {}).setdefault("null", {}).setdefault("record", {})[
+            "partners"] = nulls
+    return data
+
+
+def _upgrade_case(entry: dict) -> dict:
+    if "eleuther" not in entry:
+        return entry
+    entry = dict(entry)
+    grid = entry.pop("eleuther")
+    keys = list(grid)
+    names = list(grid[keys[0]][keys[0]]) if keys else []
+    entry["aurocs"] = {name: {side: [grid[docs][docs if side == "own" else keys[1 - slot]][name]
+                                     for slot, docs in enumerate(keys)]
+                              for side in ("own", "cross") if (name, side) != ("self", "own")}
+                       for name in names}
+    window = entry.pop("window_explanations", [])
+    entry.pop("window_eleuthers", None)
+    if window:
+        entry["explanations"] = {**entry.get("explanations", {}), "window": window}
+    return entry
 
 
 def _read(path: Path) -> Any:

@@ -52,11 +52,16 @@ def _sparsify_folder(folder: Path, hook: str | None) -> Path:
 
 
 def sparsify_names_for_hook(hook: str) -> set[str]:
-    """sparsify hook-point names equivalent to a TransformerLens residual hook.
+    """sparsify hook-point names equivalent to a TransformerLens hook.
 
-    sparsify hooks module outputs, so `layers.N` holds the residual stream after block N:
-    blocks.N.hook_resid_post = blocks.(N+1).hook_resid_pre = HF hidden_states[N+1].
+    sparsify hooks module outputs (a forward hook's `outputs`; its transcoders read `inputs`), so
+    `layers.N` holds the residual stream after block N: blocks.N.hook_resid_post =
+    blocks.(N+1).hook_resid_pre = HF hidden_states[N+1]; and `layers.N.mlp` the MLP's output
+    before it joins the residual: blocks.N.hook_mlp_out.
     """
+    mlp = re.fullmatch(r"blocks\.(\d+)\.hook_mlp_out", hook)
+    if mlp:
+        return {f"layers.{mlp.group(1)}.mlp"}
     match = re.fullmatch(r"blocks\.(\d+)\.hook_resid_(pre|post)", hook)
     if not match:
         return set()
@@ -67,8 +72,9 @@ def sparsify_names_for_hook(hook: str) -> set[str]:
 def select_hook_subfolder(names: list[str], hook: str | None, parent: Path) -> str:
     """Pick a per-hook subfolder. Rule: a subfolder named exactly `hook`; otherwise, for a
     TransformerLens residual hook, the sparsify subfolder of the same site, `layers.N` (or
-    `<prefix>.layers.N`) for blocks.N.hook_resid_post / blocks.(N+1).hook_resid_pre;
-    with no hook, the only subfolder. Anything else (no match, several) is an error."""
+    `<prefix>.layers.N`) for blocks.N.hook_resid_post / blocks.(N+1).hook_resid_pre, and
+    `layers.N.mlp` for blocks.N.hook_mlp_out; with no hook, the only subfolder. Anything else
+    (no match, several) is an error."""
     if hook is None:
         if len(names) == 1:
             return names[0]
@@ -88,7 +94,8 @@ def select_hook_subfolder(names: list[str], hook: str | None, parent: Path) -> s
 def _hook_error(parent: Path, names: list[str], problem: str) -> FaithcaseError:
     return FaithcaseError(
         f"{parent}: {problem}; available: {', '.join(names)}"
-        f" (sparsify layers.N = blocks.N.hook_resid_post = blocks.N+1.hook_resid_pre)"
+        f" (sparsify layers.N = blocks.N.hook_resid_post = blocks.N+1.hook_resid_pre;"
+        f" layers.N.mlp = blocks.N.hook_mlp_out)"
     )
 
 
@@ -146,7 +153,11 @@ def _check_sparsify_cfg(cfg: dict[str, Any], folder: Path) -> None:
 
 def _sparsify_hook_name(folder_name: str) -> str:
     """TransformerLens name of a sparsify hook point: `[prefix.]layers.N` is the residual
-    stream after block N; other names are kept as they are."""
+    stream after block N, `[prefix.]layers.N.mlp` the output of its MLP; other names are kept
+    as they are."""
+    mlp = re.fullmatch(r"(?:.*\.)?layers\.(\d+)\.mlp", folder_name)
+    if mlp:
+        return f"blocks.{mlp.group(1)}.hook_mlp_out"
     match = re.fullmatch(r"(?:.*\.)?layers\.(\d+)", folder_name)
     return f"blocks.{match.group(1)}.hook_resid_post" if match else folder_name
 
