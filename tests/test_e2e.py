@@ -31,19 +31,22 @@ def in_process(monkeypatch, demo_lm):
     command after the run, except the concurrent runs. This process is not the run's, so the
     stages' keys are still compared across processes. Returns (exit code, output with its
     whitespace collapsed, output)."""
+    import torch
     from typer.testing import CliRunner
 
     from faithcase.cli import app
     from faithcase.model import lm as lm_module
 
     monkeypatch.setattr(lm_module, "load_model", lambda *args, **kwargs: demo_lm)
+    threads = torch.get_num_threads()  # a command sets its own (FAITHCASE_THREADS), as a process
 
     def invoke(*args, cwd):
         monkeypatch.chdir(cwd)
         done = CliRunner().invoke(app, [str(a) for a in args])
         return done.exit_code, " ".join(done.output.split()), done.output
 
-    return invoke
+    yield invoke
+    torch.set_num_threads(threads)
 
 
 @needs_bundle

@@ -297,7 +297,7 @@ def test_faithcase_matrix_on_the_demos_four_saes(tmp_path):
     The references are computed while the command runs."""
     from faithcase.saes import load_sae
 
-    _tiny_many(tmp_path, DEMO_FOUR, run_name="four")
+    _tiny_many(tmp_path, DEMO_FOUR, run_name="four", match={"encoder": True})
     command = start_cli("matrix", "--config", "many.yaml", cwd=tmp_path)
     try:
         order = ["external_42", "external_49", "faithful_42", "faithful_49"]
