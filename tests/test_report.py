@@ -16,9 +16,6 @@ from faithcase.stages.assemble import assemble
 from faithcase.render.plots import decoder_vs_agreement, make_plots
 from faithcase.stages.report import build_report, render_report, report_files
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-
 
 @pytest.fixture(scope="module")
 def rendered():
@@ -187,36 +184,6 @@ def test_plot_functions_return_and_save_png(rendered, tmp_path):
 
 
 # ---------------------------------------------------------------- headless browser
-
-
-def browser_or_skip():
-    if Path(CHROMIUM).is_file() and Path(CHROMEDRIVER).is_file():
-        return
-    reason = "chromium/chromedriver not installed (apt-get install -y chromium chromium-driver)"
-    if os.environ.get("CI"):
-        pytest.fail(f"{reason}; required under CI")
-    pytest.skip(reason)
-
-
-@pytest.fixture
-def driver(tmp_path):
-    browser_or_skip()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--no-first-run", f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1400,2000",
-                 "--hide-scrollbars"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    chrome = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    try:
-        yield chrome
-    finally:
-        chrome.quit()
 
 
 @pytest.mark.timeout(180)
