@@ -43,6 +43,7 @@ from faithcase.run.store import StagedFiles, read_artifact, serialize
 from faithcase.run.errors import FaithcaseError
 from faithcase.run.graph import Stage
 from faithcase.numerics.group_checks import feature_checks, group_checks
+from faithcase.render.window_html import explainer_names
 from faithcase.numerics.statistics import detectable_difference, paired_comparison, spearman
 from faithcase.scores import FeatureView, Score, column
 from faithcase.window_artifacts import DescribeArtifact
@@ -361,8 +362,7 @@ def read_case_study(out_dir: Path, cases_name: str | None = None
 
 
 def print_summary(summary) -> None:
-    names = [n for g in summary.groups.values() for n in g.eleuther.get("own", {})]
-    names = list(dict.fromkeys(names))
+    names = explainer_names(summary)
     scores = table("case study by group (pairs with a silent feature left out; AUROC means over "
                    "the scored features)",
                    ["group", "pairs", "left out", "cos", "act. Pearson", "scored",
