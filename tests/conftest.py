@@ -78,10 +78,16 @@ windows: {n_negative: 20}
 describe: {kinds: [best], n_windows: 2, max_new_tokens: 8}
 embed: {min_activating: 5, min_non_activating: 5}  # the tiny corpus: delphi's 200 / 50 score nothing
 assemble: {n_bootstrap: 100}
+calibration:
+  concepts:
+    time: [time, year, years, day, days, week, month, hour, hours]
+    family: [family, mother, father, parents, children, child]
+    people: [people, person, man, men, woman, women, friend, friends]
 """
 # The smallest run that still exercises every stage: 64 sequences (every best feature scored),
 # 2 pairs per group and 2 stratified (16 features), 2 steering scales and 4 null directions, no
-# sampled texts, the window explainer on the best pairs only (2 windows, 8 tokens).
+# sampled texts, the window explainer on the best pairs only (2 windows, 8 tokens); three concepts
+# of known meaning.
 
 
 def tiny_config(**sections) -> str:

@@ -45,7 +45,9 @@ from faithcase.run.store import write_artifact
 from faithcase import plugins
 from faithcase.numerics.explanation_checks import peak_tokens
 
-EXPLAINERS = tuple(e.name for e in plugins.explainers())  # the built-ins: self, window, baseline, null
+# the built-ins that explain SAE features: self, window, baseline, null (not the known features'
+# true answer)
+EXPLAINERS = tuple(e.name for e in plugins.explainers() if e.only is None)
 
 
 def top_token_explanation(feature: FeatureWindows, n_tokens: int = 3) -> str | None:
@@ -272,7 +274,7 @@ def make_embed(pairs: PairsArtifact, windows: dict[str, WindowsArtifact]) -> Emb
                          query_template="Query: {explanation}", features=features, pairs=similarities,
                          explainers={e.name: ExplainerRecord(
                              doc=e.doc, control=e.control,
-                             record={"partners": nulls} if e.name == "null" else {})
+                             record={"partners": nulls} if e.name == "null" else {}, only=e.only)
                              for e in plugins.explainers()},
                          templates={"{explanation}": 0.51, "Query:{explanation}": 0.5})
 

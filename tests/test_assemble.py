@@ -341,7 +341,7 @@ def test_windows_of_the_wrong_sae_are_refused(arts):
 
 
 def test_the_summary_printer_shows_own_then_cross_means(arts, monkeypatch):
-    from faithcase.stages import assemble as stage
+    from faithcase.render import summary_print as stage
 
     _, summary = run(arts)
     printed = []

@@ -223,7 +223,7 @@ def test_group_tables_count_scored_features_and_average_only_those():
     # the report and the printer say how many
     rows = checks_rows(render_report(cases, summary, {}, arts.explain))
     assert rows["best"][1:3] == ["2 / 4", "1 dense, 1 rare"]
-    from faithcase.stages import assemble as stage
+    from faithcase.render import summary_print as stage
 
     printed = []
     original = stage.console.print

@@ -14,6 +14,7 @@ import faithcase.stages
 from faithcase.cli import app
 from faithcase.config import (
     AssembleConfig,
+    CalibrationConfig,
     Config,
     CorpusConfig,
     DescribeConfig,
@@ -40,7 +41,7 @@ SRC = Path(faithcase.stages.__file__).resolve().parents[1]
 CONFIGURATION_DOCS = SRC.parents[1] / "docs" / "configuration.md"
 SECTION_MODELS = (ModelConfig, SAEConfig, CorpusConfig, OutlierConfig, ScanConfig, MatchConfig,
                   PairsConfig, ExplainConfig, WindowsConfig, EmbedConfig, DescribeConfig,
-                  MatrixConfig, AssembleConfig, Config)
+                  MatrixConfig, AssembleConfig, CalibrationConfig, Config)
 
 TOY_STAGE = '''
 """A toy stage: how many matched pairs are at least as similar as the match threshold."""

@@ -53,7 +53,7 @@ def kept(cases, kind):
 
 def test_only_what_the_plugins_feed_is_recomputed(with_plugins):
     _, _, printed = with_plugins
-    for stage in ("match", "scan", "pairs", "explain", "windows", "describe"):
+    for stage in ("match", "scan", "known", "pairs", "explain", "windows", "describe"):
         assert f"cached {stage} is up to date" in printed
     assert "cached embed" not in printed and "cached assemble" not in printed
 
@@ -61,7 +61,8 @@ def test_only_what_the_plugins_feed_is_recomputed(with_plugins):
 def test_a_new_explainer_is_scored_beside_the_built_ins(with_plugins):
     run, original, printed = with_plugins
     embed, before = read(run, "embed.json"), read(original, "embed.json")
-    assert list(embed["explainers"]) == ["self", "window", "top_token", "baseline", "null"]
+    assert list(embed["explainers"]) == ["self", "window", "top_token", "baseline", "null",
+                                         "truth"]  # truth: the known features' true answer
     checked = 0
     for sae in SAE_KEYS:
         windows = read(run, f"windows_{sae}.json")["features"]
@@ -100,14 +101,14 @@ def test_a_new_explainer_is_scored_beside_the_built_ins(with_plugins):
         len([b for b in pair.find_all("blockquote")
              if b.attrs.get("data-explainer") == "top_token"]) == 2
         for pair in tree.root.find_all("div", "pair"))
-    assert "self/window/top_token/baseline/null" in printed
+    assert "self/window/top_token/baseline/null/truth" in printed
 
 
 def test_a_new_score_reaches_the_case_study_the_group_table_and_the_report(with_plugins):
     run, _, printed = with_plugins
     cases, summary = read(run, "case_study.json"), read(run, "summary.json")
     embed = read(run, "embed.json")
-    names = list(embed["explainers"])
+    names = [n for n, e in embed["explainers"].items() if e["only"] is None]
     assert list(summary["scores"]) == [f"length.{n}" for n in names]
     for case in cases:
         for name in names:

@@ -37,7 +37,8 @@ def studies_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("studies")
     data = yaml.safe_load(TINY_CONFIG)
     del data["sae1"], data["sae2"]
-    data |= {"run_name": "many", "saes": SAES, "studies": STUDIES, "describe": False}
+    data |= {"run_name": "many", "saes": SAES, "studies": STUDIES, "describe": False,
+             "calibration": False}
     (root / "many.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
     opts = RunOptions(config=str(root / "many.yaml"), out_dir=root / "many")
     rt = runtime(opts)
@@ -61,6 +62,7 @@ def test_one_corpus_pass_feeds_the_matrix_and_every_study(studies_run):
         scan = read_artifact(path / SCAN_FILE, ScanArtifact)
         assert scan.n_tokens == matrix.n_tokens
         assert summary.match.shared_ratio == matrix.pair(a, b).shared_ratio  # the same assignment
+        assert summary.calibration is None and "known" not in summary.groups  # calibration: off
         assert summary.quality["sae1"] == next(s.quality for s in matrix.saes if s.name == a)
 
 

@@ -14,9 +14,11 @@ from faithcase.evidence import (ActivationSpread, Document, ExplanationScore, Fe
 
 PairKind = Literal["best", "worst", "random", "stratified"]
 PAIR_KINDS: tuple[PairKind, ...] = ("best", "worst", "random", "stratified")
+GROUPS = (*PAIR_KINDS, "known")  # the group table's rows: the pair kinds, the known features
 Criterion = Literal["mean", "density", "max"]
 CRITERIA: tuple[Criterion, ...] = ("mean", "density", "max")
 SAE_KEYS = ("sae1", "sae2")
+KNOWN = "known"  # the features of known meaning (calibration), a feature set beside the SAEs
 
 # the files of a run folder
 MATCH_FILE, MATCH_PLOT = "match.json", "match_histogram.png"
@@ -350,7 +352,7 @@ class WindowsArtifact(Artifact):
 
 # an explainer's name: self, window, baseline, null, or a plugin's (faithcase.plugins)
 Explainer = str
-SAEKey = Literal["sae1", "sae2"]
+SAEKey = Literal["sae1", "sae2", "known"]
 Side = Literal["own", "cross"]  # a feature's documents by its own SAE's explanation / its partner's
 SIDES: tuple[Side, ...] = ("own", "cross")
 
@@ -382,6 +384,10 @@ class ExplainerRecord(Model):
     doc: str
     control: bool  # a reference (baseline, null), not an explainer under test
     record: dict[str, Any] = {}
+    only: str | None = None  # the one feature set it explains ("known": the true answer)
+
+    def explains(self, feature_set: str) -> bool:
+        return self.only is None or self.only == feature_set
 
 
 class EmbedArtifact(Artifact):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from faithcase.calibration import Calibration
 from faithcase.artifacts import (
     ActExample,
     Artifact,
@@ -107,5 +108,6 @@ class CaseStudySummary(Artifact):
     explainers: dict[str, ExplainerRecord] = {}  # what scored (embed.json), controls last
     sensitivity: list[Sensitivity] = []  # the smallest differences the comparisons can detect
     scores: dict[str, str] = {}  # each registered score's column -> what it measures
+    calibration: Calibration | None = None  # the features of known meaning (calibration.py)
     n_left_out: int
     config: dict[str, Any]

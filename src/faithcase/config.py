@@ -19,6 +19,7 @@ from faithcase.config_sections import (  # noqa: F401 - the sections are importe
     QUERY_TEMPLATES,
     RETRIEVAL_INSTRUCTION,
     AssembleConfig,
+    CalibrationConfig,
     CorpusConfig,
     DescribeConfig,
     EmbedConfig,
@@ -90,6 +91,8 @@ class Config(Section):
         "`faithcase matrix` over the `saes` (section matrix)."))
     assemble: AssembleConfig = Field(AssembleConfig(), description=(
         "The case study's statistics (section assemble)."))
+    calibration: CalibrationConfig = Field(CalibrationConfig(), description=(
+        "Features of known meaning run through the same chain (section calibration)."))
     plugins: list[str] = Field([], description=(
         "Modules (importable names, or .py files relative to the config) that add an explainer "
         "(`EXPLAINER`) or a score (`SCORE`); also FAITHCASE_PLUGINS, comma-separated."))

@@ -396,3 +396,32 @@ class AssembleConfig(Section):
 
     n_bootstrap: int = Field(2000, ge=10, description="Resamples of each Spearman interval.")
     seed: int = Field(0, description="Seed of the bootstrap resamples.")
+
+
+class CalibrationConfig(Section):
+    """Features of known meaning, run through the same chain as the SAE features (the `known`
+    stage): each concept's direction and firing rule from the run's residuals at its words."""
+
+    enabled: bool = Field(True, description=(
+        "Build and explain the known features; `calibration: off` turns it off."))
+    concepts: dict[str, list[str]] | None = Field(None, description=(
+        "Concept name -> its words (as spelled; list inflections); null: the built-in list of "
+        "16 common concepts (numerics/concepts.py)."))
+    min_activating: int | None = Field(None, ge=1, description=(
+        "Activating windows a known feature needs to be scored; null: embed.min_activating "
+        "(delphi's rule, the SAE features' own)."))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _switch(cls, value: Any) -> Any:
+        if value is False or value is None:  # `calibration: off`
+            return {"enabled": False}
+        return {} if value is True else value
+
+    @field_validator("concepts")
+    @classmethod
+    def _words(cls, concepts: dict[str, list[str]] | None) -> dict[str, list[str]] | None:
+        for name, words in (concepts or {}).items():
+            if not words or not all(isinstance(w, str) and w.strip() for w in words):
+                raise ValueError(f"concept {name!r} needs at least one non-empty word")
+        return concepts

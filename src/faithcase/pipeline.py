@@ -11,8 +11,8 @@ from faithcase.run.graph import Graph, GraphRun
 from faithcase.run.lock import RunLock
 from faithcase.run.store import fingerprint
 
-STAGE_MODULES = ("match", "scan", "pairs", "explain", "windows", "describe", "embed", "assemble",
-                 "report")
+STAGE_MODULES = ("match", "scan", "known", "pairs", "explain", "windows", "describe", "embed",
+                 "assemble", "report")
 
 
 def stages(modules: tuple[str, ...] = STAGE_MODULES) -> list:

@@ -20,7 +20,8 @@ from faithcase.run.errors import FaithcaseError
 from faithcase.scores import Score
 
 BUILTIN = ("faithcase.explainers.self_explanation", "faithcase.explainers.window",
-           "faithcase.explainers.baseline", "faithcase.explainers.null")
+           "faithcase.explainers.baseline", "faithcase.explainers.null",
+           "faithcase.explainers.truth")
 PLUGINS_ENV = "FAITHCASE_PLUGINS"
 
 

@@ -27,6 +27,7 @@ class Sources:
     describe: Any
     settings: Any
     registry: Mapping[str, "Explainer"]
+    known: Any = None  # the known features (known.json), when the run has them
     _texts: dict[tuple[str, str], Texts] = field(default_factory=dict)
 
     def features(self, sae: str) -> list[str]:
@@ -45,7 +46,8 @@ class Explainer:
 
     `control`: a reference score (baseline, null), shown after the explainers. `missing(sources,
     sae, feature)`: why a feature has no text (default: "no explanation"). `record(sources)`: what
-    embed.json keeps of how the texts were made (e.g. the null's partners)."""
+    embed.json keeps of how the texts were made (e.g. the null's partners). `only`: the one
+    feature set it explains (e.g. "known" for the true answer); None: every set."""
 
     name: str
     doc: str
@@ -53,6 +55,7 @@ class Explainer:
     control: bool = False
     missing: Callable[[Sources, str, str], str] | None = None
     record: Callable[[Sources], dict] | None = None
+    only: str | None = None
 
     def why_missing(self, sources: Sources, sae: str, feature: str) -> str:
         return self.missing(sources, sae, feature) if self.missing else "no explanation"

@@ -79,17 +79,21 @@ def uninformative_reasons(texts: Mapping[K, str | None], answers: Mapping[str, s
 def flag_uninformative(features: Mapping[str, Mapping[str, FeatureExplanation]],
                        baseline: ExplainBaseline, share: float,
                        minimum: int) -> UninformativeRule:
-    """Sets `uninformative` on every feature of an explain artifact (both SAEs together)."""
+    """Sets `uninformative` on every feature of an explain artifact: the SAEs' together (the rule
+    returned), the known features' stock texts counted apart."""
     texts = {(sae, key): first_text(f.explanations)
-             for sae, group in features.items() for key, f in group.items()}
+             for sae, group in features.items() for key, f in group.items() if sae != "known"}
     answers = baseline_answers(baseline)
     reasons, stock = uninformative_reasons(texts, answers, share, minimum)
+    known = {("known", key): first_text(f.explanations)
+             for key, f in features.get("known", {}).items()}
+    reasons |= uninformative_reasons(known, answers, share, minimum)[0]
     for (sae, key), reason in reasons.items():
         features[sae][key].uninformative = reason
     return UninformativeRule(
         rule=UNINFORMATIVE_RULE, baselines=answers, stock_share=share, stock_min=minimum,
         n_explained=sum(t is not None for t in texts.values()), stock=stock,
-        n_uninformative=sum(r is not None for r in reasons.values()))
+        n_uninformative=sum(r is not None for (sae, _), r in reasons.items() if sae != "known"))
 
 
 # ---------------------------------------------------------------- known answer

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from faithcase.artifacts import PAIR_KINDS
+from faithcase.artifacts import GROUPS, PAIR_KINDS
 from faithcase.matrix_artifacts import ComparisonArtifact, MatrixArtifact
 from faithcase.render.html import auroc_html, fmt, pct
 from faithcase.render.plots import (matrix_heatmap, new_figure, overlap_histogram,
@@ -66,7 +66,7 @@ def _groups_table(artifact: ComparisonArtifact) -> str:
     """The studies' group tables, kind by kind, one row per study."""
     rows = []
     others = list(dict.fromkeys(n for s in artifact.studies for n in s.explainers if n != "self"))
-    for kind in PAIR_KINDS:
+    for kind in GROUPS:
         for s in artifact.studies:
             g = s.groups.get(kind)
             if g is None:

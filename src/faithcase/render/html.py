@@ -9,7 +9,7 @@ from html import escape
 
 from faithcase.artifacts import (
     CRITERIA,
-    PAIR_KINDS,
+    GROUPS,
     SAE_KEYS,
     SIDES,
     ExplainArtifact,
@@ -20,6 +20,7 @@ from faithcase.render.checks_html import (
     feature_checks_html,
     feature_flags_html,
 )
+from faithcase.render.calibration_html import calibration_html
 from faithcase.render.style import CSS, JS
 from faithcase.render.window_html import (comparison_html, controls_of, explainer_html,
                                           explainer_names, sensitivity_html)
@@ -314,7 +315,7 @@ def summary_table_html(summary: CaseStudySummary) -> str:
     names = explainer_names(summary)
     columns = list(summary.scores)
     rows = []
-    for kind in [k for k in PAIR_KINDS if k in summary.groups]:
+    for kind in [k for k in GROUPS if k in summary.groups]:
         g = summary.groups[kind]
         aurocs = "".join(f"<td>{auroc_html(g.eleuther[side].get(n))}</td>"
                          for side in SIDES for n in names)
@@ -415,6 +416,8 @@ def render_report(
         f'<section id="summary"><h2>Summary by group</h2>{summary_table_html(summary)}'
         '<h2>Self-explanation against the window explainer (same documents)</h2>'
         f"{comparison_html(summary)}{sensitivity_html(summary)}"
+        '<h2>Calibration: features of known meaning</h2>'
+        f"{calibration_html(summary)}"
         f'<h2>Scoring rules and explanation checks</h2>{checks_table_html(summary)}'
         f'<h2>Decoder cosine against the scores</h2>{correlations_html(summary)}'
         '<details class="config"><summary>run configuration</summary>'

@@ -11,11 +11,13 @@ from faithcase.render.tables import fmt
 
 
 def explainer_names(summary: CaseStudySummary) -> list[str]:
-    """The explainers a summary scored, controls last (older summaries: from the group means)."""
+    """The explainers a summary scored that some group has means of (the true answer: only with
+    known features), controls last (older summaries: from the group means)."""
+    found = list(dict.fromkeys(n for g in summary.groups.values()
+                               for n in g.eleuther.get("own", {})))
     if summary.explainers:
-        return list(summary.explainers)
-    found = [n for g in summary.groups.values() for n in g.eleuther.get("own", {})]
-    return list(dict.fromkeys(found))
+        return [n for n in summary.explainers if n in found or not summary.groups]
+    return found
 
 
 def controls_of(summary: CaseStudySummary) -> list[str]:

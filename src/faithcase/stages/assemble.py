@@ -16,11 +16,11 @@ from collections.abc import Sequence
 from statistics import fmean
 from typing import Any
 
-from faithcase.render.tables import console, fmt, table
 from faithcase.artifacts import (
     CASE_STUDY_FILE,
     CRITERIA,
     EMBED_FILE,
+    KNOWN,
     EXPLAIN_FILE,
     PAIR_KINDS,
     SAE_KEYS,
@@ -37,13 +37,15 @@ from faithcase.artifacts import (
     windows_file,
 )
 from faithcase.case_study import CaseStudySummary, CaseWindow, GroupSummary, PairCase
+from faithcase.calibration import KnownArtifact
+from faithcase.numerics.calibration_stats import calibrate, known_cases, known_group
 from faithcase import plugins
 from faithcase.config import AssembleConfig
 from faithcase.run.store import StagedFiles, read_artifact, serialize
 from faithcase.run.errors import FaithcaseError
 from faithcase.run.graph import Stage
 from faithcase.numerics.group_checks import feature_checks, group_checks
-from faithcase.render.window_html import explainer_names
+from faithcase.render.summary_print import print_summary  # noqa: F401 - the stage's printer
 from faithcase.numerics.statistics import detectable_difference, paired_comparison, spearman
 from faithcase.scores import FeatureView, Score, column
 from faithcase.window_artifacts import DescribeArtifact
@@ -76,13 +78,18 @@ def check_complete(pairs: PairsArtifact, explain: ExplainArtifact,
                 raise FaithcaseError(f"{EMBED_FILE} lacks {which}: run `faithcase embed`")
             scored = embed.features[sae][key].eleuther
             for explanation_of in SAE_KEYS:
-                if set(scored.get(explanation_of, {})) != set(embed.explainers):
+                if set(scored.get(explanation_of, {})) != set(pair_explainers(embed)):
                     raise FaithcaseError(f"{EMBED_FILE} lacks the scores of {explanation_of}'s "
                                          f"explanations on {which}: run `faithcase embed`")
     for pair in pairs.all_pairs():
         if find_similarity(embed, pair) is None:
             raise FaithcaseError(f"{EMBED_FILE} lacks {pair.kind} pair {pair.rank} "
                                  f"({pair.index1}, {pair.index2}): run `faithcase embed`")
+
+
+def pair_explainers(embed: EmbedArtifact) -> list[str]:
+    """The explainers of the SAE features (the true answer explains known features only)."""
+    return [name for name, record in embed.explainers.items() if record.explains(SAE_KEYS[0])]
 
 
 def find_similarity(embed: EmbedArtifact, pair: Pair):
@@ -111,7 +118,7 @@ def build_case(pair: Pair, position: int, scan: ScanArtifact, explain: ExplainAr
     explained = [explain.features[sae][str(indices[sae])] for sae in SAE_KEYS]
     featured = [windows[sae].features[str(indices[sae])] for sae in SAE_KEYS]
     scored = [embed.features[sae][str(indices[sae])] for sae in SAE_KEYS]
-    names = list(embed.explainers)
+    names = pair_explainers(embed)
 
     def auroc(slot: int, side: str, name: str) -> float | None:
         of = SAE_KEYS[slot if side == "own" else 1 - slot]
@@ -276,9 +283,11 @@ def assemble(
     settings: AssembleConfig | None = None,
     describe: DescribeArtifact | None = None,
     scores: Sequence[Score] | None = None,
+    known: KnownArtifact | None = None,
 ) -> tuple[list[PairCase], CaseStudySummary]:
     """One PairCase per selected pair and the run's summary; FaithcaseError if an artifact lacks
-    a pair. `scores`: the registered scores (default: faithcase.plugins')."""
+    a pair. `scores`: the registered scores (default: faithcase.plugins'); `known`: the features
+    of known meaning, measured in the summary's `calibration` and its group `known`."""
     check_complete(pairs, explain, windows, embed)
     scores = list(scores) if scores is not None else plugins.scores()
     position = {index: i for i, index in enumerate(match.assignment.index1)}
@@ -287,6 +296,16 @@ def assemble(
     model_section = config.get("model")
     model_name = model_section.get("name") if isinstance(model_section, dict) else model_section
     null = explain.null
+    groups = group_summary(cases)
+    settings = settings or AssembleConfig()
+    calibration = None
+    if known is not None and known.enabled:
+        names = list(embed.explainers)
+        found = known_cases(known, explain, embed, names)
+        best = {n: groups["best"].eleuther["own"].get(n) for n in names}
+        calibration = calibrate(known, found, {n: r.control for n, r in embed.explainers.items()},
+                                best, settings.n_bootstrap, settings.seed)
+        groups[KNOWN] = known_group(found, names)
     summary = CaseStudySummary(
         model=str(model_name or "unknown model"),
         hook=str(config.get("hook") or match.sae1.hook_name or "unknown hook"),
@@ -294,7 +313,7 @@ def assemble(
         sae2=match.sae2,
         match=match.stats,
         quality=scan.quality,
-        groups=group_summary(cases),
+        groups=groups, calibration=calibration,
         correlations=correlations(cases, match, scan, settings),
         failure={"threshold": explain.threshold, "source": explain.threshold_source,
                  "null_quantiles": null.quantiles if null else None,
@@ -306,7 +325,7 @@ def assemble(
         explainers=embed.explainers,
         sensitivity=sensitivity(cases, bool(describe and describe.enabled)),
         scores={column(score, name): score.doc for score in scores
-                for name in (list(embed.explainers) if score.by_explainer else [None])},
+                for name in (pair_explainers(embed) if score.by_explainer else [None])},
         n_left_out=sum(any(c.silent) for c in cases),
         config=config,
     )
@@ -358,59 +377,6 @@ def read_case_study(out_dir: Path, cases_name: str | None = None
     return cases, read_artifact(summary_path(cases_path), CaseStudySummary, "assemble")
 
 
-# ---------------------------------------------------------------- printing
-
-
-def print_summary(summary) -> None:
-    names = explainer_names(summary)
-    scores = table("case study by group (pairs with a silent feature left out; AUROC means over "
-                   "the scored features)",
-                   ["group", "pairs", "left out", "cos", "act. Pearson", "scored",
-                    f"own {'/'.join(names)}", f"cross {'/'.join(names)}"])
-    checks = table("explanation checks", ["group", "passing", "uninformative self/window",
-                                          "names peak token self/window/null",
-                                          "failing 1-token/other"])
-    for kind, g in summary.groups.items():
-        own, cross = (" / ".join(fmt(g.eleuther[side].get(n), 2) for n in names) for side in SIDES)
-        scores.add_row(kind, str(g.n_pairs), str(g.n_left_out), fmt(g.mean_similarity),
-                       fmt(g.mean_pearson), f"{g.n_scored}/{g.n_features}", own, cross)
-        c = g.checks
-        if c is not None:
-            checks.add_row(kind, fmt(g.pass_rate, 2),
-                           f"{c.n_uninformative} / {c.n_uninformative_window}",
-                           f"{fmt(c.known_answer_rate, 2)} / {fmt(c.known_answer_window_rate, 2)} "
-                           f"/ {fmt(c.known_answer_null_rate, 2)}",
-                           f"{fmt(c.failure_rate_single_token, 2)} ({c.n_single_token}) / "
-                           f"{fmt(c.failure_rate_other, 2)} ({c.n_other})")
-    console.print(scores)
-    console.print(checks)
-    if summary.scores:
-        extra = table("scores by group (means over the features of the pairs that fire)",
-                      ["group", *summary.scores])
-        for kind, g in summary.groups.items():
-            extra.add_row(kind, *(fmt(g.scores.get(key)) for key in summary.scores))
-        console.print(extra)
-    null = summary.similarity_null
-    if null is not None:
-        similar = ", ".join(f"{kind} {fmt(g.mean_explanation_similarity, 2)}"
-                            for kind, g in summary.groups.items())
-        console.print(f"explanation similarity: {similar}; null (unrelated pairs, n="
-                      f"{len(null.similarities)}): {fmt(null.mean, 2)}, informative only "
-                      f"{fmt(null.mean_informative, 2)}")
-    for group, rows in summary.comparison.items():
-        for r in rows:
-            console.print(f"self − window AUROC ({group}, {r.side}, n={r.n}): "
-                          f"{fmt(r.mean_difference, 3)} [{fmt(r.ci_low, 3)}, {fmt(r.ci_high, 3)}], "
-                          f"self wins {fmt(r.self_wins, 2)}")
-    for s in summary.sensitivity:
-        sizes = f"n={s.n}" if s.paired else f"n={s.n} and {s.n_other}"
-        console.print(f"smallest detectable difference ({s.power:.0%} power), {s.comparison}, "
-                      f"{sizes}: {fmt(s.detectable, 3)}")
-    for c in summary.correlations:
-        console.print(f"Spearman ρ(decoder cos, {c.score}) over {c.pairs} pairs (n={c.n}): "
-                      f"{fmt(c.rho)} [{fmt(c.ci_low)}, {fmt(c.ci_high)}]")
-
-
 # ---------------------------------------------------------------- the stage
 
 
@@ -418,7 +384,7 @@ def _compute(job) -> tuple[list[PairCase], CaseStudySummary]:
     up = job.inputs
     cases, summary = assemble(up["match"], up["scan"], up["pairs"], up["explain"], up["windows"],
                               up["embed"], job.ctx.cfg.model_dump(mode="json"), job.settings,
-                              up["describe"], job.ctx.scores)
+                              up["describe"], job.ctx.scores, up["known"])
     job.write(CASE_STUDY_FILE, cases)
     job.write(SUMMARY_FILE, summary)
     return cases, summary
@@ -430,7 +396,7 @@ def _load(job) -> tuple[list[PairCase], CaseStudySummary]:
 
 STAGE = Stage(
     "assemble", _compute, inputs=("match", "scan", "pairs", "explain", "windows", "describe",
-                                "embed"),
+                                "embed", "known"),
     section="assemble", uses=("config", "plugins"), load=_load,
     printer=lambda value, inputs: print_summary(value[1]),
     doc="Join every stage into case_study.json (one entry per pair) and summary.json.")

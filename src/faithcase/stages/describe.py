@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from faithcase.artifacts import SAE_KEYS, FeatureWindows
+from faithcase.artifacts import KNOWN, FeatureWindows
 from faithcase.config import affecting
 from faithcase.explainers.backends import backend
 from faithcase.model.window_prompt import (
@@ -108,10 +108,8 @@ def describe(features: Mapping[str, list[int]], windows: Mapping[str, Mapping[st
             done[sae][str(f)] = WindowExplanation(
                 feature=f, explanation=text, reason=None if text else f"no {MARKER} line",
                 reply=reply, prompt=block, shown=shown, fingerprint=tag)
-    texts = {(sae, f): e.explanation for sae, group in done.items() for f, e in group.items()}
-    reasons, found = uninformative_reasons(texts, {}, *stock)
-    for (sae, f), reason in reasons.items():
-        done[sae][f].uninformative = reason or copied_example(texts[sae, f])
+    reasons, found = _flag(done, stock, known=False)  # the SAE features' stock texts: the rule's
+    _flag(done, stock, known=True)  # the known features' counted apart
     rule = {"rule": UNINFORMATIVE_RULE.split(", equals a baseline")[0] + ", is a stock text (as "
             "for the self-explanations), or copies a few-shot answer: shares "
             f"{COPY_WORDS} consecutive normalized words with one",
@@ -122,6 +120,16 @@ def describe(features: Mapping[str, list[int]], windows: Mapping[str, Mapping[st
         few_shot=[list(turn) for turn in FEW_SHOT], prefill=MARKER if prefilled else None,
         separation=SEPARATION, uninformative_rule=rule,
         features={k: dict(sorted(g.items(), key=lambda kv: int(kv[0]))) for k, g in done.items()})
+
+
+def _flag(done: dict, stock: tuple[float, int], known: bool) -> tuple[dict, dict]:
+    """Flags the uninformative window explanations of the SAE features (or the known ones)."""
+    texts = {(sae, f): e.explanation for sae, group in done.items() for f, e in group.items()
+             if (sae == KNOWN) == known}
+    reasons, found = uninformative_reasons(texts, {}, *stock)
+    for (sae, f), reason in reasons.items():
+        done[sae][f].uninformative = reason or copied_example(texts[sae, f])
+    return reasons, found
 
 
 def copied_example(text: str | None) -> str | None:
@@ -173,8 +181,9 @@ def _compute(job) -> DescribeArtifact:
     if not cfg.enabled:
         artifact = disabled()
     else:
-        features = described_features(job.inputs["pairs"], cfg.kinds)
-        windows = {k: job.inputs["windows"][k].features for k in SAE_KEYS}
+        features = (described_features(job.inputs["pairs"], cfg.kinds)
+                    | job.inputs["known"].selection())
+        windows = {k: w.features for k, w in job.inputs["windows"].items()}
         previous = job.previous(DESCRIBE_FILE, DescribeArtifact)
         with rt.console.status("describing features from their top windows …") as status:
             def progress(what: str, done: int, total: int) -> None:
@@ -199,7 +208,7 @@ def stage_key(rt) -> dict:
 
 
 STAGE = Stage(
-    "describe", _compute, inputs=("pairs", "windows"), section="describe",
+    "describe", _compute, inputs=("pairs", "windows", "known"), section="describe",
     artifact=DescribeArtifact, printer=print_describe, key=stage_key,
     doc="The window explainer: an instruction-tuned model (the run's, a local file or an "
         "OpenAI-compatible endpoint) explains each feature from its top windows (delphi's prompt).")

@@ -31,6 +31,7 @@ from sklearn.metrics import roc_auc_score
 
 from faithcase.render.tables import console, fmt, table
 from faithcase.artifacts import (
+    KNOWN,
     SAE_KEYS,
     Context,
     Document,
@@ -65,6 +66,7 @@ from faithcase.numerics.explanation_checks import (
 )
 from faithcase.numerics.token_spread import SPREAD_METHOD
 from faithcase.window_artifacts import DescribeArtifact
+from faithcase.calibration import KnownArtifact
 
 SIMILARITY_NULL_METHOD = (
     "cosine of the explanation embeddings of up to embed.n_similarity_null random (SAE 1, SAE 2) "
@@ -176,8 +178,8 @@ class _Batch:
         self.jobs: list[tuple[list[Document], str | None, str | None]] = []
 
     def add(self, docs: list[Document], explanation: str | None,
-            counts: tuple[int, int] | None = None) -> int:
-        why = unscorable_reason(explanation, docs, self.settings, counts)
+            counts: tuple[int, int] | None = None, rules: EmbedConfig | None = None) -> int:
+        why = unscorable_reason(explanation, docs, rules or self.settings, counts)
         self.jobs.append((docs, explanation, why))
         return len(self.jobs) - 1
 
@@ -223,34 +225,40 @@ def embed_case_study(pairs: list[Pair], explain: ExplainArtifact,
                      windows: Mapping[str, WindowsArtifact], embedder: Embedder,
                      settings: EmbedConfig | None = None, n_quantiles: int | None = None,
                      describe: DescribeArtifact | None = None,
-                     explainers: Sequence[Explainer] | None = None) -> EmbedArtifact:
+                     explainers: Sequence[Explainer] | None = None,
+                     known: KnownArtifact | None = None) -> EmbedArtifact:
     """Every selected feature's documents scored by each explainer's text of it (default: the
     registered explainers, `faithcase.plugins`) and by those of its matched partner;
     `n_quantiles` is windows.n_quantiles. A score sits at
-    `features[documents_of][feature].eleuther[explanation_of][explainer]`."""
+    `features[documents_of][feature].eleuther[explanation_of][explainer]`. The known features
+    (windows["known"], from `known`) are scored by their own explainers' texts only, with the true
+    answer among them, under known.min_activating when it is set."""
     settings = settings or EmbedConfig()
     explainers = list(explainers) if explainers is not None else plugins.explainers()
-    found = {key: windows[key].features for key in SAE_KEYS}
+    keys = [*SAE_KEYS, *([KNOWN] if KNOWN in windows else [])]
+    found = {key: windows[key].features for key in keys}
     for pair in pairs:
         for key, index in (("sae1", pair.index1), ("sae2", pair.index2)):
             if str(index) not in found[key]:
                 raise FaithcaseError(f"the windows of {key} have no feature {index}: "
                                      "rerun `faithcase windows --force`")
-    sources = Sources(explain=explain, windows={key: windows[key] for key in SAE_KEYS},
+    sources = Sources(explain=explain, windows={key: windows[key] for key in keys},
                       describe=describe, settings=settings,
-                      registry={e.name: e for e in explainers})
-    names = [e.name for e in explainers]
-    texts = {key: {f: {name: sources.texts(name, key).get(f) for name in names}
-                   for f in found[key]} for key in SAE_KEYS}
-    explained = {key: {f: by.get("self") for f, by in texts[key].items()} for key in SAE_KEYS}
+                      registry={e.name: e for e in explainers}, known=known)
+    names = {key: [e.name for e in explainers if e.only in (None, key)] for key in keys}
+    texts = {key: {f: {name: sources.texts(name, key).get(f) for name in names[key]}
+                   for f in found[key]} for key in keys}
+    explained = {key: {f: by.get("self") for f, by in texts[key].items()} for key in keys}
     tokens = {key: {f: peak_tokens(w.windows.get("max", []), settings.n_peak_tokens)
-                    for f, w in found[key].items()} for key in SAE_KEYS}
-    docs = {key: {f: documents(w) for f, w in found[key].items()} for key in SAE_KEYS}
-    scoring = {key: {f: feature_scoring(w, settings) for f, w in found[key].items()}
-               for key in SAE_KEYS}
+                    for f, w in found[key].items()} for key in keys}
+    docs = {key: {f: documents(w) for f, w in found[key].items()} for key in keys}
+    rules = {key: settings for key in keys}
+    if KNOWN in rules and known is not None and known.min_activating is not None:
+        rules[KNOWN] = settings.model_copy(update={"min_activating": known.min_activating})
+    scoring = {key: {f: feature_scoring(w, rules[key]) for f, w in found[key].items()}
+               for key in keys}
     whose = _explainers(pairs, found)
-    features = _score_features(embedder, settings, docs, scoring, texts, whose, n_quantiles,
-                               names)
+    features = _score_features(embedder, rules, docs, scoring, texts, whose, n_quantiles, names)
     _annotate(features, scoring, texts, tokens, whose, explainers, sources)
     similarities = [PairSimilarity(kind=p.kind, rank=p.rank, index1=p.index1, index2=p.index2,
                                    explanation_similarity=explanation_similarity(
@@ -261,7 +269,7 @@ def embed_case_study(pairs: list[Pair], explain: ExplainArtifact,
     return EmbedArtifact(
         embedder=settings.model, query_template=settings.template, features=features,
         pairs=similarities,
-        explainers={e.name: ExplainerRecord(doc=e.doc, control=e.control,
+        explainers={e.name: ExplainerRecord(doc=e.doc, control=e.control, only=e.only,
                                             record=e.record(sources) if e.record else {})
                     for e in explainers},
         templates=_template_check(embedder, settings, docs, scoring, explained, n_quantiles)
@@ -281,7 +289,7 @@ def _annotate(features, scoring, texts, tokens, whose, explainers, sources) -> N
                                               explanation=said["self"], null=said["null"],
                                               window=said["window"])
             for of, by in scored.eleuther.items():
-                for explainer in explainers:
+                for explainer in [e for e in explainers if e.name in by]:
                     if by[explainer.name].reason == "no explanation":
                         by[explainer.name].reason = explainer.why_missing(
                             sources, of, str(whose[key, f][of]))
@@ -330,7 +338,7 @@ def _explainers(pairs: list[Pair], found: Mapping[str, Mapping[str, Any]]
                 ) -> dict[tuple[str, str], dict[str, str]]:
     """(documents_of, feature) -> explanation_of -> the feature whose explanations score these
     documents: the feature itself, and its matched partner in the other SAE when it has one."""
-    whose = {(key, f): {key: f} for key in SAE_KEYS for f in found[key]}
+    whose = {(key, f): {key: f} for key in found for f in found[key]}
     for p in pairs:
         whose["sae1", str(p.index1)]["sae2"] = str(p.index2)
         whose["sae2", str(p.index2)]["sae1"] = str(p.index1)
@@ -341,21 +349,23 @@ def _counts(scoring: FeatureScoring) -> tuple[int, int]:
     return scoring.n_activating_windows, scoring.n_non_activating_windows
 
 
-def _score_features(embedder: Embedder, settings: EmbedConfig, docs, scoring, texts,
+def _score_features(embedder: Embedder, rules: Mapping[str, EmbedConfig], docs, scoring, texts,
                     whose: dict[tuple[str, str], dict[str, str]], n_quantiles: int | None,
-                    names: Sequence[str]) -> dict[str, dict[str, ScoredFeature]]:
-    """One batch of every (documents, explanation) score, keyed by SAE then feature."""
-    batch = _Batch(embedder, settings, settings.template)
+                    names: Mapping[str, Sequence[str]]) -> dict[str, dict[str, ScoredFeature]]:
+    """One batch of every (documents, explanation) score, keyed by feature set then feature;
+    `rules[key]`: the scoring rules of that set's documents, `names[key]`: its explainers."""
+    first = next(iter(rules.values()))
+    batch = _Batch(embedder, first, first.template)
     jobs = {(key, f, of, name): batch.add(docs[key][f], texts[of][g][name],
-                                          _counts(scoring[key][f]))
+                                          _counts(scoring[key][f]), rules[key])
             for (key, f), sources in whose.items() for of, g in sources.items()
-            for name in names}
+            for name in names[of]}
     scores = batch.run(n_quantiles)
     return {key: {f: ScoredFeature(
         feature=int(f), documents=docs[key][f],
-        eleuther={of: {n: scores[jobs[key, f, of, n]] for n in names}
-                  for of in SAE_KEYS if of in whose[key, f]})
-        for f in sorted(docs[key], key=int)} for key in SAE_KEYS}
+        eleuther={of: {n: scores[jobs[key, f, of, n]] for n in names[of]}
+                  for of in docs if of in whose[key, f]})
+        for f in sorted(docs[key], key=int)} for key in docs}
 
 
 def _template_check(embedder: Embedder, settings: EmbedConfig, docs, scoring, explained,
@@ -405,13 +415,13 @@ def _compute(job) -> EmbedArtifact:
     with rt.console.status("embedding explanations and contexts …"):
         artifact = embed_case_study(up["pairs"].all_pairs(), up["explain"], up["windows"],
                                     rt.embedder, job.settings, rt.cfg.windows.n_quantiles,
-                                    up["describe"], rt.explainers)
+                                    up["describe"], rt.explainers, up["known"])
     job.write(job.stage.file, artifact)
     return artifact
 
 
 STAGE = Stage(
-    "embed", _compute, inputs=("pairs", "explain", "windows", "describe"), section="embed",
+    "embed", _compute, inputs=("pairs", "explain", "windows", "describe", "known"), section="embed",
     uses=("explainers",), artifact=EmbedArtifact, printer=print_embed,
     doc="Eleuther embedding score (AUROC) of every explanation, its baseline and null, own and "
         "across the pair.")

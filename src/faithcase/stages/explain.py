@@ -38,6 +38,7 @@ import torch
 
 from faithcase.render.tables import console, fmt, table
 from faithcase.artifacts import (
+    KNOWN,
     ExplainArtifact,
     ExplainBaseline,
     ExplainSettings,
@@ -401,12 +402,16 @@ def _scale(e) -> str:
 SAE_LEVEL = ("nothing", "failure test", "failure threshold", "flags")  # left out of a feature's key
 
 
-def feature_fingerprints(rt, features: Mapping[str, Sequence[int]]) -> dict[str, dict[int, str]]:
-    """Per feature: what its explanation depends on (settings, model, corpus, SAE files, index)."""
+def feature_fingerprints(rt, features: Mapping[str, Sequence[int]],
+                         known=None) -> dict[str, dict[int, str]]:
+    """Per feature: what its explanation depends on (settings, model, corpus, SAE or direction)."""
     common = [affecting(rt.cfg.explain, SAE_LEVEL), rt.resource_key("model"),
               rt.resource_key("corpus")]
-    return {key: {f: fingerprint("explain-feature", *common, rt.sae_hash(key),
-                                 getattr(rt.cfg, key).dtype, f) for f in chosen}
+    sources = {key: [rt.sae_hash(key), getattr(rt.cfg, key).dtype] for key in features
+               if key != KNOWN}  # a known feature's: its direction
+    return {key: {f: fingerprint("explain-feature", *common,
+                                 *sources.get(key, [known and known.concept(f).direction]), f)
+                  for f in chosen}
             for key, chosen in features.items()}
 
 
@@ -419,9 +424,9 @@ def null_key(rt) -> str:
 def _compute(job) -> ExplainArtifact:
     """Explains the features no trusted earlier explain.json holds with the same per-feature
     fingerprint, and reuses its null distribution when the failure test's settings are the same."""
-    rt, cfg = job.ctx, job.settings
-    features = job.inputs["pairs"].selected_features()
-    wanted = feature_fingerprints(rt, features)
+    rt, cfg, known = job.ctx, job.settings, job.inputs["known"]
+    features = job.inputs["pairs"].selected_features() | known.selection()
+    wanted = feature_fingerprints(rt, features, known)
     previous = job.previous(job.stage.file, ExplainArtifact)
     reused = _reusable(previous, features, wanted)
     for key, found in reused.items():
@@ -429,7 +434,8 @@ def _compute(job) -> ExplainArtifact:
             rt.console.print(f"[green]cached[/green] explain {key}: {len(found)} features reused, "
                              f"{len(features[key]) - len(found)} to explain")
     with rt.console.status(f"explaining {sum(map(len, features.values()))} features …"):
-        artifact = explain(lambda: rt.lm, {key: rt.sae(key) for key in features}, features, cfg,
+        saes = {key: rt.sae(key) for key in features if key != KNOWN} | known.encoders(rt.device)
+        artifact = explain(lambda: rt.lm, saes, features, cfg,
                            lambda: rt.residual_norm(insert_layer(cfg, rt.cfg.hook_layer)),
                            rt.cfg.hook_layer, wanted, previous, null_key(rt))
     job.write(job.stage.file, artifact)
@@ -437,7 +443,7 @@ def _compute(job) -> ExplainArtifact:
 
 
 STAGE = Stage(
-    "explain", _compute, inputs=("pairs",), section="explain", uses=("model", "corpus", "saes"),
-    artifact=ExplainArtifact, printer=print_explain,
+    "explain", _compute, inputs=("pairs", "known"), section="explain",
+    uses=("model", "corpus", "saes"), artifact=ExplainArtifact, printer=print_explain,
     doc="Self-explanations by steering the placeholder token, with automatic scale search "
         "(--scales auto) and a failure test calibrated on random directions.")

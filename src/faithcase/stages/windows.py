@@ -36,7 +36,7 @@ from faithcase.artifacts import (
     WindowsArtifact,
 )
 from faithcase.config import WindowsConfig
-from faithcase.artifacts import SAE_KEYS, windows_file
+from faithcase.artifacts import KNOWN, SAE_KEYS, windows_file
 from faithcase.run.errors import FaithcaseError
 from faithcase.run.graph import Stage
 from faithcase.run.shards import merge_across
@@ -420,10 +420,11 @@ def print_windows(found, inputs: dict) -> None:
 
 
 def _compute(job) -> dict[str, WindowsArtifact]:
-    rt = job.ctx
-    features = job.inputs["pairs"].selected_features()
-    found = top_activated_windows({key: rt.sae_for_model(key) for key in features}, features,
-                                  rt.activation_batches(description="windows of sae1 + sae2"),
+    rt, known = job.ctx, job.inputs["known"]
+    features = job.inputs["pairs"].selected_features() | known.selection()
+    saes = {key: rt.sae_for_model(key) for key in SAE_KEYS} | known.encoders(rt.device)
+    passes = rt.activation_batches(description=f"windows of {' + '.join(saes)}")
+    found = top_activated_windows(saes, features, passes,
                                   settings=job.settings, tokenizer=rt.lm.tokenizer)
     for key, artifact in found.items():
         job.write(windows_file(key), artifact)
@@ -431,11 +432,13 @@ def _compute(job) -> dict[str, WindowsArtifact]:
 
 
 def _load(job) -> dict[str, WindowsArtifact]:
-    return {key: job.read(windows_file(key), WindowsArtifact) for key in SAE_KEYS}
+    """The SAEs' windows, and the known features' when this run recorded them."""
+    keys = [*SAE_KEYS, *([KNOWN] if job.trusted(windows_file(KNOWN)) else [])]
+    return {key: job.read(windows_file(key), WindowsArtifact) for key in keys}
 
 
 STAGE = Stage(
-    "windows", _compute, inputs=("pairs",), section="windows", uses=("model", "corpus"),
+    "windows", _compute, inputs=("pairs", "known"), section="windows", uses=("model", "corpus"),
     load=_load, printer=print_windows,
     doc="Top-activating windows (mean, density, max), statistics and scoring contexts: one "
         "pass for both SAEs.")
