@@ -410,8 +410,8 @@ def feature_fingerprints(rt, features: Mapping[str, Sequence[int]],
     sources = {key: [rt.sae_hash(key), getattr(rt.cfg, key).dtype] for key in features
                if key != KNOWN}  # a known feature's: its direction
     return {key: {f: fingerprint("explain-feature", *common,
-                                 *sources.get(key, [known and known.concept(f).direction]), f)
-                  for f in chosen}
+                                 *(sources[key] if key != KNOWN else [known.concept(f).direction]),
+                                 f) for f in chosen}
             for key, chosen in features.items()}
 
 
