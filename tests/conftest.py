@@ -72,7 +72,7 @@ corpus:
   seq_len: 64
   max_tokens: 4096
 match: {encoder: false}  # the encoder assignment: test_overlap.py, test_matrix.py
-pairs: {n_pairs: 2, n_stratified: 2, strata: 2}
+pairs: {n_pairs: 2, n_stratified: 2, strata: 2, n_orphans: 2}
 explain: {scales: [1.0, 4.0], skip_lowest: 0, max_new_tokens: 8, n_samples: 0, n_null: 4}
 windows: {n_negative: 20}
 describe: {kinds: [best], n_windows: 2, max_new_tokens: 8}

@@ -77,13 +77,13 @@ def test_run_on_a_tiny_config_writes_a_valid_case_study(copy_of_tiny_run, in_pro
     html = (out / "report" / "index.html").read_text()
     assert html.count('class="pair') >= len(cases)
     ledger = orjson.loads((out / "stages.json").read_bytes())
-    for name in ("match", "scan", "pairs", "explain", "describe", "embed"):  # ledger = artifact
+    for name in ("match", "scan", "known", "pairs", "explain", "describe", "embed"):  # ledger = artifact
         meta = orjson.loads((out / f"{name}.json").read_bytes())["meta"]
         assert meta["fingerprint"] == ledger[name]["fingerprint"] and meta["stage"] == name
     upstream = orjson.loads((out / "summary.json").read_bytes())["meta"]["upstream"]
     assert upstream == {name: ledger[name]["fingerprint"]
                         for name in ("match", "scan", "pairs", "explain", "windows", "describe",
-                                     "embed")}
+                                     "embed", "known")}
 
     # fewer pairs: explain reruns but steers no feature it has already explained (the per-feature
     # keys are the same in another process than the run's)

@@ -193,10 +193,10 @@ def test_the_lock_removes_leftover_temporary_files_only(tmp_path):
 
 
 def test_the_pipeline_is_declared_once_in_run_order():
-    assert PIPELINE.order() == ["match", "scan", "pairs", "explain", "windows", "describe", "embed",
-                                "assemble", "report"]
-    assert PIPELINE.upstream_of("embed") == ["match", "scan", "pairs", "explain", "windows",
-                                             "describe"]
+    assert PIPELINE.order() == ["match", "scan", "known", "pairs", "explain", "windows",
+                                "describe", "embed", "assemble", "report"]
+    assert PIPELINE.upstream_of("embed") == ["match", "scan", "pairs", "known", "explain",
+                                             "windows", "describe"]
 
 
 def test_artifacts_honour_the_umask_and_stay_atomic(tmp_path):

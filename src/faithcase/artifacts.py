@@ -12,8 +12,8 @@ from faithcase.evidence import (ActivationSpread, Document, ExplanationScore, Fe
     Correlation, FeatureScoring, GroupChecks, KnownAnswer, PairedComparison, Sensitivity,
     SimilarityNull, UninformativeRule)
 
-PairKind = Literal["best", "worst", "random", "stratified"]
-PAIR_KINDS: tuple[PairKind, ...] = ("best", "worst", "random", "stratified")
+PairKind = Literal["best", "worst", "random", "stratified", "orphan"]
+PAIR_KINDS: tuple[PairKind, ...] = ("best", "worst", "random", "stratified", "orphan")
 GROUPS = (*PAIR_KINDS, "known")  # the group table's rows: the pair kinds, the known features
 Criterion = Literal["mean", "density", "max"]
 CRITERIA: tuple[Criterion, ...] = ("mean", "density", "max")
@@ -178,11 +178,27 @@ class AgreementTable(Model):
     n2: list[int]
     n_both: list[int]
 
-    def pair(self, i: int, n_tokens: int) -> PairAgreement:
-        return PairAgreement(pearson=self.pearson[i], jaccard=self.jaccard[i],
-                             p2_given_1=self.p2_given_1[i], p1_given_2=self.p1_given_2[i],
-                             frequency1=self.n1[i] / max(n_tokens, 1),
-                             frequency2=self.n2[i] / max(n_tokens, 1))
+    def pair(self, i: int, n_tokens: int, swapped: bool = False) -> PairAgreement:
+        """Row i; `swapped`: the row's second feature is the pair's SAE 1 feature."""
+        p21, p12 = self.p2_given_1[i], self.p1_given_2[i]
+        f1, f2 = self.n1[i] / max(n_tokens, 1), self.n2[i] / max(n_tokens, 1)
+        if swapped:
+            p21, p12, f1, f2 = p12, p21, f2, f1
+        return PairAgreement(pearson=self.pearson[i], jaccard=self.jaccard[i], p2_given_1=p21,
+                             p1_given_2=p12, frequency1=f1, frequency2=f2)
+
+    def rows(self, start: int, stop: int) -> "AgreementTable":
+        return AgreementTable(**{name: values[start:stop] for name, values in self})
+
+
+class NearestTable(Model):
+    """Each alive feature of one SAE with its nearest decoder neighbour in the other (highest
+    cosine, matched or not) and their activation agreement (rows: feature, then neighbour)."""
+
+    feature: list[int]
+    partner: list[int]
+    similarity: list[float]
+    agreement: AgreementTable
 
 
 class ScanArtifact(Artifact):
@@ -192,6 +208,16 @@ class ScanArtifact(Artifact):
     quality: dict[str, SAEQuality]
     firing: dict[str, list[int]]  # per SAE, the kept tokens each feature fires on
     agreement: AgreementTable
+    nearest: dict[str, NearestTable] = {}  # per SAE: its features' nearest neighbours (orphans)
+
+    def pair_agreement(self, pair: "Pair", position: dict[int, int]) -> PairAgreement:
+        """A selected pair's agreement: its matched row (`position`: SAE 1 feature -> row of the
+        assignment), or an orphan's with its nearest neighbour."""
+        if pair.orphan is None:
+            return self.agreement.pair(position[pair.index1], self.n_tokens)
+        table = self.nearest[pair.orphan]
+        row = table.feature.index(pair.index1 if pair.orphan == "sae1" else pair.index2)
+        return table.agreement.pair(row, self.n_tokens, swapped=pair.orphan == "sae2")
 
 
 # ---------------------------------------------------------------- pairs
@@ -203,6 +229,7 @@ class Pair(Model):
     index1: int
     index2: int
     similarity: float
+    orphan: str | None = None  # an orphan pair: the SAE ("sae1" or "sae2") of the orphan feature
 
 
 class PairsArtifact(Artifact):

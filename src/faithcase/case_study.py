@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from faithcase.calibration import Calibration
+from faithcase.evidence import GroupDifference
 from faithcase.artifacts import (
     ActExample,
     Artifact,
@@ -47,6 +48,7 @@ class PairCase(Model):
     rank: int
     similarity: float
     indices: list[int]
+    orphan: str | None = None  # an orphan pair: the SAE whose feature is the orphan
     agreement: PairAgreement
     silent: list[bool]  # never fires on the corpus: the pair is left out of the group means
     self_explanations: list[str | None]
@@ -109,5 +111,6 @@ class CaseStudySummary(Artifact):
     sensitivity: list[Sensitivity] = []  # the smallest differences the comparisons can detect
     scores: dict[str, str] = {}  # each registered score's column -> what it measures
     calibration: Calibration | None = None  # the features of known meaning (calibration.py)
+    orphans: list[GroupDifference] = []  # shared − orphan features, metric by metric
     n_left_out: int
     config: dict[str, Any]

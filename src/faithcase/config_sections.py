@@ -182,7 +182,14 @@ class PairsConfig(Section):
         "false: every matched pair."))
     min_firing: int = Field(1, ge=1, description=(
         "Tokens a feature must fire on to count as firing."))
-    seed: int = Field(0, description="Seed of the random and stratified draws.")
+    seed: int = Field(0, description="Seed of the random, stratified and orphan draws.")
+    n_orphans: int = Field(10, ge=0, description=(
+        "Orphan features (no shared partner), half from each SAE, each paired with its nearest "
+        "decoder neighbour in the other SAE; 0: none."))
+    shared: Literal["faithfulsae", "paulo_belrose"] = Field("faithfulsae", description=(
+        "Which definition of a shared feature makes orphans: faithfulsae (decoder cosine > "
+        "threshold) or paulo_belrose (same partner in encoder and decoder, both above; needs "
+        "match.encoder)."))
 
 
 class ExplainConfig(Section):
@@ -360,8 +367,8 @@ class DescribeConfig(Section):
         "Seconds to wait for each endpoint reply."))
     concurrency: int = setting(4, "nothing", ge=1, description=(
         "Endpoint requests in flight at once."))
-    kinds: list[Literal["best", "worst", "random", "stratified"]] = Field(
-        ["best", "worst", "random", "stratified"], description=(
+    kinds: list[Literal["best", "worst", "random", "stratified", "orphan"]] = Field(
+        ["best", "worst", "random", "stratified", "orphan"], description=(
             "The pair groups whose features are described (all by default)."))
     n_windows: int = Field(10, ge=1, description=(
         "Windows shown per feature: its max and mean top windows in turn, deduplicated."))
@@ -410,6 +417,9 @@ class CalibrationConfig(Section):
     min_activating: int | None = Field(None, ge=1, description=(
         "Activating windows a known feature needs to be scored; null: embed.min_activating "
         "(delphi's rule, the SAE features' own)."))
+    fit_tokens: int = Field(200_000, ge=1, description=(
+        "Corpus tokens (the batches covering its first ones) the directions and thresholds are "
+        "fit on; the features are then run over the whole corpus."))
 
     @model_validator(mode="before")
     @classmethod

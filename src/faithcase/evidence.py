@@ -179,3 +179,19 @@ class Correlation(Model):
     ci_low: float | None
     ci_high: float | None
     p_value: float | None
+
+
+class GroupDifference(Model):
+    """Shared minus orphan features on one metric: two independent groups (different features, no
+    natural pairing), so each is resampled on its own (seeded percentile bootstrap, 95%)."""
+
+    metric: str
+    n_shared: int
+    n_orphan: int
+    mean_shared: float | None
+    mean_orphan: float | None
+    difference: float | None  # shared − orphan
+    ci_low: float | None
+    ci_high: float | None
+    n_bootstrap: int
+    seed: int

@@ -10,6 +10,7 @@ import numpy as np
 from scipy.stats import norm, rankdata, spearmanr
 
 from faithcase.artifacts import Correlation, PairedComparison, Sensitivity
+from faithcase.evidence import GroupDifference
 
 N_BOOTSTRAP = 2000
 
@@ -90,3 +91,22 @@ def detectable_difference(comparison: str, first: Sequence[float | None],
     return Sensitivity(comparison=comparison, paired=paired, n=sizes[0],
                        n_other=None if paired else sizes[1], standard_error=error,
                        detectable=z * error, power=power, alpha=alpha)
+
+
+def group_difference(metric: str, shared: Sequence[float | None], orphan: Sequence[float | None],
+                     n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> GroupDifference:
+    """Mean of `shared` minus mean of `orphan` (present, finite values), with a 95% percentile
+    bootstrap interval that resamples each group independently (GroupDifference)."""
+    a, b = (np.array([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+            for values in (shared, orphan))
+    found = {"metric": metric, "n_shared": len(a), "n_orphan": len(b), "n_bootstrap": n_bootstrap,
+             "seed": seed, "mean_shared": float(a.mean()) if len(a) else None,
+             "mean_orphan": float(b.mean()) if len(b) else None}
+    if not len(a) or not len(b):
+        return GroupDifference(**found, difference=None, ci_low=None, ci_high=None)
+    rng = np.random.default_rng(seed)
+    means_a = a[rng.integers(0, len(a), size=(n_bootstrap, len(a)))].mean(axis=1)
+    means_b = b[rng.integers(0, len(b), size=(n_bootstrap, len(b)))].mean(axis=1)
+    low, high = np.percentile(means_a - means_b, [2.5, 97.5])
+    return GroupDifference(**found, difference=float(a.mean() - b.mean()), ci_low=float(low),
+                           ci_high=float(high))

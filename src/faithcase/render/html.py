@@ -23,7 +23,7 @@ from faithcase.render.checks_html import (
 from faithcase.render.calibration_html import calibration_html
 from faithcase.render.style import CSS, JS
 from faithcase.render.window_html import (comparison_html, controls_of, explainer_html,
-                                          explainer_names, sensitivity_html)
+                                          explainer_names, orphans_html, sensitivity_html)
 
 CRITERION_HELP = {
     "mean": "highest mean activation over the window",
@@ -31,6 +31,8 @@ CRITERION_HELP = {
     "max": "highest peak activation, window centred on the peak",
 }
 PLOT_CAPTIONS = {
+    "calibration": "Known features: each explainer's AUROC against the true answer's on the same "
+                   "documents (diagonal: as good as the truth); dotted: on the best matched pairs.",
     "similarity_histogram": "Decoder cosine similarity of the Hungarian-matched pairs; dashed "
                             "line: shared-feature threshold.",
     "decoder_vs_agreement": "The ground truth: decoder cosine of every matched pair (grey) against "
@@ -416,6 +418,7 @@ def render_report(
         f'<section id="summary"><h2>Summary by group</h2>{summary_table_html(summary)}'
         '<h2>Self-explanation against the window explainer (same documents)</h2>'
         f"{comparison_html(summary)}{sensitivity_html(summary)}"
+        f"{orphans_html(summary)}"
         '<h2>Calibration: features of known meaning</h2>'
         f"{calibration_html(summary)}"
         f'<h2>Scoring rules and explanation checks</h2>{checks_table_html(summary)}'

@@ -22,7 +22,8 @@ from faithcase.artifacts import (
 from faithcase.case_study import CaseStudySummary, PairCase
 from faithcase.run.store import write_bytes_atomic
 
-KIND_COLORS = {"best": "#2b7bba", "worst": "#d1495b", "random": "#8c8c8c", "stratified": "#3a9d5d"}
+KIND_COLORS = {"best": "#2b7bba", "worst": "#d1495b", "random": "#8c8c8c", "stratified": "#3a9d5d",
+               "orphan": "#b5831f"}
 SELFSIM_COLOR = "#2b7bba"
 CRITERION_COLOR = "#e8871e"
 # alpha, hatch
@@ -32,7 +33,9 @@ SWEEP_KINDS = ("best", "worst", "random")
 
 PLOT_FILES = {name: f"{name}.png" for name in (
     "similarity_histogram", "decoder_vs_agreement", "auroc_by_group", "decoder_vs_scores",
-    "null_selfsim", "scale_sweeps")}
+    "null_selfsim", "scale_sweeps", "calibration")}
+CALIBRATION_MARKERS = {"self": ("o", "#2b7bba"), "window": ("s", "#e8871e"),
+                       "baseline": ("^", "#8c8c8c"), "null": ("x", "#d1495b")}
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -251,10 +254,38 @@ def make_plots(cases: list[PairCase], summary: CaseStudySummary,
         PLOT_FILES["auroc_by_group"]: auroc_by_group(cases),
         PLOT_FILES["decoder_vs_scores"]: decoder_vs_scores(cases, summary),
     }
+    if summary.calibration is not None and summary.calibration.cases:
+        plots[PLOT_FILES["calibration"]] = calibration_plot(summary)
     if explain is not None:
         plots[PLOT_FILES["scale_sweeps"]] = scale_sweeps(cases, explain)
         plots[PLOT_FILES["null_selfsim"]] = null_selfsim(cases, explain)
     return plots
+
+
+def calibration_plot(summary: CaseStudySummary, path: Path | None = None) -> bytes:
+    """Each known feature's AUROC by each explainer against the true answer's on the same
+    documents; dotted: each explainer's mean own AUROC on the best matched pairs."""
+    fig = new_figure(5.2, 4.0)
+    ax = fig.add_subplot()
+    for row in summary.calibration.explainers:
+        marker, color = CALIBRATION_MARKERS.get(row.explainer, ("D", "#555555"))
+        cases = summary.calibration.cases
+        points = [(c.aurocs["truth"], c.aurocs.get(row.explainer)) for c in cases
+                  if c.aurocs.get("truth") is not None and c.aurocs.get(row.explainer) is not None]
+        if points:
+            ax.scatter(*zip(*points), marker=marker, color=color, s=22, label=row.explainer)
+        if row.best_auroc is not None and not row.control:
+            ax.axhline(row.best_auroc, color=color, linestyle=":", linewidth=1.0)
+    ax.plot([0, 1], [0, 1], color="#444444", linewidth=0.8)
+    ax.axhline(0.5, color="#444444", linestyle="--", linewidth=0.6)
+    ax.set_xlim(0.2, 1.0)
+    ax.set_ylim(0.0, 1.02)
+    ax.set_xlabel("true answer's AUROC", fontsize=9)
+    ax.set_ylabel("explainer's AUROC", fontsize=9)
+    ax.set_title("Features of known meaning: each explainer against the true answer", fontsize=9)
+    ax.legend(fontsize=7, frameon=False, loc="lower right")
+    style_axes(ax)
+    return to_png(fig, path)
 
 
 def matrix_heatmap(artifact, statistic: str, path: Path | None = None) -> bytes:

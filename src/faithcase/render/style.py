@@ -2,7 +2,8 @@
 
 CSS = """
 :root { --ink:#1d1d1f; --muted:#6b6b70; --line:#e4e4e7; --bg:#f6f6f4; --card:#fff;
-  --best:#2b7bba; --worst:#d1495b; --random:#7a7a7a; --stratified:#3a9d5d; --hot:249,115,22; }
+  --best:#2b7bba; --worst:#d1495b; --random:#7a7a7a; --stratified:#3a9d5d; --orphan:#b5831f;
+  --known:#7b4fa8; --hot:249,115,22; }
 * { box-sizing:border-box; }
 html { -webkit-text-size-adjust:100%; }
 body { margin:0; background:var(--bg); color:var(--ink);
@@ -39,7 +40,8 @@ font-weight:600;
   text-transform:uppercase; letter-spacing:.04em; }
 .badge.best { background:var(--best); } .badge.worst { background:var(--worst); } \
 .badge.random { background:var(--random); }
-.badge.stratified { background:var(--stratified); }
+.badge.stratified { background:var(--stratified); } .badge.orphan { background:var(--orphan); }
+.badge.known { background:var(--known); }
 .plots { display:grid; grid-template-columns:repeat(auto-fill,minmax(380px,1fr)); gap:14px; }
 figure { margin:0; background:var(--card); border:1px solid var(--line); border-radius:8px; \
 padding:10px; }
@@ -65,6 +67,8 @@ border-radius:8px;
 .pair[data-kind=worst] { border-left-color:var(--worst); }
 .pair[data-kind=stratified] { border-left-color:var(--stratified); } \
 .toc a.stratified { border-left-color:var(--stratified); }
+.pair[data-kind=orphan] { border-left-color:var(--orphan); } \
+.toc a.orphan { border-left-color:var(--orphan); }
 .agree { display:flex; flex-wrap:wrap; gap:4px 14px; font-size:12.5px; margin:-4px 0 10px; \
 font-variant-numeric:tabular-nums; }
 .agree em { font-style:normal; color:var(--muted); margin-right:3px; }

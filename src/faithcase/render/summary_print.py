@@ -57,6 +57,10 @@ def print_summary(summary) -> None:
     for c in summary.correlations:
         console.print(f"Spearman ρ(decoder cos, {c.score}) over {c.pairs} pairs (n={c.n}): "
                       f"{fmt(c.rho)} [{fmt(c.ci_low)}, {fmt(c.ci_high)}]")
+    for d in summary.orphans:
+        console.print(f"shared − orphan, {d.metric} (n={d.n_shared} and {d.n_orphan}): "
+                      f"{fmt(d.difference, 3)} [{fmt(d.ci_low, 3)}, {fmt(d.ci_high, 3)}] "
+                      f"(shared {fmt(d.mean_shared, 3)}, orphan {fmt(d.mean_orphan, 3)})")
     if summary.calibration is not None and summary.calibration.enabled:
         print_calibration(summary.calibration)
 

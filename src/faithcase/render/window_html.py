@@ -21,8 +21,9 @@ def explainer_names(summary: CaseStudySummary) -> list[str]:
 
 
 def controls_of(summary: CaseStudySummary) -> list[str]:
+    """The controls of the SAE features (the true answer explains known features only)."""
     if summary.explainers:
-        return [n for n, e in summary.explainers.items() if e.control]
+        return [n for n, e in summary.explainers.items() if e.control and e.only is None]
     return [n for n in ("baseline", "null") if n in explainer_names(summary)]
 
 
@@ -69,3 +70,18 @@ def sensitivity_html(summary: CaseStudySummary) -> str:
     return ('<p class="sub">Smallest difference in mean AUROC each comparison would detect '
             "(80% power, the bootstrap's 95% interval; from the run's number of scored features "
             f"and their spread):</p><ul class=\"sensitivity\">{items}</ul>")
+
+
+def orphans_html(summary: CaseStudySummary) -> str:
+    """Shared against orphan features, metric by metric, with the unpaired interval."""
+    if not summary.orphans:
+        return ""
+    rows = "".join(
+        f"<tr><td>{escape(d.metric)}</td><td>{fmt(d.mean_shared)} <span class=\"muted\">"
+        f"({d.n_shared})</span></td><td>{fmt(d.mean_orphan)} <span class=\"muted\">"
+        f"({d.n_orphan})</span></td><td><b>{fmt(d.difference)}</b></td>"
+        f"<td>[{fmt(d.ci_low)}, {fmt(d.ci_high)}]</td></tr>" for d in summary.orphans)
+    return ('<h2>Shared against orphan features</h2>'
+            '<table class="summary" id="orphans"><tr><th>metric</th><th>shared (n)</th>'
+            "<th>orphan (n)</th><th>shared − orphan</th><th>95% interval (unpaired: each "
+            f"group resampled on its own)</th></tr>{rows}</table>")

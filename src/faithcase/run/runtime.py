@@ -274,6 +274,20 @@ class Runtime:
         if kept is not None:
             self._passes[hook] = kept
 
+    def prefix_batches(self, n_sequences: int, description: str) -> Iterator[tuple]:
+        """The corpus pass's batches that start before sequence n_sequences, the same in every
+        process: under torchrun each rank runs them itself; else from the (cached) pass, read to
+        its end so that it is kept for the stages after."""
+        size = self.cfg.corpus.batch_size
+        if self.shard.split:
+            end = -(-n_sequences // size) * size
+            yield from self.stream(self.sequences[:end], self.cfg.hook, description,
+                                   every_batch=True)
+            return
+        for batch in self.activation_batches(description=description):
+            if int(batch[0][0]) < n_sequences:
+                yield batch
+
     def residual_cache(self, hook: str) -> ResidualCache:
         key = {"model": self.resource_key("model"), "device": self.device, "hook": hook,
                "corpus": self.resource_key("corpus"), "version": __version__}
@@ -319,13 +333,13 @@ class Runtime:
         return self.sequences.numel() * self.lm.d_model * element
 
     def stream(self, sequences: torch.Tensor, hook: str, description: str,
-               first_batch: int = 0) -> Iterator[tuple]:
+               first_batch: int = 0, every_batch: bool = False) -> Iterator[tuple]:
         """One pass over `sequences` in corpus batches (from `first_batch` on), truncated at
-        `hook`, with a progress bar."""
+        `hook`, with a progress bar; this shard's batches only, unless `every_batch`."""
         size = self.cfg.corpus.batch_size
         outliers = self.cfg.outliers
         starts = [start for start in range(first_batch * size, len(sequences), size)
-                  if self.shard.owns(start // size)]
+                  if every_batch or self.shard.owns(start // size)]
         self._count_pass()
         with _progress(self.console) as progress:
             task = progress.add_task(description, total=len(starts))

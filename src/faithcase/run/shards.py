@@ -8,7 +8,7 @@ float64 sums as compensated sums (numerics/exact_sum.py), so every rank ends wit
 pass's state. Rank 0 writes the run folder; the other ranks work in `.shards/rank<r>/` inside it
 and print nothing. The stages that read the corpus (CORPUS_STAGES) run on every rank together,
 so they are recomputed under torchrun, never taken from a cache that only one rank sees; a
-command that reaches any other stage but match and pairs is a one-line error under torchrun.
+command that reaches any other stage but match, known and pairs is a one-line error under torchrun.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import os
 from dataclasses import dataclass
 
 CORPUS_STAGES = ("scan", "windows", "matrix")
-SPLIT_STAGES = (*CORPUS_STAGES, "match", "pairs")  # what a rank may run: the rest repeats
+# what a rank may run: the rest repeats (known fits on a few batches that every rank runs itself)
+SPLIT_STAGES = (*CORPUS_STAGES, "match", "known", "pairs")
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,13 @@ from faithcase.run.errors import FaithcaseError
 from faithcase.run.graph import Stage
 from faithcase.numerics.group_checks import feature_checks, group_checks
 from faithcase.render.summary_print import print_summary  # noqa: F401 - the stage's printer
-from faithcase.numerics.statistics import detectable_difference, paired_comparison, spearman
+from faithcase.numerics.overlap import shared_pairs
+from faithcase.numerics.statistics import (
+    detectable_difference,
+    group_difference,
+    paired_comparison,
+    spearman,
+)
 from faithcase.scores import FeatureView, Score, column
 from faithcase.window_artifacts import DescribeArtifact
 
@@ -108,10 +114,11 @@ def mean_or_none(values: list[float | None]) -> float | None:
     return fmean(present) if present else None
 
 
-def build_case(pair: Pair, position: int, scan: ScanArtifact, explain: ExplainArtifact,
+def build_case(pair: Pair, position: dict[int, int], scan: ScanArtifact, explain: ExplainArtifact,
                windows: dict[str, WindowsArtifact], embed: EmbedArtifact,
                describe: DescribeArtifact | None = None, scores: Sequence[Score] = ()) -> PairCase:
-    """One pair's entry; `position` is the pair's place in the match assignment (its agreement row).
+    """One pair's entry; `position`: SAE 1 feature -> its row of the match assignment (the matched
+    pairs' agreement; an orphan's is its nearest neighbour's, ScanArtifact.pair_agreement).
     Its AUROCs are those embed.json holds at
     `features[documents_of][feature].eleuther[explanation_of][explainer]`."""
     indices = {"sae1": pair.index1, "sae2": pair.index2}
@@ -130,9 +137,10 @@ def build_case(pair: Pair, position: int, scan: ScanArtifact, explain: ExplainAr
     return PairCase(
         kind=pair.kind,
         rank=pair.rank,
+        orphan=pair.orphan,
         similarity=pair.similarity,
         indices=[pair.index1, pair.index2],
-        agreement=scan.agreement.pair(position, scan.n_tokens),
+        agreement=scan.pair_agreement(pair, position),
         silent=[scan.firing[sae][indices[sae]] == 0 for sae in SAE_KEYS],
         self_explanations=[e.explanations[0] if e.explanations else None for e in explained],
         eleuthers=[auroc(slot, "own", "self") for slot in range(2)],
@@ -246,6 +254,35 @@ def sensitivity(cases: list[PairCase], window: bool) -> list:
     return rows
 
 
+def orphan_comparison(cases: list[PairCase], match: MatchArtifact, config: dict[str, Any],
+                      settings: AssembleConfig) -> list:
+    """Shared (the selected matched pairs shared under pairs.shared) against orphan features, on
+    the pair's agreement and each feature's AUROCs (an orphan pair: its orphan's only)."""
+    orphans = [c for c in cases if c.kind == "orphan" and not any(c.silent)]
+    if not orphans:
+        return []
+    definition = (config.get("pairs") or {}).get("shared", "faithfulsae")
+    mask = shared_pairs(match, definition)
+    shared_ids = {f for f, s in zip(match.assignment.index1, mask)
+                  if s} if mask is not None else set()
+    shared = [c for c in cases if c.kind != "orphan" and not any(c.silent)
+              and c.indices[0] in shared_ids]
+
+    def values(group, metric):
+        if metric == "pearson":
+            return [c.agreement.pearson for c in group]
+        side, explainer = metric
+        return [v for c in group for slot, v in enumerate(c.auroc(side, explainer))
+                if c.orphan is None or SAE_KEYS[slot] == c.orphan]
+
+    metrics = {"activation Pearson with the partner": "pearson",
+               "own self AUROC": ("own", "self"), "own window AUROC": ("own", "window"),
+               "cross self AUROC (the partner's explanation)": ("cross", "self")}
+    return [group_difference(name, values(shared, metric), values(orphans, metric),
+                             settings.n_bootstrap, settings.seed)
+            for name, metric in metrics.items()]
+
+
 def correlations(cases: list[PairCase], match: MatchArtifact, scan: ScanArtifact,
                  settings: AssembleConfig | None = None) -> list[Correlation]:
     """Spearman's rho of decoder cosine with each score: over the stratified pairs (one score per
@@ -291,7 +328,7 @@ def assemble(
     check_complete(pairs, explain, windows, embed)
     scores = list(scores) if scores is not None else plugins.scores()
     position = {index: i for i, index in enumerate(match.assignment.index1)}
-    cases = [build_case(p, position[p.index1], scan, explain, windows, embed, describe, scores)
+    cases = [build_case(p, position, scan, explain, windows, embed, describe, scores)
              for p in pairs.all_pairs()]
     model_section = config.get("model")
     model_name = model_section.get("name") if isinstance(model_section, dict) else model_section
@@ -324,6 +361,7 @@ def assemble(
         comparison=comparisons(cases, settings) if describe and describe.enabled else {},
         explainers=embed.explainers,
         sensitivity=sensitivity(cases, bool(describe and describe.enabled)),
+        orphans=orphan_comparison(cases, match, config, settings),
         scores={column(score, name): score.doc for score in scores
                 for name in (pair_explainers(embed) if score.by_explainer else [None])},
         n_left_out=sum(any(c.silent) for c in cases),

@@ -1,11 +1,13 @@
 """The known stage: features of known meaning, the case study's positive control.
 
-Each concept of `calibration.concepts` (default: 16 common concepts) becomes a feature at the run's
-hook from the run's own residuals (numerics/concepts.py): its direction is the mean residual at its
-words minus the mean residual, and it fires where the projection passes the threshold that best
-separates its words' positions from the rest. The explain, windows, describe and embed stages then
-treat these features like SAE features (the feature set "known"), and assemble measures each
-explainer on them against the true answer (summary.json `calibration`).
+Each concept of `calibration.concepts` (default: 16 common concepts) becomes a feature at the
+run's hook from the run's own residuals (numerics/concepts.py): its direction is the mean residual
+at its words minus the mean residual, and it fires where the projection passes the threshold that
+best separates its words' positions from the rest. Both are fit on the corpus batches covering its
+first `calibration.fit_tokens` tokens, the same batches in every process under torchrun (each rank
+runs them: they are few), so the stage may run there. The explain, windows, describe and embed
+stages then treat these features like SAE features (the feature set "known"), and assemble
+measures each explainer on them against the true answer (summary.json `calibration`).
 """
 
 from __future__ import annotations
@@ -145,7 +147,8 @@ def _compute(job) -> KnownArtifact:
         artifact = disabled()
     else:
         concepts = settings.concepts or DEFAULT_CONCEPTS
-        artifact = known_features(lambda: rt.activation_batches(description="known features"),
+        n_sequences = -(-settings.fit_tokens // rt.cfg.corpus.seq_len)
+        artifact = known_features(lambda: rt.prefix_batches(n_sequences, "known features"),
                                   rt.lm.tokenizer, concepts, rt.cfg.hook)
         artifact.min_activating = settings.min_activating
     job.write(job.stage.file, artifact)

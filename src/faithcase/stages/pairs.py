@@ -7,8 +7,14 @@
 - stratified: n_stratified drawn from the rest, evenly over `strata` equal-width bins of the
   assignment's cosine range, so every score can be related to decoder cosine over the whole range.
 
-The four kinds are disjoint; each is ranked by cosine, descending (worst: ascending). The draws
-are seeded (`pairs.seed`); with `pairs.require_firing: false` every matched pair is eligible.
+- orphan: n_orphans features (half from each SAE) without a shared partner (`pairs.shared`:
+  FaithfulSAE's or Paulo & Belrose's definition, numerics/overlap.py), drawn among features that
+  fire, each paired with its nearest decoder neighbour in the other SAE (matched or not), whose
+  agreement the scan measured. An orphan pair shares no feature with any other selected pair, so
+  every feature has one partner.
+
+The four matched kinds are disjoint; each is ranked by cosine, descending (worst: ascending). The
+draws are seeded (`pairs.seed`); with `pairs.require_firing: false` every matched pair is eligible.
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ from __future__ import annotations
 import numpy as np
 
 from faithcase.render.tables import console, fmt, table
-from faithcase.artifacts import SAE_KEYS, Assignment, Pair, PairsArtifact
+from faithcase.artifacts import SAE_KEYS, Assignment, Matching, NearestTable, Pair, PairsArtifact
+from faithcase.numerics.overlap import shared_pairs
 from faithcase.config import PairsConfig
 from faithcase.numerics.directions import dead_rows
 from faithcase.run.graph import Stage
@@ -83,6 +90,43 @@ def select_pairs(assignment: Assignment, settings: PairsConfig | None = None,
                          strata_edges=edges.tolist())
 
 
+def select_orphans(match: Matching, nearest: dict[str, NearestTable], taken: list[Pair],
+                   settings: PairsConfig, firing: dict[str, list[int]]) -> list[Pair]:
+    """The orphan pairs: per SAE, a seeded draw of its firing features without a shared partner
+    whose nearest neighbour fires too and neither is in `taken` or an earlier orphan pair."""
+    shared = shared_pairs(match, settings.shared)
+    if shared is None:
+        raise FaithcaseError("pairs.shared: paulo_belrose needs the encoder assignment: set "
+                             "match.encoder: true")
+    assignment = match.assignment
+    partnered = {"sae1": {f for f, s in zip(assignment.index1, shared) if s},
+                 "sae2": {g for g, s in zip(assignment.index2, shared) if s}}
+    used = {"sae1": {p.index1 for p in taken}, "sae2": {p.index2 for p in taken}}
+    rng = np.random.default_rng([settings.seed, 1])
+    chosen = []
+    for side, other, n in (("sae1", "sae2", (settings.n_orphans + 1) // 2),
+                           ("sae2", "sae1", settings.n_orphans // 2)):
+        table = nearest.get(side)
+        if table is None:
+            raise FaithcaseError("scan.json has no nearest neighbours (an older scan): run "
+                                 "`faithcase scan --force`")
+        rows = [r for r, (f, g) in enumerate(zip(table.feature, table.partner))
+                if f not in partnered[side] and firing[side][f] >= settings.min_firing
+                and firing[other][g] >= settings.min_firing]
+        found = []
+        for r in rng.permutation(len(rows)).tolist():
+            f, g = table.feature[rows[r]], table.partner[rows[r]]
+            if len(found) < n and f not in used[side] and g not in used[other]:
+                used[side].add(f)
+                used[other].add(g)
+                found.append((f, g, table.similarity[rows[r]]))
+        chosen += [(side, f, g, s) for f, g, s in found]
+    chosen.sort(key=lambda c: (-c[3], c[0], c[1]))
+    return [Pair(kind="orphan", rank=rank, index1=f if side == "sae1" else g,
+                 index2=g if side == "sae1" else f, similarity=s, orphan=side)
+            for rank, (side, f, g, s) in enumerate(chosen, start=1)]
+
+
 def _stratified(pool: np.ndarray, sims: np.ndarray, edges: np.ndarray, n: int, rng) -> list[int]:
     """n positions of `pool`, spread evenly over the bins `edges` of their similarity: each bin gets
     n // bins (the first n % bins one more); a bin with too few pairs gives its share to the others,
@@ -111,7 +155,7 @@ def print_pairs(artifact, inputs: dict) -> None:
                    ["kind", "rank", "sae1", "sae2", "cosine", "activation Pearson"])
     for p in artifact.all_pairs():
         grid.add_row(p.kind, str(p.rank), str(p.index1), str(p.index2), f"{p.similarity:.3f}",
-                      fmt(scan.agreement.pearson[position[p.index1]]))
+                      fmt(scan.pair_agreement(p, position).pearson))
     console.print(grid)
 
 
@@ -125,12 +169,15 @@ def _check(rt) -> None:
 
 
 def _compute(job) -> PairsArtifact:
-    settings = job.settings
-    artifact = select_pairs(job.inputs["match"].assignment, settings, job.inputs["scan"].firing)
+    settings, scan = job.settings, job.inputs["scan"]
+    artifact = select_pairs(job.inputs["match"].assignment, settings, scan.firing)
+    if settings.n_orphans:
+        artifact.pairs["orphan"] = select_orphans(job.inputs["match"], scan.nearest,
+                                                  artifact.all_pairs(), settings, scan.firing)
     wanted = {"worst": settings.n_pairs, "random": settings.n_pairs,
-              "stratified": settings.n_stratified}
+              "stratified": settings.n_stratified, "orphan": settings.n_orphans}
     for kind, count in wanted.items():
-        if len(artifact.pairs[kind]) < count:
+        if len(artifact.pairs.get(kind, [])) < count:
             job.ctx.console.print(f"[yellow]only {len(artifact.pairs[kind])} {kind} pairs[/yellow] "
                                   f"of {count}: {artifact.n_eligible} matched pairs have two "
                                   "firing features")

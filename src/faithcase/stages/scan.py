@@ -16,8 +16,10 @@ from typing import Any
 from faithcase.render.tables import console, table
 from faithcase.artifacts import (
     Assignment,
+    NearestTable,
     ScanArtifact,
 )
+from faithcase.numerics.directions import nearest_rows
 from faithcase.artifacts import SAE_KEYS
 from faithcase.config import ScanConfig
 from faithcase.run.graph import Stage
@@ -32,10 +34,19 @@ class ScanCollector(PassSums):
     """Streams batches of the corpus pass for the two SAEs sae1 and sae2 and the assignment's
     matched pairs; `finish` turns the running sums into the scan artifact."""
 
-    def __init__(self, saes: Mapping[str, Any], assignment: Assignment):
+    def __init__(self, saes: Mapping[str, Any], assignment: Assignment,
+                 nearest: Mapping[str, tuple[list[int], list[int], list[float]]] | None = None):
+        """`nearest`: per SAE, (features, their nearest neighbours, cosines) (directions.py
+        nearest_rows): their agreement is streamed too."""
         if set(saes) != set(SAE_KEYS):
             raise ValueError("the scan reads two SAEs named sae1 and sae2")
-        super().__init__(saes, {SAE_KEYS: (assignment.index1, assignment.index2)})
+        self.nearest = dict(nearest or {})
+        self.n_matched = len(assignment.index1)
+        none = ([], [], [])
+        first, second = self.nearest.get("sae1", none), self.nearest.get("sae2", none)
+        super().__init__(saes, {SAE_KEYS: (assignment.index1 + first[0],
+                                           assignment.index2 + first[1]),
+                                SAE_KEYS[::-1]: (second[0], second[1])})
 
     def finish(self, settings: ScanConfig | None = None, hook: str | None = None) -> ScanArtifact:
         settings = settings or ScanConfig()
@@ -43,18 +54,30 @@ class ScanCollector(PassSums):
             raise FaithcaseError("the corpus gave no kept tokens; check corpus.source, "
                                  "corpus.max_tokens and the outlier rule")
         quality = {key: sae_quality(self, key, settings, hook) for key in self.saes}
+        matched = self.agreement(SAE_KEYS)
         return ScanArtifact(n_sequences=self.n_sequences, n_tokens=self.n_tokens,
                             excluded_positions=self.n_excluded, quality=quality,
                             firing={key: counts.tolist() for key, counts in self.firing.items()},
-                            agreement=self.agreement(SAE_KEYS))
+                            agreement=matched.rows(0, self.n_matched),
+                            nearest=self._nearest(matched))
+
+    def _nearest(self, matched) -> dict[str, NearestTable]:
+        tables = {"sae1": matched.rows(self.n_matched, len(matched.n1)),
+                  "sae2": self.agreement(SAE_KEYS[::-1])}
+        return {key: NearestTable(feature=features, partner=partners, similarity=sims,
+                                  agreement=tables[key])
+                for key, (features, partners, sims) in self.nearest.items()}
 
 
 def scan(saes: Mapping[str, Any], assignment: Assignment, batches: Iterable[Any],
-         settings: ScanConfig | None = None, hook: str | None = None) -> ScanArtifact:
+         settings: ScanConfig | None = None, hook: str | None = None,
+         nearest: bool = True) -> ScanArtifact:
     """One pass over `batches` ((seq_ids, tokens, resid, excluded) per batch, as
-    `Runtime.activation_batches` gives them): the load check of both SAEs, feature firing counts
-    and every matched pair's agreement."""
-    collector = ScanCollector(saes, assignment)
+    `Runtime.activation_batches` gives them): the load check of both SAEs, feature firing counts,
+    every matched pair's agreement and (`nearest`) every feature's with its nearest neighbour."""
+    neighbours = {"sae1": nearest_rows(saes["sae1"].W_dec, saes["sae2"].W_dec),
+                  "sae2": nearest_rows(saes["sae2"].W_dec, saes["sae1"].W_dec)} if nearest else {}
+    collector = ScanCollector(saes, assignment, neighbours)
     for seq_ids, tokens, resid, excluded in batches:
         collector.update(seq_ids, tokens, resid, excluded)
     merge_across(collector)  # a pass split over processes (run/shards.py)
