@@ -10,6 +10,7 @@ from typing import Any
 from faithcase.window_artifacts import DescribeArtifact, WindowExplanation
 from faithcase.artifacts import (
     CRITERIA,
+    PAIR_KINDS,
     AgreementTable,
     Assignment,
     Context,
@@ -147,11 +148,14 @@ def make_scan(match: MatchArtifact) -> ScanArtifact:
 
 
 def make_pairs() -> PairsArtifact:
-    pairs: dict[str, list[Pair]] = {"best": [], "worst": [], "random": [], "stratified": []}
+    pairs: dict[str, list[Pair]] = {kind: [] for kind in PAIR_KINDS}
     for kind, rank, i1, i2, sim in PAIRS:
         pairs[kind].append(Pair(kind=kind, rank=rank, index1=i1, index2=i2, similarity=sim))
     return PairsArtifact(meta=Meta(stage="pairs", fingerprint="fp-pairs"), pairs=pairs, n_eligible=15,
                          strata_edges=[0.04 + 0.093 * k for k in range(11)])
+
+
+FIXTURE_KINDS = tuple(k for k in PAIR_KINDS if k != "orphan")  # the fixture's pairs have no orphans
 
 
 def make_explain(features: dict[str, list[int]]) -> ExplainArtifact:

@@ -11,7 +11,7 @@ from statistics import fmean
 import numpy as np
 import orjson
 import pytest
-from fixtures_case import (EXPLAINERS, FAILED, N_TOKENS, NONE_AUROC, PAIRS, SILENT,
+from fixtures_case import (EXPLAINERS, FAILED, FIXTURE_KINDS, N_TOKENS, NONE_AUROC, PAIRS, SILENT,
                            make_case_artifacts, top_token_explanation)
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
@@ -190,7 +190,7 @@ def test_group_means_leave_out_silent_pairs_and_match_a_brute_force_recomputatio
     _, summary = written
     position = {i1: k for k, i1 in enumerate(arts.match.assignment.index1)}
     left_out = 0
-    for kind in PAIR_KINDS:
+    for kind in FIXTURE_KINDS:
         members = list(arts.pairs.pairs[kind])
         kept = [p for p in members if arts.scan.firing["sae1"][p.index1] and arts.scan.firing["sae2"][p.index2]]
         left_out += len(members) - len(kept)
@@ -348,11 +348,11 @@ def test_the_summary_printer_shows_own_then_cross_means(arts, monkeypatch):
     monkeypatch.setattr(stage.console, "print", printed.append)
     stage.print_summary(summary)
     cells = {column.header: list(column.cells) for column in printed[0].columns}
-    assert cells["group"] == list(PAIR_KINDS)
+    assert cells["group"] == list(FIXTURE_KINDS)
     for header, side in (("own self/window/baseline/null", "own"),
                          ("cross self/window/baseline/null", "cross")):
         assert cells[header] == [" / ".join(f"{summary.groups[k].eleuther[side][n]:.2f}"
-                                            for n in EXPLAINERS) for k in PAIR_KINDS]
+                                            for n in EXPLAINERS) for k in FIXTURE_KINDS]
 
 
 def test_window_explanations_and_the_paired_comparison_by_brute_force(arts, written):
@@ -390,4 +390,4 @@ def test_window_explanations_and_the_paired_comparison_by_brute_force(arts, writ
             draws = np.random.default_rng(rng_seed).integers(0, len(diffs), size=(n_boot, len(diffs)))
             means = [diffs[row_].mean() for row_ in draws]
             assert (row["ci_low"], row["ci_high"]) == pytest.approx(tuple(np.percentile(means, [2.5, 97.5])))
-    assert set(summary["comparison"]) == {"all", *PAIR_KINDS}
+    assert set(summary["comparison"]) == {"all", *FIXTURE_KINDS}

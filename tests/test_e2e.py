@@ -57,8 +57,10 @@ def test_run_on_a_tiny_config_writes_a_valid_case_study(copy_of_tiny_run, in_pro
     tiny = yaml.safe_load(TINY_CONFIG)
     n_pairs, n_stratified = tiny["pairs"]["n_pairs"], tiny["pairs"]["n_stratified"]
     kinds = [(c.kind, c.rank) for c in cases]
+    n_orphans = tiny["pairs"]["n_orphans"]
     assert kinds == [(k, r) for k in ("best", "worst", "random") for r in range(1, n_pairs + 1)] + [
-        ("stratified", r) for r in range(1, n_stratified + 1)]
+        ("stratified", r) for r in range(1, n_stratified + 1)] + [
+        ("orphan", r) for r in range(1, n_orphans + 1)]
     match = MatchArtifact.model_validate_json((out / "match.json").read_bytes())
     pairs = PairsArtifact.model_validate_json((out / "pairs.json").read_bytes())
     scan = ScanArtifact.model_validate_json((out / "scan.json").read_bytes())

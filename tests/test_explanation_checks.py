@@ -13,7 +13,7 @@ import numpy as np
 import orjson
 import pytest
 import torch
-from fixtures_case import EXPLAINERS, FAILED, make_case_artifacts
+from fixtures_case import EXPLAINERS, FAILED, FIXTURE_KINDS, make_case_artifacts
 from sklearn.metrics import roc_auc_score
 from html_tree import parse
 from typer.testing import CliRunner
@@ -196,7 +196,7 @@ def test_group_tables_count_scored_features_and_average_only_those():
                        for s in by.values())
     assert arts.embed.rules["min_activating"] == 10 and "aligned" in arts.embed.rules["counted"]
     cases, summary = run(arts)
-    for kind in PAIR_KINDS:
+    for kind in FIXTURE_KINDS:
         kept = kept_pairs(arts, kind)
         group = summary.groups[kind]
         unscored = [(s, f) for p in kept for s, f in (("sae1", p.index1), ("sae2", p.index2))
@@ -298,7 +298,7 @@ def test_uninformative_explanations_are_counted_and_left_out_of_the_informative_
     cases, summary = run(arts)
     flags = {(s, int(k)): f.uninformative is not None
              for s, g in arts.explain.features.items() for k, f in g.items()}
-    for kind in PAIR_KINDS:
+    for kind in FIXTURE_KINDS:
         kept = kept_pairs(arts, kind)
         checks = summary.groups[kind].checks
         assert checks.n_uninformative == sum(flags["sae1", p.index1] + flags["sae2", p.index2]
@@ -440,7 +440,7 @@ def test_known_answer_rate_and_its_null_recomputed_from_windows_and_texts():
                for s, a in arts.windows.items()}
     explain_json = orjson.loads(arts.explain.model_dump_json())["features"]
     groups = {kind: [(s, f) for p in kept_pairs(arts, kind)
-                     for s, f in (("sae1", p.index1), ("sae2", p.index2))] for kind in PAIR_KINDS}
+                     for s, f in (("sae1", p.index1), ("sae2", p.index2))] for kind in FIXTURE_KINDS}
     described = {s: {k: e.explanation for k, e in g.items()} for s, g in arts.describe.features.items()}
     expected = known_answer_rates(windows, explain_json, arts.embed.explainers["null"].record["partners"], groups, described)
     rows = checks_rows(render_report(cases, summary, {}, arts.explain))
@@ -502,7 +502,7 @@ def test_single_token_failure_rates_against_the_others():
     arts = embedded(with_spreads(make_case_artifacts(), single=single), min_activating=1,
                     min_non_activating=1)
     cases, summary = run(arts)
-    for kind in PAIR_KINDS:
+    for kind in FIXTURE_KINDS:
         one, other = [], []
         for p in kept_pairs(arts, kind):
             for sae, f in (("sae1", p.index1), ("sae2", p.index2)):

@@ -188,6 +188,11 @@ def case_scores(scores: Sequence[Score], featured, scored, explained, names,
     return out
 
 
+def group_kinds(cases: list[PairCase]) -> list[str]:
+    """The group table's pair kinds: the four matched kinds, and orphan when there are orphans."""
+    return [k for k in PAIR_KINDS if k != "orphan" or any(c.kind == k for c in cases)]
+
+
 def group_summary(cases: list[PairCase]) -> dict[str, GroupSummary]:
     """Per pair kind, over the pairs whose features both fire (the others are counted in
     n_left_out). `eleuther[side][explainer]` is the mean over both features of those pairs: own, a
@@ -196,7 +201,7 @@ def group_summary(cases: list[PairCase]) -> dict[str, GroupSummary]:
     groups = {}
     names = cases[0].explainer_names() if cases else ["self"]
     columns = list(cases[0].scores) if cases else []
-    for kind in PAIR_KINDS:
+    for kind in group_kinds(cases):
         everyone = [c for c in cases if c.kind == kind]
         members = [c for c in everyone if not any(c.silent)]
         failed = [f for c in members for f in c.failed]
@@ -223,7 +228,8 @@ def comparisons(cases: list[PairCase], settings: AssembleConfig | None = None
     scored features of the pairs that fire: all pairs, then each group."""
     settings = settings or AssembleConfig()
     kept = [c for c in cases if not any(c.silent)]
-    groups = {"all": kept} | {kind: [c for c in kept if c.kind == kind] for kind in PAIR_KINDS}
+    groups = {"all": kept} | {kind: [c for c in kept if c.kind == kind]
+                              for kind in group_kinds(cases)}
     out = {}
     for name, members in groups.items():
         rows = [paired_comparison([a for c in members for a in c.auroc(side, "self")],

@@ -166,6 +166,10 @@ def _check(rt) -> None:
     """Selection sizes the matching cannot fill fail before any corpus pass."""
     alive = [int((~dead_rows(rt.sae(key).W_dec.float().cpu())).sum()) for key in SAE_KEYS]
     check_selection(min(alive), rt.cfg.pairs)
+    settings = rt.cfg.pairs
+    if settings.n_orphans and settings.shared == "paulo_belrose" and not rt.cfg.match.encoder:
+        raise FaithcaseError("pairs.shared: paulo_belrose needs the encoder assignment: set "
+                             "match.encoder: true")
 
 
 def _compute(job) -> PairsArtifact:
