@@ -37,11 +37,20 @@ def test_nearest_rows_equal_a_brute_force_argmax():
 
 
 def test_the_scan_measures_every_features_agreement_with_its_nearest_neighbour():
+    from scipy.optimize import linear_sum_assignment
+
     saes = {"sae1": topk_sae(1), "sae2": topk_sae(2)}
-    assignment = Assignment(index1=list(range(D_SAE)), index2=list(range(D_SAE))[::-1],
-                            similarity=[0.5] * D_SAE)
+    cos = (saes["sae1"].W_dec @ saes["sae2"].W_dec.T).double().numpy()
+    rows, cols = linear_sum_assignment(-cos)  # some nearest neighbours are the matched partner
+    assignment = Assignment(index1=rows.tolist(), index2=cols.tolist(),
+                            similarity=cos[rows, cols].tolist())
     resid, tokens, excluded = corpus()
     result = scan(saes, assignment, batches(resid, tokens, excluded, [2, 4]))
+    for side in ("sae1", "sae2"):  # both ways of filling a row: streamed, or the matched row's
+        table, mine = result.nearest[side], 0 if side == "sae1" else 1
+        same = [(f, g) in set(zip(*((rows, cols) if mine == 0 else (cols, rows))))
+                for f, g in zip(table.feature, table.partner)]
+        assert any(same) and not all(same)
     kept = resid[counted_positions(excluded, tokens.shape)]
     acts = {key: sae.encode(kept).double().numpy() for key, sae in saes.items()}
     for side, other in (("sae1", "sae2"), ("sae2", "sae1")):

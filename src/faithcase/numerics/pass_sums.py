@@ -1,8 +1,9 @@
 """The running sums of a corpus pass over several SAEs at once (the scan and the matrix).
 
 Each SAE encodes every kept token once. Per SAE: firing counts, active total and the squared
-reconstruction error (the load check); per matched pair of any two SAEs: the sums behind the
-Pearson correlation of the two features' activations and the tokens both fire on. Float64 sums are
+reconstruction error (the load check), and each feature's summed activation and squared
+activation; per matched pair of any two SAEs: the summed product of its two features' activations
+(with those, its Pearson correlation) and the tokens both fire on. Float64 sums are
 compensated (exact_sum.py), so a pass split over processes merges to the same numbers; memory is
 bounded by the SAE sizes, never by the corpus.
 """
@@ -20,7 +21,8 @@ from faithcase.numerics.outliers import counted_positions
 from faithcase.numerics.chunks import row_chunks
 from faithcase.numerics.exact_sum import CompensatedSum
 
-PAIR_SUMS = ("a", "b", "aa", "bb", "ab")
+FEATURE_SUMS = ("a", "aa")  # per feature: its activation and squared activation, summed
+PAIR_SUMS = ("ab",)  # per pair: the product of its two features' activations, summed
 PairKey = tuple[str, str]
 
 
@@ -52,6 +54,8 @@ class PassSums:
         self.sse = {key: CompensatedSum(device=sae.device) for key, sae in self.saes.items()}
         self.sum_x = CompensatedSum(self.d_in, device=self.device)
         self.sum_sq = CompensatedSum(device=self.device)
+        self.feature_sums = {key: {name: CompensatedSum(sae.d_sae, device=sae.device)
+                                   for name in FEATURE_SUMS} for key, sae in self.saes.items()}
         self.pair_sums = {key: {name: CompensatedSum(len(ia), device=ia.device)
                                 for name in PAIR_SUMS}
                           for key, (ia, _) in self.index.items()}
@@ -81,13 +85,14 @@ class PassSums:
             self.active[key] += fired.sum()
             error = sae.decode(a, x).double() - x64.to(a.device)
             self.sse[key].add(error.pow(2).sum())
+            a64 = a.double()
+            self.feature_sums[key]["a"].add(a64.sum(0))
+            self.feature_sums[key]["aa"].add(a64.pow(2).sum(0))
             acts[key] = a
         for (ka, kb), (ia, ib) in self.index.items():
             a = acts[ka].index_select(1, ia).double()
             b = acts[kb].index_select(1, ib).to(a.device, torch.float64)
-            sums = self.pair_sums[(ka, kb)]
-            for name, values in (("a", a), ("b", b), ("aa", a * a), ("bb", b * b), ("ab", a * b)):
-                sums[name].add(values.sum(0))
+            self.pair_sums[(ka, kb)]["ab"].add((a * b).sum(0))
             self.n_both[(ka, kb)] += ((a > 0) & (b > 0)).sum(0)
 
     # -------------------------------------------------------- shards
@@ -98,6 +103,8 @@ class PassSums:
                 "firing": _cpu(self.firing), "active": {k: int(v) for k, v in self.active.items()},
                 "sse": {k: s.state() for k, s in self.sse.items()},
                 "sum_x": self.sum_x.state(), "sum_sq": self.sum_sq.state(),
+                "features": {key: {n: s.state() for n, s in sums.items()}
+                             for key, sums in self.feature_sums.items()},
                 "pairs": {key: {n: s.state() for n, s in sums.items()}
                           for key, sums in self.pair_sums.items()},
                 "n_both": _cpu(self.n_both)}
@@ -113,6 +120,9 @@ class PassSums:
             self.sse[key].merge(CompensatedSum.from_state(state["sse"][key]))
         self.sum_x.merge(CompensatedSum.from_state(state["sum_x"]))
         self.sum_sq.merge(CompensatedSum.from_state(state["sum_sq"]))
+        for key, sums in self.feature_sums.items():
+            for name, total in sums.items():
+                total.merge(CompensatedSum.from_state(state["features"][key][name]))
         for key, sums in self.pair_sums.items():
             for name, total in sums.items():
                 total.merge(CompensatedSum.from_state(state["pairs"][key][name]))
@@ -135,7 +145,11 @@ class PassSums:
     def agreement(self, pair: PairKey) -> AgreementTable:
         """Pearson, Jaccard and both conditional firing probabilities of every matched pair."""
         n = self.n_tokens
-        s = {name: total.value.cpu() for name, total in self.pair_sums[pair].items()}
+        ia, ib = self.index[pair]
+        first, second = self.feature_sums[pair[0]], self.feature_sums[pair[1]]
+        s = {"a": first["a"].value[ia].cpu(), "aa": first["aa"].value[ia].cpu(),
+             "b": second["a"].value[ib].cpu(), "bb": second["aa"].value[ib].cpu(),
+             "ab": self.pair_sums[pair]["ab"].value.cpu()}
         cov = s["ab"] / n - (s["a"] / n) * (s["b"] / n)
         var_a = s["aa"] / n - (s["a"] / n) ** 2
         var_b = s["bb"] / n - (s["b"] / n) ** 2
@@ -143,7 +157,6 @@ class PassSums:
         defined = ((var_a > 1e-12 * (s["aa"] / n).clamp_min(1e-300))
                    & (var_b > 1e-12 * (s["bb"] / n).clamp_min(1e-300)))
         pearson = torch.where(defined, cov / denominator.clamp_min(1e-300), torch.nan).clamp(-1, 1)
-        ia, ib = self.index[pair]
         n1, n2 = self.firing[pair[0]][ia].cpu(), self.firing[pair[1]][ib].cpu()
         both = self.n_both[pair].cpu()
         either = n1 + n2 - both

@@ -15,6 +15,7 @@ from typing import Any
 
 from faithcase.render.tables import console, table
 from faithcase.artifacts import (
+    AgreementTable,
     Assignment,
     NearestTable,
     ScanArtifact,
@@ -37,16 +38,22 @@ class ScanCollector(PassSums):
     def __init__(self, saes: Mapping[str, Any], assignment: Assignment,
                  nearest: Mapping[str, tuple[list[int], list[int], list[float]]] | None = None):
         """`nearest`: per SAE, (features, their nearest neighbours, cosines) (directions.py
-        nearest_rows): their agreement is streamed too."""
+        nearest_rows): the agreement of those that are not the matched pair is streamed too."""
         if set(saes) != set(SAE_KEYS):
             raise ValueError("the scan reads two SAEs named sae1 and sae2")
         self.nearest = dict(nearest or {})
         self.n_matched = len(assignment.index1)
-        none = ([], [], [])
-        first, second = self.nearest.get("sae1", none), self.nearest.get("sae2", none)
+        self.row = {f: i for i, f in enumerate(assignment.index1)}  # SAE 1 feature -> its row
+        partner = {"sae1": dict(zip(assignment.index1, assignment.index2)),
+                   "sae2": dict(zip(assignment.index2, assignment.index1))}
+        self.own = {key: [i for i, (f, g) in enumerate(zip(found[0], found[1]))
+                          if partner[key].get(f) != g] for key, found in self.nearest.items()}
+        extra = {key: ([self.nearest[key][0][i] for i in rows],
+                       [self.nearest[key][1][i] for i in rows]) for key, rows in self.own.items()}
+        first, second = extra.get("sae1", ([], [])), extra.get("sae2", ([], []))
         super().__init__(saes, {SAE_KEYS: (assignment.index1 + first[0],
                                            assignment.index2 + first[1]),
-                                SAE_KEYS[::-1]: (second[0], second[1])})
+                                SAE_KEYS[::-1]: second})
 
     def finish(self, settings: ScanConfig | None = None, hook: str | None = None) -> ScanArtifact:
         settings = settings or ScanConfig()
@@ -61,12 +68,28 @@ class ScanCollector(PassSums):
                             agreement=matched.rows(0, self.n_matched),
                             nearest=self._nearest(matched))
 
-    def _nearest(self, matched) -> dict[str, NearestTable]:
-        tables = {"sae1": matched.rows(self.n_matched, len(matched.n1)),
-                  "sae2": self.agreement(SAE_KEYS[::-1])}
-        return {key: NearestTable(feature=features, partner=partners, similarity=sims,
-                                  agreement=tables[key])
-                for key, (features, partners, sims) in self.nearest.items()}
+    def _nearest(self, matched: AgreementTable) -> dict[str, NearestTable]:
+        """Each SAE's nearest-neighbour table: a streamed row, or its matched pair's row (read
+        from SAE 2's side, its two features swap)."""
+        streamed = {"sae1": matched.rows(self.n_matched, len(matched.n1)),
+                    "sae2": self.agreement(SAE_KEYS[::-1])}
+        tables = {}
+        for key, (features, partners, sims) in self.nearest.items():
+            at = {i: k for k, i in enumerate(self.own[key])}
+            rows = [(streamed[key], at[i], False) if i in at
+                    else (matched, self.row[f if key == "sae1" else g], key == "sae2")
+                    for i, (f, g) in enumerate(zip(features, partners))]
+            tables[key] = NearestTable(feature=features, partner=partners, similarity=sims,
+                                       agreement=_picked(rows))
+        return tables
+
+
+def _picked(rows: list[tuple[AgreementTable, int, bool]]) -> AgreementTable:
+    """An agreement table of (table, row, swapped) rows; swapped: its two features trade places."""
+    swap = {"p2_given_1": "p1_given_2", "p1_given_2": "p2_given_1", "n1": "n2", "n2": "n1"}
+    return AgreementTable(**{name: [getattr(table, swap.get(name, name) if swapped else name)[row]
+                                    for table, row, swapped in rows]
+                             for name in AgreementTable.model_fields})
 
 
 def scan(saes: Mapping[str, Any], assignment: Assignment, batches: Iterable[Any],
