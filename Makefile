@@ -47,6 +47,7 @@ bench: install
 	$(VENV)/bin/faithcase bench embed
 	$(VENV)/bin/faithcase bench describe
 	$(VENV)/bin/faithcase bench matrix
+	$(VENV)/bin/faithcase bench scan
 
 # every stage at the paper's shapes on a reduced workload (random weights, built locally; ~15 min on 2 cores)
 rehearse: install

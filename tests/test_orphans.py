@@ -169,3 +169,20 @@ def test_the_tiny_runs_orphan_pairs_come_from_the_scans_neighbours(tiny_run):
     assert group.mean_pearson == (pytest.approx(np.mean(pearson)) if pearson else None)
     first = summary.orphans[0]
     assert first.metric == "activation Pearson with the partner" and first.n_orphan == len(pearson)
+
+
+def test_bench_scan_reports_the_three_ways_and_the_same_tables(demo_lm, monkeypatch, tmp_path):
+    from faithcase.config import load_config
+    from faithcase.model import lm as lm_module
+    from faithcase.run.runtime import Runtime
+    from faithcase.tools.bench_scan import bench_scan
+
+    from conftest import tiny_config
+
+    monkeypatch.setattr(lm_module, "load_model", lambda *args, **kwargs: demo_lm)
+    (tmp_path / "tiny.yaml").write_text(tiny_config())
+    found = bench_scan(Runtime(load_config(str(tmp_path / "tiny.yaml"))), n_tokens=512)
+    assert found["same tables"] == "True" and found["tokens"] == 512
+    assert 0 < found["of them, the matched pair"] < found["nearest pairs"]
+    assert found["as the scan does / matched only"] == pytest.approx(
+        found["nearest, as the scan does s"] / found["matched only s"])

@@ -187,7 +187,7 @@ class AgreementTable(Model):
         return PairAgreement(pearson=self.pearson[i], jaccard=self.jaccard[i], p2_given_1=p21,
                              p1_given_2=p12, frequency1=f1, frequency2=f2)
 
-    def rows(self, start: int, stop: int) -> "AgreementTable":
+    def rows(self, start: int, stop: int | None) -> "AgreementTable":
         return AgreementTable(**{name: values[start:stop] for name, values in self})
 
 

@@ -176,6 +176,15 @@ def bench_matrix(opts: RunOptions, n_tokens: int = 8192):
     tables.print_dict("bench matrix", measure(runtime(opts), n_tokens=n_tokens))
 
 
+@bench_app.command("scan")
+@with_run_options
+def bench_scan(opts: RunOptions, n_tokens: int = 50_000):
+    """The scan's sums: matched pairs only, every nearest neighbour streamed, as the scan does."""
+    from faithcase.tools.bench_scan import bench_scan as measure
+
+    tables.print_dict("bench scan", measure(runtime(opts), n_tokens=n_tokens))
+
+
 @bench_app.command("dtype")
 @with_run_options
 def bench_dtype(opts: RunOptions):
