@@ -17,7 +17,7 @@ from faithcase.run.errors import FaithcaseError
 from faithcase.stages.pairs import select_orphans, select_pairs
 from faithcase.stages.scan import scan
 
-from toy_saes import D_SAE, batches, corpus, topk_sae
+from toy_saes import batches, corpus, topk_sae
 
 
 def test_nearest_rows_equal_a_brute_force_argmax():
