@@ -287,3 +287,16 @@ def test_the_tiny_runs_known_features_are_recomputed_from_its_artifacts(tiny_run
     page = (out / "report" / "index.html").read_text()
     assert 'id="calibration"' in page and 'id="known"' in page
     assert all(s.replace("'", "&#x27;") in page for s in calibration.sentences)
+
+
+def test_known_features_are_fit_on_the_residuals_device():
+    """Tokens from the CPU meet residuals on another device (meta stands for a GPU): the sums run
+    there with no op mixing devices (OtherDevice raises on one, as CUDA does). Meta holds no data,
+    so its counts read zero: no concept is found."""
+    tokenizer, tokens, resid, _ = planted_corpus(n_sequences=4)
+    batches_elsewhere = lambda: iter([(torch.arange(4), tokens, resid.to(OTHER), None)])
+    with OtherDevice():
+        known = known_features(batches_elsewhere, tokenizer, {"dogs": DOG_WORDS})
+    assert known.enabled and known.n_tokens == 0
+    with pytest.raises(RuntimeError), OtherDevice():  # what the stage would hit mixing devices
+        torch.ones(2, 4) @ resid.to(OTHER)[0, :4].T

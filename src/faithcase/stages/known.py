@@ -55,26 +55,27 @@ def _kept(tokens: torch.Tensor, excluded: torch.Tensor | None) -> torch.Tensor:
 def known_features(passes, tokenizer, concepts: Mapping[str, Sequence[str]],
                    hook: str = "") -> KnownArtifact:
     """Known features from a corpus pass. `passes()` yields (seq_ids, tokens, resid, excluded)
-    batches and is called twice: sums first, then projections."""
+    batches and is called twice: sums first, then projections; both on the residuals' device."""
     names = list(concepts)
     patterns = [concept_patterns(tokenizer, concepts[name]) for name in names]
     sums, counts, total, n_kept = None, torch.zeros(len(names), dtype=torch.float64), None, 0
     for _, tokens, resid, excluded in passes():
-        flat, kept = resid.reshape(-1, resid.shape[-1]).double().cpu(), _kept(tokens, excluded)
+        tokens = tokens.to(resid.device)  # every input meets the residuals on their device
+        kept = _kept(tokens, excluded)
+        flat, kept_flat = resid.reshape(-1, resid.shape[-1]).double(), kept.reshape(-1)
         if sums is None:
-            sums = torch.zeros(len(names), flat.shape[1], dtype=torch.float64)
-            total = torch.zeros(flat.shape[1], dtype=torch.float64)
-        kept_flat = kept.reshape(-1).cpu()
+            sums = torch.zeros(len(names), flat.shape[1], dtype=torch.float64, device=flat.device)
+            total = torch.zeros(flat.shape[1], dtype=torch.float64, device=flat.device)
         total += flat[kept_flat].sum(0)
         n_kept += int(kept_flat.sum())
         for i, found in enumerate(patterns):
-            at = (occurrences(tokens, found) & kept).reshape(-1).cpu()
+            at = (occurrences(tokens, found) & kept).reshape(-1)
             sums[i] += flat[at].sum(0)
             counts[i] += int(at.sum())
     if sums is None or n_kept == 0:
         return KnownArtifact(enabled=True, hook=hook, direction_rule=DIRECTION_RULE,
                              activation_rule=ACTIVATION_RULE)
-    mean = total / n_kept
+    sums, mean = sums.cpu(), total.cpu() / n_kept
     present = [i for i in range(len(names)) if counts[i] > 0]
     directions = torch.zeros(len(names), mean.shape[0], dtype=torch.float64)
     for i in present:
@@ -97,11 +98,12 @@ def _projections(passes, directions: torch.Tensor, patterns: list) -> tuple[torc
     """Every kept position's projection on each direction, and whether it is a word: [N, C] each."""
     values, labels = [], []
     for _, tokens, resid, excluded in passes():
-        kept = _kept(tokens, excluded).reshape(-1).cpu()
-        flat = resid.reshape(-1, resid.shape[-1]).float().cpu()[kept]
-        values.append(flat @ directions.T)
-        labels.append(torch.stack([occurrences(tokens, p).reshape(-1).cpu()[kept]
-                                   for p in patterns], dim=1))
+        tokens = tokens.to(resid.device)
+        kept = _kept(tokens, excluded).reshape(-1)
+        flat = resid.reshape(-1, resid.shape[-1]).float()[kept]
+        values.append((flat @ directions.to(flat.device).T).cpu())
+        labels.append(torch.stack([occurrences(tokens, p).reshape(-1)[kept]
+                                   for p in patterns], dim=1).cpu())
     return torch.cat(values), torch.cat(labels)
 
 
