@@ -3,8 +3,10 @@
 Per SAE, the load check: FVU and L0 on the kept tokens (positions 1..T-1, BOS and massive
 activations left out, as everywhere), and the tokens each feature fires on. Per matched pair of
 the assignment, the ground truth of the case study: the activation agreement of its two features
-(Pearson correlation, Jaccard overlap of the firing sets, both conditional firing probabilities).
-Memory is bounded by the SAE sizes, never by the corpus.
+(Pearson correlation, Jaccard overlap of the firing sets, both conditional firing probabilities);
+and the same for every feature with its nearest decoder neighbour in the other SAE, matched or not
+(`nearest`: what an orphan's pair is, stages/pairs.py). Memory is bounded by the SAE sizes, never
+by the corpus.
 """
 
 from __future__ import annotations
@@ -154,4 +156,4 @@ STAGE = Stage(
     "scan", _compute, inputs=("match",), section="scan", uses=("model", "corpus"),
     artifact=ScanArtifact, printer=print_scan,
     doc="The first corpus pass: each SAE's load check (FVU, L0) and the activation agreement "
-        "of every matched pair.")
+        "of every matched pair and of every feature with its nearest neighbour.")
