@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 import torch
 
+from faithcase.numerics.similarity import BLOCK_ROWS, similarity_blocks, unit_rows
 from faithcase.run.errors import FaithcaseError
 
 
@@ -39,20 +40,19 @@ def random_directions(n: int, d_model: int, seed: int) -> torch.Tensor:
 
 
 def nearest_rows(W_from: torch.Tensor, W_to: torch.Tensor,
-                 chunk: int = 4096) -> tuple[list[int], list[int], list[float]]:
+                 chunk: int = BLOCK_ROWS) -> tuple[list[int], list[int], list[float]]:
     """Each alive row of W_from (its index) with the alive row of W_to at the highest cosine (its
-    nearest neighbour: index and cosine, float32), chunked over W_from's rows; ties: the lowest
-    index."""
+    nearest neighbour: index and cosine, float32, as the matching computes it), in row blocks of
+    W_from; ties: the lowest index."""
     W_from, W_to = W_from.detach().float().cpu(), W_to.detach().float().cpu()
     alive_from = torch.nonzero(~dead_rows(W_from)).flatten()
     alive_to = torch.nonzero(~dead_rows(W_to)).flatten()
     if len(alive_from) == 0 or len(alive_to) == 0:
         return [], [], []
-    B = W_to[alive_to] / W_to[alive_to].norm(dim=1, keepdim=True)
     partners, sims = [], []
-    for start in range(0, len(alive_from), chunk):
-        rows = W_from[alive_from[start:start + chunk]]
-        best, at = (rows / rows.norm(dim=1, keepdim=True) @ B.T).max(dim=1)
+    for _, block in similarity_blocks(unit_rows(W_from[alive_from]), unit_rows(W_to[alive_to]),
+                                      chunk):
+        best, at = block.max(dim=1)
         partners += alive_to[at].tolist()
         sims += best.tolist()
     return alive_from.tolist(), partners, sims
