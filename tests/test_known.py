@@ -12,10 +12,10 @@ import pytest
 import torch
 from sklearn.metrics import f1_score, roc_auc_score
 
-from faithcase.calibration import KnownArtifact, KnownCase
+from faithcase.calibration import KnownArtifact, KnownCase, KnownConcept
 from faithcase.config import CalibrationConfig, EmbedConfig, WindowsConfig
 from faithcase.numerics.calibration_stats import calibrate, names_concept
-from faithcase.numerics.concepts import ConceptDictionary, best_threshold, occurrences
+from faithcase.numerics.concepts import best_threshold, occurrences
 from faithcase.stages.embed import documents, eleuther
 from faithcase.stages.known import description, known_features
 from faithcase.stages.windows import top_activated_windows
@@ -154,10 +154,15 @@ def test_the_planted_concepts_documents_and_true_answer_auroc():
 
 
 def test_cpu_inputs_meet_known_features_on_another_device():
-    encoder = ConceptDictionary(torch.eye(4)[:2], torch.zeros(2), device=OTHER)
+    concepts = [KnownConcept(index=i, name=n, words=[n], description=n, patterns=[[i]],
+                             n_occurrences=1, threshold=0.5, direction=torch.eye(4)[i].tolist())
+                for i, n in enumerate(("a", "b"))]
+    encoder = KnownArtifact(enabled=True, concepts=concepts).encoders(OTHER)["known"]
     with OtherDevice():
         out = encoder.encode(torch.ones(3, 4))
     assert out.device == OTHER and out.shape == (3, 2)
+    on_cpu = KnownArtifact(enabled=True, concepts=concepts).encoders()["known"]
+    assert torch.equal(on_cpu.encode(torch.eye(4)[:2] * 2), torch.tensor([[1.5, 0.0], [0.0, 1.5]]))
 
 
 # ---------------------------------------------------------------- the hit rule and the summary

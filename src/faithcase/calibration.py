@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from faithcase.artifacts import KNOWN, Artifact, Model
-from faithcase.numerics.concepts import ConceptDictionary
+from faithcase.saes.model import SAE
 
 TRUTH = "truth"  # the explainer whose text is a known feature's concept: the true answer
 
@@ -49,9 +49,10 @@ class KnownArtifact(Artifact):
         """{"known": its features} for the stages' feature sets, or {} without any."""
         return {KNOWN: self.features()} if self.enabled and self.features() else {}
 
-    def encoders(self, device: str | torch.device = "cpu") -> dict[str, ConceptDictionary]:
-        """{"known": the features as an encoder} beside the stages' SAEs, or {} without any; a
-        concept without a direction never fires."""
+    def encoders(self, device: str | torch.device = "cpu") -> dict[str, SAE]:
+        """{"known": the features as an SAE} beside the stages' SAEs, or {} without any: a ReLU
+        SAE whose encoder columns and decoder rows are the directions and whose encoder bias is
+        minus the thresholds (ACTIVATION_RULE); a concept without a direction never fires."""
         if not self.selection():
             return {}
         d_model = max(len(c.direction) for c in self.concepts)
@@ -59,7 +60,10 @@ class KnownArtifact(Artifact):
                                   dtype=torch.float32)
         thresholds = torch.tensor([c.threshold if c.threshold is not None else float("inf")
                                    for c in self.concepts], dtype=torch.float32)
-        return {KNOWN: ConceptDictionary(directions, thresholds, self.hook, device)}
+        sae = SAE(W_enc=directions.T.contiguous(), b_enc=-thresholds, W_dec=directions,
+                  b_dec=torch.zeros(d_model), activation="relu", apply_b_dec_to_input=False,
+                  hook_name=self.hook, format="concepts")
+        return {KNOWN: sae.to(device)}
 
     def concept(self, feature: int | str) -> KnownConcept:
         return self.concepts[int(feature)]

@@ -69,41 +69,6 @@ def best_threshold(projections: torch.Tensor, labels: torch.Tensor) -> tuple[flo
     return threshold, {"precision": tp / (best + 1), "recall": tp / n_true, "f1": float(f1[best])}
 
 
-class ConceptDictionary(torch.nn.Module):
-    """The known features as an encoder: `encode(x)` gives every concept's activation
-    (ACTIVATION_RULE); `W_dec` holds the unit directions, so the steering and window code treat
-    them as SAE features."""
-
-    def __init__(self, directions: torch.Tensor, thresholds: torch.Tensor,
-                 hook_name: str = "", device: str | torch.device = "cpu"):
-        super().__init__()
-        self.W_dec = directions.to(device=device, dtype=torch.float32)  # [n, d_model]
-        self.threshold = thresholds.to(device=device, dtype=torch.float32)
-        self.hook_name = hook_name
-        self.format = "concepts"
-
-    @property
-    def d_sae(self) -> int:
-        return int(self.W_dec.shape[0])
-
-    @property
-    def d_in(self) -> int:
-        return int(self.W_dec.shape[1])
-
-    @property
-    def device(self) -> torch.device:
-        return self.W_dec.device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.W_dec.dtype
-
-    @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.to(device=self.W_dec.device, dtype=torch.float32)
-        return torch.relu(x @ self.W_dec.T - self.threshold)
-
-
 # Common concepts of general English text, each a few everyday words (inflections listed: a word
 # counts only as spelled here). A config's `calibration.concepts` replaces the list.
 _CONCEPT_WORDS = {
