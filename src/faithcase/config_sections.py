@@ -347,7 +347,19 @@ class EmbedConfig(Section):
         return self.query_template or default_query_template(self.model)
 
 
-class DescribeConfig(Section):
+class Switched(Section):
+    """A section with an `enabled` field that the YAML can set as a whole: `<section>: off` (false
+    or null) turns it off, `on` (true) leaves every setting at its default."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _switch(cls, value: Any) -> Any:
+        if value is False or value is None:
+            return {"enabled": False}
+        return {} if value is True else value
+
+
+class DescribeConfig(Switched):
     """The window explainer: an instruction-tuned model reads each feature's top windows
     (delphi's prompt, `model/window_prompt.py`) and writes one explanation."""
 
@@ -380,13 +392,6 @@ class DescribeConfig(Section):
     batch_size: int = setting(16, "nothing", ge=1, description=(
         "Features per generation batch of a local model: speed and memory, not results."))
 
-    @model_validator(mode="before")
-    @classmethod
-    def _switch(cls, value: Any) -> Any:
-        if value is False or value is None:  # `describe: off`
-            return {"enabled": False}
-        return {} if value is True else value
-
 
 class MatrixConfig(Section):
     """`faithcase matrix`: every pair of the config's `saes`, matched (the match section's
@@ -405,7 +410,7 @@ class AssembleConfig(Section):
     seed: int = Field(0, description="Seed of the bootstrap resamples.")
 
 
-class CalibrationConfig(Section):
+class CalibrationConfig(Switched):
     """Features of known meaning, run through the same chain as the SAE features (the `known`
     stage): each concept's direction and firing rule from the run's residuals at its words."""
 
@@ -420,13 +425,6 @@ class CalibrationConfig(Section):
     fit_tokens: int = Field(200_000, ge=1, description=(
         "Corpus tokens (the batches covering its first ones) the directions and thresholds are "
         "fit on; the features are then run over the whole corpus."))
-
-    @model_validator(mode="before")
-    @classmethod
-    def _switch(cls, value: Any) -> Any:
-        if value is False or value is None:  # `calibration: off`
-            return {"enabled": False}
-        return {} if value is True else value
 
     @field_validator("concepts")
     @classmethod
