@@ -5,7 +5,6 @@ place the matched pairs on that scale. Every sentence is written from the number
 from __future__ import annotations
 
 from collections.abc import Mapping
-from statistics import fmean
 
 import numpy as np
 
@@ -19,6 +18,7 @@ from faithcase.calibration import (
 )
 from faithcase.case_study import GroupSummary
 from faithcase.numerics.explanation_checks import names_peak_token
+from faithcase.numerics.statistics import mean_or_none
 
 HIT_RULE = ("an explanation names its concept when one of its words and the concept's name or one "
             "of its listed words share a form (the known-answer rule's normalisation: lower-cased, "
@@ -57,11 +57,6 @@ def known_cases(known: KnownArtifact, explain: ExplainArtifact, embed: EmbedArti
     return cases
 
 
-def _mean(values) -> float | None:
-    present = [float(v) for v in values if v is not None]
-    return fmean(present) if present else None
-
-
 def _interval(values: list[float], n_bootstrap: int, seed: int) -> list[float] | None:
     if len(values) < 2:
         return None
@@ -79,8 +74,8 @@ def explainer_row(cases: list[KnownCase], name: str, control: bool,
     return ExplainerCalibration(
         explainer=name, control=control, n=len(hits), n_hits=sum(hits),
         hit_rate=sum(hits) / len(hits) if hits else None, n_scored=len(both),
-        mean_auroc=_mean(c.aurocs[name] for c in both),
-        truth_auroc=_mean(c.aurocs[TRUTH] for c in both),
+        mean_auroc=mean_or_none(c.aurocs[name] for c in both),
+        truth_auroc=mean_or_none(c.aurocs[TRUTH] for c in both),
         pass_rate=sum(passed) / len(passed) if passed else None, best_auroc=best)
 
 
@@ -96,7 +91,7 @@ def calibrate(known: KnownArtifact, cases: list[KnownCase], controls: Mapping[st
     calibration = Calibration(
         enabled=True, hit_rule=HIT_RULE, n_concepts=len(known.concepts),
         n_features=len(known.features()), n_scored=len(truth),
-        truth_auroc=_mean(truth), truth_interval=interval,
+        truth_auroc=mean_or_none(truth), truth_interval=interval,
         separable=None if interval is None else interval[0] > 0.5,
         explainers=rows, cases=cases,
         rules={"direction": known.direction_rule, "activation": known.activation_rule,
@@ -151,7 +146,7 @@ def known_group(cases: list[KnownCase], names: list[str]) -> GroupSummary:
         n_pairs=len(cases), n_left_out=len(cases) - len(firing), n_features=len(firing),
         n_scored=sum(c.scored for c in firing), mean_similarity=None, mean_pearson=None,
         mean_jaccard=None,
-        eleuther={"own": {n: _mean(c.aurocs.get(n) for c in firing) for n in names},
+        eleuther={"own": {n: mean_or_none(c.aurocs.get(n) for c in firing) for n in names},
                   "cross": {n: None for n in names}},
         pass_rate=1 - sum(failed) / len(failed) if failed else None,
         mean_explanation_similarity=None)

@@ -4,7 +4,8 @@ pairs), and the paired comparison of two explainers on the same documents."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from statistics import fmean
 
 import numpy as np
 from scipy.stats import norm, rankdata, spearmanr
@@ -13,6 +14,12 @@ from faithcase.artifacts import Correlation, PairedComparison, Sensitivity
 from faithcase.evidence import GroupDifference
 
 N_BOOTSTRAP = 2000
+
+
+def mean_or_none(values: Iterable[float | None]) -> float | None:
+    """The mean of the values that are not None; None when there are none."""
+    present = [v for v in values if v is not None]
+    return fmean(present) if present else None
 
 
 def _present(x: Sequence[float | None], y: Sequence[float | None]) -> tuple[np.ndarray, np.ndarray]:

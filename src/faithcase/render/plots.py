@@ -267,9 +267,9 @@ def calibration_plot(summary: CaseStudySummary, path: Path | None = None) -> byt
     documents; dotted: each explainer's mean own AUROC on the best matched pairs."""
     fig = new_figure(5.2, 4.0)
     ax = fig.add_subplot()
+    cases = summary.calibration.cases
     for row in summary.calibration.explainers:
         marker, color = CALIBRATION_MARKERS.get(row.explainer, ("D", "#555555"))
-        cases = summary.calibration.cases
         points = [(c.aurocs["truth"], c.aurocs.get(row.explainer)) for c in cases
                   if c.aurocs.get("truth") is not None and c.aurocs.get(row.explainer) is not None]
         if points:

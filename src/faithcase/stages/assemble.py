@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from pathlib import Path
 from collections.abc import Sequence
-from statistics import fmean
 from typing import Any
 
 from faithcase.artifacts import (
@@ -50,6 +49,7 @@ from faithcase.numerics.overlap import shared_pairs
 from faithcase.numerics.statistics import (
     detectable_difference,
     group_difference,
+    mean_or_none,
     paired_comparison,
     spearman,
 )
@@ -107,11 +107,6 @@ def find_similarity(embed: EmbedArtifact, pair: Pair):
 
 
 # ---------------------------------------------------------------- cases
-
-
-def mean_or_none(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return fmean(present) if present else None
 
 
 def build_case(pair: Pair, position: dict[int, int], scan: ScanArtifact, explain: ExplainArtifact,
