@@ -16,6 +16,7 @@ from faithcase.artifacts import (
 )
 
 K = TypeVar("K")
+T = TypeVar("T")
 WORD = re.compile(r"[^\W_]+")  # runs of letters and digits
 SUFFIXES = ("ing", "es", "ed", "ly", "s")
 MIN_FORM = 3  # shorter forms never match
@@ -76,24 +77,28 @@ def uninformative_reasons(texts: Mapping[K, str | None], answers: Mapping[str, s
     return reasons, stock
 
 
+def of_class(groups: Mapping[str, Mapping[str, T]], known: bool) -> dict[tuple[str, str], T]:
+    """{(feature set, feature): item} of the known features, or of the SAEs' (stock texts are
+    counted within each class, so the known features never change an SAE feature's flag)."""
+    return {(name, key): item for name, group in groups.items() if (name == "known") == known
+            for key, item in group.items()}
+
+
 def flag_uninformative(features: Mapping[str, Mapping[str, FeatureExplanation]],
                        baseline: ExplainBaseline, share: float,
                        minimum: int) -> UninformativeRule:
-    """Sets `uninformative` on every feature of an explain artifact: the SAEs' together (the rule
-    returned), the known features' stock texts counted apart."""
-    texts = {(sae, key): first_text(f.explanations)
-             for sae, group in features.items() for key, f in group.items() if sae != "known"}
+    """Sets `uninformative` on every feature of an explain artifact: the known features', then the
+    SAEs' together (the rule returned)."""
     answers = baseline_answers(baseline)
-    reasons, stock = uninformative_reasons(texts, answers, share, minimum)
-    known = {("known", key): first_text(f.explanations)
-             for key, f in features.get("known", {}).items()}
-    reasons |= uninformative_reasons(known, answers, share, minimum)[0]
-    for (sae, key), reason in reasons.items():
-        features[sae][key].uninformative = reason
+    for known in (True, False):
+        texts = {k: first_text(f.explanations) for k, f in of_class(features, known).items()}
+        reasons, stock = uninformative_reasons(texts, answers, share, minimum)
+        for (sae, key), reason in reasons.items():
+            features[sae][key].uninformative = reason
     return UninformativeRule(
         rule=UNINFORMATIVE_RULE, baselines=answers, stock_share=share, stock_min=minimum,
         n_explained=sum(t is not None for t in texts.values()), stock=stock,
-        n_uninformative=sum(r is not None for (sae, _), r in reasons.items() if sae != "known"))
+        n_uninformative=sum(r is not None for r in reasons.values()))
 
 
 # ---------------------------------------------------------------- known answer

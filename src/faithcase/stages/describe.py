@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from faithcase.artifacts import KNOWN, FeatureWindows
+from faithcase.artifacts import FeatureWindows
 from faithcase.config import affecting
 from faithcase.explainers.backends import backend
 from faithcase.model.window_prompt import (
@@ -32,6 +32,7 @@ from faithcase.model.window_prompt import (
 from faithcase.numerics.explanation_checks import (
     UNINFORMATIVE_RULE,
     normalize,
+    of_class,
     uninformative_reasons,
 )
 from faithcase.render.tables import console, table
@@ -124,8 +125,7 @@ def describe(features: Mapping[str, list[int]], windows: Mapping[str, Mapping[st
 
 def _flag(done: dict, stock: tuple[float, int], known: bool) -> tuple[dict, dict]:
     """Flags the uninformative window explanations of the SAE features (or the known ones)."""
-    texts = {(sae, f): e.explanation for sae, group in done.items() for f, e in group.items()
-             if (sae == KNOWN) == known}
+    texts = {k: e.explanation for k, e in of_class(done, known).items()}
     reasons, found = uninformative_reasons(texts, {}, *stock)
     for (sae, f), reason in reasons.items():
         done[sae][f].uninformative = reason or copied_example(texts[sae, f])
